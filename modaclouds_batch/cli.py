@@ -1,0 +1,100 @@
+"""`modaclouds-batch serve | pool ...`: thin click wrappers around library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .settings import load_settings
+
+
+def _settings(ctx: click.Context, **overrides):
+    return load_settings(overrides=overrides, config_file=ctx.obj.get("config"))
+
+
+@click.group()
+@click.version_option(__version__, prog_name="modaclouds-batch")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file with settings (see docs/configuration.md).",
+)
+@click.option("--home", type=click.Path(path_type=Path), help="State folder (db, jobs, pool).")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, home: Path | None) -> None:
+    """HTCondor batch-submission gateway."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    ctx.obj["home"] = home
+
+
+@main.group()
+def pool() -> None:
+    """Bring up, inspect and stop the single-node HTCondor pool."""
+
+
+def _pool_settings(ctx: click.Context):
+    return _settings(ctx, home=ctx.obj.get("home"))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@pool.command("up")
+@click.option("--mirror", help="Debian mirror URL for building the root filesystem.")
+@click.pass_context
+def pool_up(ctx: click.Context, mirror: str | None) -> None:
+    """Start the pool (idempotent) and write the gateway's client config and token."""
+    from .condor import pool as pool_tooling
+
+    settings = _settings(ctx, home=ctx.obj.get("home"), debian_mirror=mirror)
+    try:
+        status = pool_tooling.up(settings, log=lambda line: click.echo(line, err=True))
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(status.as_dict(), indent=2))
+
+
+@pool.command("down")
+@click.pass_context
+def pool_down(ctx: click.Context) -> None:
+    """Stop the daemons `pool up` started."""
+    from .condor import pool as pool_tooling
+
+    try:
+        pool_tooling.down(_pool_settings(ctx), log=lambda line: click.echo(line, err=True))
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+
+
+@pool.command("status")
+@click.pass_context
+def pool_status(ctx: click.Context) -> None:
+    """Tell what runs, where its config and logs are, and how many slots are free."""
+    from .condor import pool as pool_tooling
+
+    try:
+        status = pool_tooling.status(_pool_settings(ctx))
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(status.as_dict(), indent=2))
+    if not status.running:
+        sys.exit(3)
+
+
+@pool.command("token")
+@click.pass_context
+def pool_token(ctx: click.Context) -> None:
+    """Print the IDTOKEN of the gateway's pool identity."""
+    from .condor import pool as pool_tooling
+
+    try:
+        click.echo(pool_tooling.token(_pool_settings(ctx)))
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))

@@ -1,0 +1,145 @@
+"""The gateway's configuration: one frozen dataclass.
+
+Values come, in increasing precedence, from the defaults below, a TOML file
+(``--config`` or ``MODACLOUDS_BATCH_CONFIG``), environment variables named
+``MODACLOUDS_BATCH_<FIELD>`` (upper case) and command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "MODACLOUDS_BATCH_"
+
+
+def _default_home() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/modaclouds-batch")
+    return Path.home() / ".local" / "share" / "modaclouds-batch"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the gateway keeps its database, job folders and the pool it manages.
+    home: Path = field(default_factory=_default_home)
+    host: str = "127.0.0.1"
+    port: int = 5000
+    threads: int = 8
+    # Derived from ``home`` when left empty; see ``resolved``.
+    db_path: Path | None = None
+    jobs_dir: Path | None = None
+    pool_dir: Path | None = None
+    # The client condor_config the gateway uses; defaults to the one `pool up` writes.
+    condor_config: Path | None = None
+    # The cached Debian root filesystem for pools on machines without HTCondor.
+    rootfs_cache: Path = Path("/var/cache/modaclouds-batch/rootfs-trixie")
+    debian_mirror: str | None = None
+    collector_port: int = 9618
+    schedd_port: int = 9619
+    pool_identity: str = "batch"
+    uid_domain: str = "gateway.local"
+    # Uploads and archives (bytes / members); anything larger is refused.
+    max_upload_bytes: int = 1 << 31
+    max_unpacked_bytes: int = 1 << 32
+    max_archive_members: int = 10_000
+    # Seconds between two tracker cycles.
+    tracker_interval: float = 2.0
+    # Absolute base URL used in links sent to webhook receivers; derived when empty.
+    public_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_timeout: float = 10.0
+    webhook_give_up_after: float = 24 * 3600.0
+    # None: private/loopback webhook targets allowed only when serving on loopback.
+    webhook_allow_private: bool | None = None
+
+    def resolved(self) -> "Settings":
+        """Fill the paths derived from ``home``; idempotent."""
+        home = Path(self.home)
+        pool_dir = Path(self.pool_dir) if self.pool_dir else home / "pool"
+        return dataclasses.replace(
+            self,
+            home=home,
+            db_path=Path(self.db_path) if self.db_path else home / "gateway.db",
+            jobs_dir=Path(self.jobs_dir) if self.jobs_dir else home / "jobs",
+            pool_dir=pool_dir,
+            condor_config=(
+                Path(self.condor_config)
+                if self.condor_config
+                else pool_dir / "client" / "condor_config"
+            ),
+            rootfs_cache=Path(self.rootfs_cache),
+        )
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a string (or TOML value) into the type the field expects."""
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if raw is None:
+        return None
+    if "Path" in kind:
+        return Path(raw)
+    if kind.startswith("bool"):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true or false, got {raw!r}")
+    if kind.startswith("int"):
+        return int(raw)
+    if kind.startswith("float"):
+        return float(raw)
+    return str(raw)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Build settings from a TOML file, the environment and explicit overrides."""
+    environ = os.environ if environ is None else environ
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    config_file = config_file or (
+        Path(environ[ENV_PREFIX + "CONFIG"]) if environ.get(ENV_PREFIX + "CONFIG") else None
+    )
+    if config_file:
+        with open(config_file, "rb") as fh:
+            data = tomllib.load(fh)
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in data.items()})
+
+    for name in names:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ and environ[env_name] != "":
+            values[name] = _coerce(name, environ[env_name])
+
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+
+    return Settings(**values).resolved()
