@@ -98,3 +98,21 @@ def pool_token(ctx: click.Context) -> None:
         click.echo(pool_tooling.token(_pool_settings(ctx)))
     except pool_tooling.PoolError as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default 5000).")
+@click.option("--db-path", type=click.Path(path_type=Path), help="SQLite database file.")
+@click.option("--condor-config", type=click.Path(path_type=Path), help="Client condor_config to use.")
+@click.option("--threads", type=int, help="HTTP worker threads (default 8).")
+@click.pass_context
+def serve(ctx: click.Context, host, port, db_path, condor_config, threads) -> None:
+    """Serve the REST API (and run the state tracker) until interrupted."""
+    from .server import run
+
+    settings = _settings(
+        ctx, home=ctx.obj.get("home"), host=host, port=port, db_path=db_path,
+        condor_config=condor_config, threads=threads,
+    )
+    run(settings)

@@ -1,0 +1,54 @@
+"""Domain errors -> HTTP, in one place; every error body is {"error": "...", ...}."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import falcon
+
+from .. import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_ERROR = [
+    (errors.InvalidRequest, falcon.HTTP_400),
+    (errors.NotFound, falcon.HTTP_404),
+    (errors.Gone, falcon.HTTP_410),
+    (errors.Conflict, falcon.HTTP_409),
+    (errors.TooLarge, falcon.HTTP_413),
+    (errors.BackendRefused, falcon.HTTP_502),
+    (errors.BackendUnavailable, falcon.HTTP_503),
+]
+
+
+def _status_for(exc: errors.GatewayError) -> str:
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return status
+    return falcon.HTTP_500
+
+
+def handle_gateway_error(req: falcon.Request, resp: falcon.Response, exc: errors.GatewayError, params) -> None:
+    resp.status = _status_for(exc)
+    resp.media = {"error": exc.message, **exc.details}
+    if isinstance(exc, errors.BackendUnavailable):
+        resp.set_header("Retry-After", str(exc.retry_after))
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:
+    if isinstance(exc, falcon.HTTPError):
+        raise exc  # falcon renders it through serialize_http_error
+    incident = str(uuid.uuid4())
+    log.exception("unhandled error %s on %s %s", incident, req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = {"error": f"internal error; report incident {incident} to the operator", "incident": incident}
+
+
+def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Falcon's own errors (404 route, 405, malformed multipart...) in our error shape."""
+    message = exc.title or "error"
+    if exc.description:
+        message = f"{message}: {exc.description}"
+    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"error": message}

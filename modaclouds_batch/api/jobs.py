@@ -1,0 +1,181 @@
+"""HTTP resources for /jobs: parse the request, call the job service, shape the answer."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import falcon
+
+from ..errors import InvalidRequest
+from ..jobs.service import JobService, SubmitRequest
+from ..jobs.states import JobState
+from ..store import JobFilter
+from ..timefmt import parse_iso, to_iso
+from .views import job_detail, job_summary
+
+TEXT_FIELDS = {"job-name", "job-arguments", "job-notification", "job-notification-events"}
+FILE_FIELDS = {"job-bundle", "job-input"}
+GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+NOTIFICATION_EVENTS = ("final", "all")
+
+
+class JobsResource:
+    def __init__(self, service: JobService, on_submitted=None):
+        self.service = service
+        self.on_submitted = on_submitted
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        content_type = (req.content_type or "").split(";")[0].strip().lower()
+        if content_type not in (falcon.MEDIA_MULTIPART, falcon.MEDIA_URLENCODED):
+            raise falcon.HTTPUnsupportedMediaType(
+                description="POST /jobs takes multipart/form-data (files) or "
+                "application/x-www-form-urlencoded (job-bundle as the text of one script)"
+            )
+        with self.service.staging() as staging:
+            if content_type == falcon.MEDIA_MULTIPART:
+                values = _receive_multipart(req, staging)
+            else:
+                values = _receive_urlencoded(req, staging)
+            events = values.get("job-notification-events") or "final"
+            if events not in NOTIFICATION_EVENTS:
+                raise InvalidRequest(
+                    "job-notification-events must be 'final' (default) or 'all'",
+                    field="job-notification-events",
+                )
+            job = self.service.submit(
+                staging,
+                SubmitRequest(
+                    owner=req.context.user,
+                    name=values.get("job-name"),
+                    arguments=values.get("job-arguments"),
+                    notification_url=values.get("job-notification"),
+                    notification_events=events,
+                    request_id=req.context.request_id,
+                ),
+            )
+        if self.on_submitted:
+            self.on_submitted(job)
+        resp.status = falcon.HTTP_201
+        resp.location = f"/jobs/{job['id']}"
+        resp.media = job_detail(job, self.service.events(job["id"]))
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
+        states = tuple(req.get_param_as_list("status") or ())
+        valid = {s.value for s in JobState}
+        bad = [s for s in states if s not in valid]
+        if bad:
+            raise InvalidRequest(
+                f"unknown status {', '.join(bad)}; statuses are {', '.join(sorted(valid))}", field="status"
+            )
+        flt = JobFilter(
+            owner=req.context.owner_filter,
+            states=states,
+            name_glob=req.get_param("name"),
+            created_after=_time_param(req, "created_after"),
+            created_before=_time_param(req, "created_before"),
+        )
+        rows, next_cursor, total = self.service.list(flt, limit, req.get_param("cursor"))
+        resp.media = [job_summary(row) for row in rows]
+        resp.set_header("X-Total-Count", str(total))
+        if next_cursor:
+            resp.set_header("X-Next-Cursor", next_cursor)
+            query = {k: v for k, v in req.params.items() if k != "cursor"}
+            query["cursor"] = next_cursor
+            resp.append_link(f"{req.path}?{urlencode(query, doseq=True)}", "next")
+
+
+class JobResource:
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        job = self.service.get(job_id)
+        resp.media = job_detail(job, self.service.events(job["id"]))
+
+
+class JobActionResource:
+    """POST /jobs/{id}/{action}; GET does the same for clients of the original API (legacy)."""
+
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str, action: str) -> None:
+        job = self.service.act(job_id, action)
+        resp.status = falcon.HTTP_202
+        resp.media = {"job_id": job["id"], "action": action, "job_status": job["state"],
+                      "job": job_detail(job, self.service.events(job["id"]))}
+
+    on_get = on_post
+
+
+class JobEventsResource:
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        resp.media = self.service.events(job_id)
+
+
+class ArtifactResource:
+    CONTENT_TYPES = {"output": "application/gzip", "stdout": "text/plain; charset=utf-8",
+                     "stderr": "text/plain; charset=utf-8"}
+
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str, name: str) -> None:
+        path = self.service.artifact(job_id, name)
+        resp.content_type = self.CONTENT_TYPES[name]
+        if name == "output":
+            resp.downloadable_as = f"{job_id}-output.tar.gz"
+        resp.set_stream(open(path, "rb"), path.stat().st_size)
+
+
+def _time_param(req: falcon.Request, name: str) -> str | None:
+    raw = req.get_param(name)
+    if raw is None:
+        return None
+    try:
+        return to_iso(parse_iso(raw))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an ISO-8601 time such as 2026-01-31T12:00:00Z", field=name) from None
+
+
+def _receive_multipart(req: falcon.Request, staging) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for part in req.get_media():
+        name = part.name
+        if name in FILE_FIELDS:
+            if part.filename is None and name == "job-bundle":
+                # `-F job-bundle=<script.sh` sends the script as a plain field.
+                staging.receive_script(part.text)
+            else:
+                staging.receive(name, part.stream, part.filename)
+        elif name in TEXT_FIELDS:
+            values[name] = part.text
+        else:
+            raise InvalidRequest(_unknown_field(name), field=name)
+    return values
+
+
+def _receive_urlencoded(req: falcon.Request, staging) -> dict[str, str]:
+    form = req.get_media()
+    unknown = set(form) - TEXT_FIELDS - FILE_FIELDS
+    if unknown:
+        raise InvalidRequest(_unknown_field(sorted(unknown)[0]), field=sorted(unknown)[0])
+    if "job-input" in form:
+        raise InvalidRequest("job-input must be uploaded as a file with multipart/form-data", field="job-input")
+    script = form.get("job-bundle")
+    if isinstance(script, list):
+        raise InvalidRequest("job-bundle given twice", field="job-bundle")
+    if script:
+        staging.receive_script(script)
+    return {k: v for k, v in form.items() if k in TEXT_FIELDS and isinstance(v, str)}
+
+
+def _unknown_field(name: str) -> str:
+    known = ", ".join(sorted(TEXT_FIELDS | FILE_FIELDS))
+    return f"unknown field '{name}'; POST /jobs takes {known}"

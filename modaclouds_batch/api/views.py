@@ -1,0 +1,68 @@
+"""How jobs look on the wire: the list entry and the detailed view."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..jobs.states import ACTION_ALLOWED_FROM, JobAction, JobState
+
+UNIVERSES = {5: "vanilla", 7: "scheduler", 9: "grid", 10: "java", 11: "parallel", 12: "local", 13: "vm"}
+ARTIFACTS = ("output", "stdout", "stderr")
+
+
+def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": job["id"],
+        "job_status": job["state"],
+        "name": job["name"],
+        "created_at": job["created_at"],
+        "backend_id": job["cluster_id"],
+    }
+
+
+def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    base = f"/jobs/{job['id']}"
+    state = JobState(job["state"])
+    actions = [a.value for a in JobAction if state in ACTION_ALLOWED_FROM[a]]
+    outputs_ready = bool(job.get("outputs_retrieved_at"))
+    return {
+        "id": job["id"],
+        "job_id": job["id"],
+        "backend_id": job["cluster_id"],
+        "name": job["name"],
+        "owner": job["owner"],
+        "job_status": job["state"],
+        "state_reason": job.get("state_reason"),
+        "backend_job_status": job.get("backend_status"),
+        "cluster_id": job["cluster_id"],
+        "proc_id": job["proc_id"],
+        "global_job_id": job.get("global_job_id"),
+        "arguments": job["arguments"],
+        "has_input": bool(job.get("has_input")),
+        "exit_status": job.get("exit_status"),
+        "exit_by_signal": job.get("exit_by_signal"),
+        "exit_signal": job.get("exit_signal"),
+        "created_at": job["created_at"],
+        "updated_at": job["updated_at"],
+        "start_date": job.get("started_at"),
+        "completion_date": job.get("completed_at"),
+        "run_count": job.get("run_count"),
+        "priority": job.get("priority"),
+        "universe": UNIVERSES.get(job.get("universe"), job.get("universe")),
+        "image_size_kb": job.get("image_size_kb"),
+        "cpu_usage": {
+            "user_seconds": job.get("cpu_user_seconds"),
+            "system_seconds": job.get("cpu_system_seconds"),
+        },
+        "remote_host": job.get("remote_host"),
+        "notification_url": job.get("notification_url"),
+        "notification_events": job.get("notification_events"),
+        "outputs_ready": outputs_ready,
+        "history": events,
+        "links": {
+            "self": base,
+            "events": f"{base}/events",
+            "artifacts": {name: f"{base}/artifacts/{name}" for name in ARTIFACTS} if outputs_ready else {},
+            "actions": {name: f"{base}/{name}" for name in actions},
+        },
+    }

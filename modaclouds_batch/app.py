@@ -1,0 +1,88 @@
+"""The one place that wires the gateway together."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+import falcon
+import falcon.media
+
+from . import errors
+from .api import errors as api_errors
+from .api.health import HealthResource
+from .api.jobs import ArtifactResource, JobActionResource, JobEventsResource, JobResource, JobsResource
+from .condor.schedd import CondorClient
+from .jobs.service import JobService
+from .jobs.tracker import Tracker, remove_orphan_dirs
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ANONYMOUS = "anonymous"
+
+
+@dataclass
+class Gateway:
+    """The gateway's long-lived parts; nothing here contacts the pool when built."""
+
+    settings: Settings
+    store: Store
+    condor: CondorClient
+    service: JobService
+    tracker: Tracker
+
+    def start_background(self) -> None:
+        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
+        if removed:
+            log.info("removed %d job folders left by unfinished submissions", removed)
+        self.tracker.start()
+
+    def shutdown(self) -> None:
+        self.tracker.shutdown()
+        self.store.close()
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    settings = settings.resolved()
+    store = Store(settings.db_path)
+    condor = CondorClient(settings.condor_config)
+    service = JobService(settings, store, condor)
+    tracker = Tracker(service, settings.tracker_interval)
+    return Gateway(settings, store, condor, service, tracker)
+
+
+class RequestContext:
+    """Gives every request an id (echoed as X-Request-Id) and the caller's identity."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        given = req.get_header("X-Request-Id")
+        req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
+        resp.set_header("X-Request-Id", req.context.request_id)
+        req.context.user = ANONYMOUS
+        req.context.owner_filter = None
+
+
+def create_app(gateway: Gateway) -> falcon.App:
+    app = falcon.App(middleware=[RequestContext()])
+    multipart = falcon.media.MultipartFormHandler()
+    multipart.parse_options.max_body_part_count = 16
+    multipart.parse_options.max_body_part_buffer_size = 1024 * 1024
+    app.req_options.media_handlers[falcon.MEDIA_MULTIPART] = multipart
+    app.req_options.strip_url_path_trailing_slash = True
+
+    app.add_error_handler(Exception, api_errors.handle_unexpected)
+    app.add_error_handler(errors.GatewayError, api_errors.handle_gateway_error)
+    app.set_error_serializer(api_errors.serialize_http_error)
+
+    service = gateway.service
+    app.add_route("/health", HealthResource(gateway.condor))
+    app.add_route("/jobs", JobsResource(service, on_submitted=lambda job: gateway.tracker.wake()))
+    app.add_route("/jobs/{job_id}", JobResource(service))
+    app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
+    app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))
+    app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))
+    return app

@@ -1,0 +1,179 @@
+"""The one place that talks to HTCondor through the htcondor2 bindings.
+
+The bindings read their configuration process-wide, so the client points
+``CONDOR_CONFIG`` at the gateway's client config once, lazily, before the first call.
+Calls are serialised by a lock (the bindings share process-wide state) and counted,
+so the tracker and the benchmark can report schedd round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import classad2
+import htcondor2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_configured_for: str | None = None
+_config_lock = threading.Lock()
+
+
+class CondorUnavailable(Exception):
+    """The schedd or collector does not answer."""
+
+
+class CondorRefused(Exception):
+    """The schedd answered but refused the request."""
+
+
+ACTIONS = {
+    "remove": htcondor2.JobAction.Remove,
+    "hold": htcondor2.JobAction.Hold,
+    "release": htcondor2.JobAction.Release,
+    "suspend": htcondor2.JobAction.Suspend,
+    "continue": htcondor2.JobAction.Continue,
+}
+
+
+def _configure(condor_config: Path | None) -> None:
+    """Point the bindings at our client config (process-wide, so only once per path)."""
+    global _configured_for
+    wanted = str(condor_config) if condor_config else None
+    with _config_lock:
+        if _configured_for == wanted:
+            return
+        if wanted:
+            os.environ["CONDOR_CONFIG"] = wanted
+        htcondor2.reload_config()
+        _configured_for = wanted
+
+
+def ad_to_dict(ad: classad2.ClassAd, projection: Iterable[str]) -> dict[str, Any]:
+    """Plain Python values for the projected attributes that the ad has."""
+    out: dict[str, Any] = {}
+    for name in projection:
+        if name not in ad:
+            continue
+        try:
+            value = ad.eval(name)
+        except Exception:  # an attribute that does not evaluate is the same as absent
+            log.debug("attribute %s did not evaluate", name)
+            continue
+        if isinstance(value, classad2.Value):  # Undefined / Error
+            continue
+        out[name] = value
+    return out
+
+
+class CondorClient:
+    def __init__(self, condor_config: Path | None):
+        self.condor_config = condor_config
+        self._lock = threading.RLock()
+        self._schedd: htcondor2.Schedd | None = None
+        self.round_trips = 0
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def _schedd_handle(self) -> htcondor2.Schedd:
+        if self._schedd is None:
+            _configure(self.condor_config)
+            self.round_trips += 1
+            collector = htcondor2.Collector()
+            ad = collector.locate(htcondor2.DaemonType.Schedd)
+            self._schedd = htcondor2.Schedd(ad)
+        return self._schedd
+
+    def _call(self, what: str, fn: Callable[[htcondor2.Schedd], T]) -> T:
+        with self._lock:
+            try:
+                schedd = self._schedd_handle()
+                self.round_trips += 1
+                return fn(schedd)
+            except htcondor2.HTCondorException as exc:
+                # Relocate next time: the schedd may have restarted on a new address.
+                self._schedd = None
+                raise CondorUnavailable(f"{what}: {exc}") from exc
+
+    # --- operations ---------------------------------------------------------------
+
+    def submit_spooled(self, description: htcondor2.Submit, count: int = 1) -> tuple[int, int]:
+        """Queue ``count`` procs and spool their input files; returns (cluster, first proc).
+
+        If spooling fails the half-made cluster is removed, so nothing is left behind.
+        """
+        with self._lock:
+            try:
+                result = self._call("submit", lambda s: s.submit(description, count=count, spool=True))
+            except CondorUnavailable as exc:
+                if self._answers():
+                    raise CondorRefused(str(exc)) from exc
+                raise
+            cluster = result.cluster()
+            try:
+                self._call("spool", lambda s: s.spool(result))
+            except CondorUnavailable:
+                self.remove_quietly(f"ClusterId == {cluster}", "input spooling failed")
+                raise
+            return cluster, result.first_proc()
+
+    def _answers(self) -> bool:
+        try:
+            self._call("ping", lambda s: s.query("false", ["ClusterId"], limit=1))
+            return True
+        except CondorUnavailable:
+            return False
+
+    def remove_quietly(self, constraint: str, reason: str) -> None:
+        try:
+            self.act("remove", constraint, reason)
+        except CondorUnavailable as exc:
+            log.warning("could not remove jobs %s after failure (%s): %s", constraint, reason, exc)
+
+    def query(self, constraint: str, projection: list[str]) -> list[dict[str, Any]]:
+        ads = self._call("query", lambda s: s.query(constraint, projection))
+        return [ad_to_dict(ad, projection) for ad in ads]
+
+    def history(self, constraint: str, projection: list[str], match: int) -> list[dict[str, Any]]:
+        ads = self._call("history", lambda s: s.history(constraint, projection, match=match))
+        return [ad_to_dict(ad, projection) for ad in ads]
+
+    def retrieve(self, constraint: str) -> None:
+        """Bring spooled outputs back into each job's submit directory."""
+        self._call("retrieve", lambda s: s.retrieve(constraint))
+
+    def edit(self, constraint: str, attr: str, value: str) -> None:
+        self._call("edit", lambda s: s.edit(constraint, attr, value))
+
+    def act(self, action: str, constraint: str, reason: str | None = None) -> dict[str, int]:
+        """Apply a job action; returns HTCondor's counts (e.g. TotalSuccess, TotalNotFound)."""
+        ad = self._call(action, lambda s: s.act(ACTIONS[action], constraint, reason))
+        return {k: int(ad[k]) for k in ad.keys() if k.startswith("Total")}
+
+    def ping(self) -> dict[str, dict[str, Any]]:
+        """Whether the collector and the schedd answer, each with an error when not."""
+        report: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            _configure(self.condor_config)
+            try:
+                self.round_trips += 1
+                ad = htcondor2.Collector().locate(htcondor2.DaemonType.Schedd)
+                report["collector"] = {"ok": True}
+            except htcondor2.HTCondorException as exc:
+                report["collector"] = {"ok": False, "error": str(exc)}
+                report["schedd"] = {"ok": False, "error": "not located: the collector does not answer"}
+                self._schedd = None
+                return report
+            try:
+                self.round_trips += 1
+                htcondor2.Schedd(ad).query("false", ["ClusterId"], limit=1)
+                report["schedd"] = {"ok": True, "name": ad.get("Name")}
+            except htcondor2.HTCondorException as exc:
+                self._schedd = None
+                report["schedd"] = {"ok": False, "error": str(exc)}
+        return report

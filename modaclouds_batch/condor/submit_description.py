@@ -1,0 +1,136 @@
+"""Render a gateway job into an HTCondor submit description; ClassAd names live here.
+
+Pure: ``htcondor2.Submit`` needs no pool, so this is unit-testable offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import classad2
+import htcondor2
+
+# Attributes the gateway adds to every job ad, so the schedd alone can say whose job is whose.
+GATEWAY_JOB_ID = "GatewayJobId"
+GATEWAY_INSTANCE = "GatewayInstance"
+GATEWAY_OWNER = "GatewayOwner"
+GATEWAY_JOB_NAME = "GatewayJobName"
+GATEWAY_REQUEST_ID = "GatewayRequestId"
+
+LAUNCHER = Path(__file__).with_name("launcher.sh")
+BUNDLE_FILE = "bundle.tar.gz"
+INPUT_FILE = "input.tar.gz"
+ARGUMENTS_FILE = "arguments.sh"
+STDOUT_FILE = "stdout.txt"
+STDERR_FILE = "stderr.txt"
+OUTPUT_FILE = "output.tar.gz"
+
+# What the tracker and the detail view read from job ads: one projection for all queries.
+JOB_PROJECTION = [
+    GATEWAY_JOB_ID,
+    "ClusterId",
+    "ProcId",
+    "GlobalJobId",
+    "JobStatus",
+    "HoldReason",
+    "HoldReasonCode",
+    "RemoveReason",
+    "ExitCode",
+    "ExitBySignal",
+    "ExitSignal",
+    "JobStartDate",
+    "JobCurrentStartDate",
+    "CompletionDate",
+    "EnteredCurrentStatus",
+    "NumJobStarts",
+    "JobPrio",
+    "JobUniverse",
+    "ImageSize",
+    "RemoteUserCpu",
+    "RemoteSysCpu",
+    "RemoteHost",
+    "LastRemoteHost",
+    "QDate",
+]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything HTCondor needs to know about one gateway job."""
+
+    job_id: str
+    instance_id: str
+    owner: str
+    name: str
+    job_dir: Path
+    has_input: bool = False
+    request_id: str | None = None
+    request_cpus: int = 1
+    request_memory_mb: int = 128
+    request_disk_kb: int = 1024 * 1024
+
+
+def submit_string(text: str) -> str:
+    """A ClassAd string literal that no submit or match-time macro can expand.
+
+    ``$(...)`` and ``$$(...)`` are expanded at submit and match time in any job ad value
+    and no escape survives both, so a ``$`` in a name is shown as ``_`` in the ad only.
+    """
+    return classad2.quote(text.replace("$", "_"))
+
+
+def shell_quote(arg: str) -> str:
+    """One POSIX sh word that the shell takes literally: nothing inside is expanded."""
+    if "\0" in arg:
+        raise ValueError("arguments cannot contain NUL characters")
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+def arguments_script(args: Iterable[str]) -> str:
+    """The launcher sources this file to receive the job's arguments.
+
+    Arguments travel as a file rather than HTCondor's ``arguments`` because submit and
+    match-time macro expansion (``$(x)``, ``$$(x)``) cannot be escaped reliably there.
+    """
+    return "set -- " + " ".join(shell_quote(a) for a in args) + "\n"
+
+
+def render_submit(spec: JobSpec) -> htcondor2.Submit:
+    inputs = [BUNDLE_FILE, ARGUMENTS_FILE] + ([INPUT_FILE] if spec.has_input else [])
+    description = {
+        "universe": "vanilla",
+        "executable": str(LAUNCHER),
+        "transfer_executable": "true",
+        "initialdir": str(spec.job_dir),
+        "should_transfer_files": "YES",
+        "when_to_transfer_output": "ON_EXIT",
+        # Only output.tar.gz is written at the top of the sandbox; listing no files
+        # means a job killed before writing it ends normally instead of being held.
+        "transfer_input_files": ",".join(inputs),
+        "output": STDOUT_FILE,
+        "error": STDERR_FILE,
+        "request_cpus": str(spec.request_cpus),
+        "request_memory": f"{spec.request_memory_mb}MB",
+        "request_disk": f"{spec.request_disk_kb}KB",
+        "JobBatchName": submit_string(spec.name),
+        f"My.{GATEWAY_JOB_ID}": submit_string(spec.job_id),
+        f"My.{GATEWAY_INSTANCE}": submit_string(spec.instance_id),
+        f"My.{GATEWAY_OWNER}": submit_string(spec.owner),
+        f"My.{GATEWAY_JOB_NAME}": submit_string(spec.name),
+    }
+    if spec.request_id:
+        description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
+    return htcondor2.Submit(description)
+
+
+def instance_constraint(instance_id: str) -> str:
+    """Every job this gateway submitted, and no other."""
+    return f"{GATEWAY_INSTANCE} == {classad2.quote(instance_id)}"
+
+
+def jobs_constraint(instance_id: str, job_ids: Iterable[str]) -> str:
+    """Exactly the named gateway jobs, as one expression (one round trip for all)."""
+    ids = ", ".join(classad2.quote(j) for j in job_ids)
+    return f"{instance_constraint(instance_id)} && member({GATEWAY_JOB_ID}, {{{ids}}})"

@@ -1,0 +1,44 @@
+"""Domain errors: raised below the HTTP layer, mapped to status codes once in api/errors.py."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class; ``message`` tells what went wrong and what to do, ``details`` adds keys."""
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(GatewayError):
+    """The request itself is wrong (400)."""
+
+
+class NotFound(GatewayError):
+    """No such job, data object or artifact (404)."""
+
+
+class Gone(GatewayError):
+    """It existed but has expired (410)."""
+
+
+class Conflict(GatewayError):
+    """The request makes no sense in the current state (409)."""
+
+
+class TooLarge(GatewayError):
+    """An upload or archive exceeds a configured limit (413)."""
+
+
+class BackendUnavailable(GatewayError):
+    """HTCondor does not answer; retry later (503)."""
+
+    def __init__(self, message: str, retry_after: int = 10, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class BackendRefused(GatewayError):
+    """HTCondor answered but refused the request (502)."""

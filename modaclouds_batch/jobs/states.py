@@ -1,0 +1,105 @@
+"""The one job-state vocabulary, and how HTCondor's job ads map onto it.
+
+API, store and docs all use these names; nothing else may invent a state.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Mapping
+
+
+class JobState(str, Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    HELD = "held"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REMOVED = "removed"
+    SUBMISSION_ERROR = "submission_error"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {JobState.COMPLETED, JobState.FAILED, JobState.REMOVED, JobState.SUBMISSION_ERROR}
+)
+ACTIVE_STATES = frozenset(set(JobState) - FINAL_STATES)
+
+DESCRIPTIONS = {
+    JobState.IDLE: "queued, waiting for a free slot (or its input files are still being spooled)",
+    JobState.RUNNING: "running on an execute node (or transferring its outputs back)",
+    JobState.SUSPENDED: "paused on its execute node by a suspend action; continue resumes it",
+    JobState.HELD: "held by a user action or by HTCondor (see state_reason); release requeues it",
+    JobState.COMPLETED: "run.sh exited with status 0; outputs are ready",
+    JobState.FAILED: "run.sh exited non-zero or was killed by a signal; outputs are ready",
+    JobState.REMOVED: "removed before it finished; it produced no outputs",
+    JobState.SUBMISSION_ERROR: "HTCondor refused or lost the job; state_reason tells why",
+}
+
+# HTCondor's JobStatus codes, named as condor_q names them.
+CONDOR_STATUS_NAMES = {
+    1: "Idle",
+    2: "Running",
+    3: "Removed",
+    4: "Completed",
+    5: "Held",
+    6: "Transferring Output",
+    7: "Suspended",
+}
+
+# HoldReasonCode 16: the schedd holds a spooled job until its input files arrive.
+HOLD_CODE_SPOOLING_INPUT = 16
+
+
+def state_from_ad(ad: Mapping) -> JobState:
+    """Map one job ad (JobStatus, HoldReasonCode, ExitCode, ExitBySignal) to a state."""
+    status = int(ad.get("JobStatus", 0))
+    if status == 1:
+        return JobState.IDLE
+    if status in (2, 6):
+        return JobState.RUNNING
+    if status == 7:
+        return JobState.SUSPENDED
+    if status == 5:
+        if ad.get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT:
+            return JobState.IDLE
+        return JobState.HELD
+    if status == 3:
+        return JobState.REMOVED
+    if status == 4:
+        if ad.get("ExitBySignal") or ad.get("ExitCode", 0) != 0:
+            return JobState.FAILED
+        return JobState.COMPLETED
+    raise ValueError(f"unknown HTCondor JobStatus {status!r}")
+
+
+class JobAction(str, Enum):
+    REMOVE = "remove"
+    HOLD = "hold"
+    RELEASE = "release"
+    SUSPEND = "suspend"
+    CONTINUE = "continue"
+
+
+# Which states each action makes sense from; anything else is a conflict.
+ACTION_ALLOWED_FROM = {
+    JobAction.REMOVE: ACTIVE_STATES,
+    JobAction.HOLD: frozenset({JobState.IDLE, JobState.RUNNING, JobState.SUSPENDED}),
+    JobAction.RELEASE: frozenset({JobState.HELD}),
+    JobAction.SUSPEND: frozenset({JobState.RUNNING}),
+    JobAction.CONTINUE: frozenset({JobState.SUSPENDED}),
+}
+
+
+def action_conflict(action: JobAction, state: JobState) -> str | None:
+    """Why ``action`` makes no sense for a job in ``state``; None when it does."""
+    if state in ACTION_ALLOWED_FROM[action]:
+        return None
+    if state.is_final:
+        return f"the job is already {state.value}; {action.value} applies only to jobs still in the queue"
+    allowed = ", ".join(sorted(s.value for s in ACTION_ALLOWED_FROM[action]))
+    return f"cannot {action.value} a job that is {state.value}; {action.value} applies to jobs that are {allowed}"

@@ -1,0 +1,294 @@
+"""The poll loop that keeps every job's state current from the schedd.
+
+One cycle costs a fixed number of schedd round trips whatever the number of jobs:
+one queue query for all of this gateway's jobs, then at most one retrieve and one
+edit for all jobs that finished, one history query for all jobs that left the queue
+unseen, and one remove for all orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..condor import submit_description as sd
+from ..condor.schedd import CondorUnavailable
+from ..store import JobChange
+from ..timefmt import epoch_to_iso, now_iso
+from .states import ACTIVE_STATES, CONDOR_STATUS_NAMES, JobState, state_from_ad
+
+log = logging.getLogger(__name__)
+
+# A finished job whose outputs cannot be retrieved this many times is closed without them.
+MAX_RETRIEVE_ATTEMPTS = 5
+# A job missing from both queue and history this many cycles is recorded as lost.
+MAX_MISSING_CYCLES = 3
+
+
+def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
+    """The job-ad facts the detail view shows, named as the store names them."""
+    fields = {
+        "global_job_id": ad.get("GlobalJobId"),
+        "backend_status": CONDOR_STATUS_NAMES.get(ad.get("JobStatus")),
+        "started_at": epoch_to_iso(ad.get("JobStartDate")),
+        "run_count": ad.get("NumJobStarts"),
+        "priority": ad.get("JobPrio"),
+        "universe": ad.get("JobUniverse"),
+        "image_size_kb": ad.get("ImageSize"),
+        "cpu_user_seconds": ad.get("RemoteUserCpu"),
+        "cpu_system_seconds": ad.get("RemoteSysCpu"),
+        "remote_host": ad.get("RemoteHost") or ad.get("LastRemoteHost"),
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _exit_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
+    by_signal = bool(ad.get("ExitBySignal"))
+    return {
+        "exit_by_signal": int(by_signal),
+        "exit_status": None if by_signal else ad.get("ExitCode"),
+        "exit_signal": ad.get("ExitSignal") if by_signal else None,
+        "completed_at": epoch_to_iso(ad.get("CompletionDate")) or now_iso(),
+    }
+
+
+def state_reason(state: JobState, ad: Mapping[str, Any]) -> str | None:
+    if state is JobState.HELD:
+        return ad.get("HoldReason")
+    if state is JobState.REMOVED:
+        return ad.get("RemoveReason")
+    if state is JobState.FAILED:
+        if ad.get("ExitBySignal"):
+            return f"run.sh was killed by signal {ad.get('ExitSignal')}"
+        return f"run.sh exited with status {ad.get('ExitCode')}"
+    if state is JobState.COMPLETED:
+        return "run.sh exited with status 0"
+    return None
+
+
+def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowed: bool) -> JobChange | None:
+    """What a job ad changes in our record of ``job``.
+
+    ``final_allowed`` False keeps completed/failed out: those are recorded only after
+    the outputs are back, so that 'completed' always means 'outputs are ready'.
+    """
+    state = state_from_ad(ad)
+    fields = _detail_fields(ad)
+    change = JobChange(job["id"])
+    if state in (JobState.COMPLETED, JobState.FAILED) and not final_allowed:
+        state = JobState(job["state"])
+    if state.is_final:
+        fields.update(_exit_fields(ad) if state is not JobState.REMOVED else {"completed_at": now_iso()})
+    if state.value != job["state"] or (
+        state is JobState.HELD and state_reason(state, ad) != job.get("state_reason")
+    ):
+        change.new_state = state.value
+        change.reason = state_reason(state, ad)
+    change.fields = {k: v for k, v in fields.items() if job.get(k) != v}
+    if change.new_state is None and not change.fields:
+        return None
+    return change
+
+
+@dataclass
+class CycleReport:
+    round_trips: int = 0
+    jobs_tracked: int = 0
+    changes: int = 0
+    retrieved: int = 0
+    orphans_removed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Tracker:
+    def __init__(self, service, interval: float, on_cycle: Callable[[CycleReport], None] | None = None):
+        self.service = service
+        self.store = service.store
+        self.condor = service.condor
+        self.interval = interval
+        self.on_cycle = on_cycle
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._missing_cycles: dict[str, int] = {}
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tracker", daemon=True)
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Run the next cycle now (after a submission or an action)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                report = self.run_cycle()
+                if self.on_cycle:
+                    self.on_cycle(report)
+            except Exception:  # the loop must survive anything; the cause is logged
+                log.exception("tracker cycle failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    # --- one cycle -------------------------------------------------------------------
+
+    def run_cycle(self) -> CycleReport:
+        report = CycleReport()
+        start_trips = self.condor.round_trips
+        instance = self.store.instance_id
+        active = {job["id"]: job for job in self.store.active_jobs(s.value for s in ACTIVE_STATES)}
+        report.jobs_tracked = len(active)
+        try:
+            ads = self.condor.query(sd.instance_constraint(instance), sd.JOB_PROJECTION)
+        except CondorUnavailable as exc:
+            report.errors.append(str(exc))
+            log.warning("tracker: schedd query failed, will retry: %s", exc)
+            return report
+
+        changes: list[JobChange] = []
+        finished: dict[str, tuple[dict, dict]] = {}
+        leftovers: list[str] = []  # final in our store, still in the queue
+        unknown: list[str] = []
+        in_flight = self.service.in_flight()
+        seen: set[str] = set()
+        for ad in ads:
+            job_id = ad.get(sd.GATEWAY_JOB_ID)
+            if not job_id:
+                continue
+            seen.add(job_id)
+            job = active.get(job_id)
+            if job is None:
+                if job_id in in_flight:
+                    continue
+                if self.store.get_job(job_id) is None:
+                    if ad.get("JobStatus") != 3:  # already on its way out
+                        unknown.append(job_id)
+                elif ad.get("JobStatus") == 4:
+                    leftovers.append(job_id)
+                continue
+            if state_from_ad(ad) in (JobState.COMPLETED, JobState.FAILED):
+                finished[job_id] = (job, ad)
+            change = changes_from_ads(job, ad, final_allowed=False)
+            if change:
+                changes.append(change)
+
+        if changes:
+            self.store.apply_job_changes(changes)
+            report.changes += len(changes)
+        if finished:
+            self._collect_outputs(instance, finished, report)
+        if leftovers:
+            self._let_leave_queue(instance, leftovers, report)
+        missing = [job for job_id, job in active.items() if job_id not in seen and job_id not in in_flight]
+        if missing:
+            self._close_missing(instance, missing, report)
+        if unknown:
+            self._remove_orphans(instance, unknown, report)
+        report.round_trips = self.condor.round_trips - start_trips
+        return report
+
+    def _collect_outputs(self, instance: str, finished: dict[str, tuple[dict, dict]], report: CycleReport) -> None:
+        """Retrieve all finished jobs' outputs in one call, then record their final states."""
+        constraint = sd.jobs_constraint(instance, finished) + " && JobStatus == 4"
+        changes: list[JobChange] = []
+        try:
+            self.condor.retrieve(constraint)
+        except CondorUnavailable as exc:
+            report.errors.append(str(exc))
+            log.warning("tracker: retrieving outputs of %d jobs failed: %s", len(finished), exc)
+            for job, ad in finished.values():
+                attempts = (job.get("retrieve_attempts") or 0) + 1
+                if attempts < MAX_RETRIEVE_ATTEMPTS:
+                    changes.append(JobChange(job["id"], {"retrieve_attempts": attempts}))
+                else:
+                    change = changes_from_ads(job, ad, final_allowed=True)
+                    change.reason = f"{change.reason}; outputs could not be retrieved: {exc}"
+                    change.fields["retrieve_attempts"] = attempts
+                    changes.append(change)
+            self.store.apply_job_changes(changes)
+            return
+        retrieved_at = now_iso()
+        for job, ad in finished.values():
+            change = changes_from_ads(job, ad, final_allowed=True)
+            change.fields["outputs_retrieved_at"] = retrieved_at
+            changes.append(change)
+        self.store.apply_job_changes(changes)
+        report.retrieved += len(changes)
+        report.changes += len(changes)
+        self._let_leave_queue(instance, list(finished), report)
+
+    def _let_leave_queue(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
+        """Spooled jobs wait in the queue for their outputs to be fetched; let them go."""
+        try:
+            self.condor.edit(sd.jobs_constraint(instance, job_ids) + " && JobStatus == 4", "LeaveJobInQueue", "false")
+        except CondorUnavailable as exc:
+            report.errors.append(str(exc))
+            log.warning("tracker: could not release %d finished jobs from the queue: %s", len(job_ids), exc)
+
+    def _close_missing(self, instance: str, missing: list[dict], report: CycleReport) -> None:
+        """Jobs that left the queue between two cycles: read their end from the history."""
+        try:
+            ads = self.condor.history(sd.jobs_constraint(instance, [j["id"] for j in missing]), sd.JOB_PROJECTION, match=len(missing))
+        except CondorUnavailable as exc:
+            report.errors.append(str(exc))
+            log.warning("tracker: history query failed: %s", exc)
+            return
+        by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
+        changes: list[JobChange] = []
+        for job in missing:
+            ad = by_id.get(job["id"])
+            if ad is not None:
+                self._missing_cycles.pop(job["id"], None)
+                change = changes_from_ads(job, ad, final_allowed=True)
+                if change and state_from_ad(ad) is not JobState.REMOVED:
+                    change.reason = f"{change.reason}; the job left the queue before its outputs were retrieved"
+                if change:
+                    changes.append(change)
+                continue
+            cycles = self._missing_cycles.get(job["id"], 0) + 1
+            self._missing_cycles[job["id"]] = cycles
+            if cycles >= MAX_MISSING_CYCLES:
+                self._missing_cycles.pop(job["id"], None)
+                changes.append(JobChange(
+                    job["id"], {"completed_at": now_iso()}, JobState.REMOVED.value,
+                    "the job vanished from the schedd's queue and history",
+                ))
+        if changes:
+            self.store.apply_job_changes(changes)
+            report.changes += len(changes)
+
+    def _remove_orphans(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
+        """Jobs this gateway queued but never recorded (it stopped mid-submission)."""
+        try:
+            self.condor.act("remove", sd.jobs_constraint(instance, job_ids), "the gateway has no record of this job")
+            report.orphans_removed += len(job_ids)
+            log.info("tracker: removed %d orphaned jobs", len(job_ids))
+        except CondorUnavailable as exc:
+            report.errors.append(str(exc))
+            log.warning("tracker: could not remove orphaned jobs: %s", exc)
+
+
+def remove_orphan_dirs(jobs_dir: Path, known: set[str], in_flight: set[str]) -> int:
+    """Job folders left by a submission the gateway never finished; returns how many."""
+    removed = 0
+    if not jobs_dir.is_dir():
+        return 0
+    for entry in jobs_dir.iterdir():
+        if entry.is_dir() and str(entry) not in known and entry.name not in in_flight:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed

@@ -1,0 +1,51 @@
+"""Run the gateway: the HTTP server on waitress plus its background threads."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import waitress
+
+from .app import build_gateway, create_app
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+# Multipart framing around the two archives.
+FORM_OVERHEAD_BYTES = 1024 * 1024
+
+
+def run(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gateway = build_gateway(settings)
+    settings = gateway.settings
+    app = create_app(gateway)
+    server = waitress.create_server(
+        app,
+        host=settings.host,
+        port=settings.port,
+        threads=settings.threads,
+        # Waitress spools large bodies to disk, so this bounds disk, not memory.
+        max_request_body_size=2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        clear_untrusted_proxy_headers=True,
+    )
+
+    def stop(signum, frame):
+        log.info("signal %s: stopping", signum)
+        server.close()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    gateway.start_background()
+    log.info("modaclouds-batch serving on http://%s:%s (db %s)", settings.host, settings.port, settings.db_path)
+    try:
+        server.run()
+    except OSError as exc:  # waitress raises EBADF from its loop after close()
+        if server.socket.fileno() != -1:
+            raise
+        log.debug("server loop ended: %s", exc)
+    finally:
+        gateway.shutdown()
+        log.info("stopped")
+    sys.exit(0)

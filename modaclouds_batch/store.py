@@ -1,0 +1,281 @@
+"""The gateway's durable state in SQLite (sqlite-utils, WAL mode).
+
+Nothing else in the package writes SQL. Every query that matters has a name here.
+One connection is shared by waitress' threads, the tracker and the webhook worker,
+serialised by a lock: SQLite serialises writers anyway, and reads are short.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from .timefmt import now_iso
+
+migrations = Migrations("modaclouds_batch")
+
+
+@migrations()
+def m001_jobs(db: Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["jobs"].create(
+        {
+            "id": str,
+            "name": str,
+            "owner": str,
+            "state": str,
+            "state_reason": str,
+            "backend_status": str,
+            "cluster_id": int,
+            "proc_id": int,
+            "global_job_id": str,
+            "arguments": str,  # JSON list
+            "notification_url": str,
+            "notification_events": str,
+            "has_input": int,
+            "job_dir": str,
+            "request_id": str,
+            "created_at": str,
+            "updated_at": str,
+            "started_at": str,
+            "completed_at": str,
+            "exit_status": int,
+            "exit_by_signal": int,
+            "exit_signal": int,
+            "run_count": int,
+            "priority": int,
+            "universe": int,
+            "image_size_kb": int,
+            "cpu_user_seconds": float,
+            "cpu_system_seconds": float,
+            "remote_host": str,
+            "outputs_retrieved_at": str,
+            "retrieve_attempts": int,
+        },
+        pk="id",
+        not_null={"name", "owner", "state", "created_at", "updated_at"},
+        defaults={"retrieve_attempts": 0, "has_input": 0, "notification_events": "final"},
+    )
+    db["jobs"].create_index(["created_at", "id"])
+    db["jobs"].create_index(["state"])
+    db["jobs"].create_index(["cluster_id", "proc_id"])
+    db["job_events"].create(
+        {"id": int, "job_id": str, "state": str, "reason": str, "at": str},
+        pk="id",
+        foreign_keys=[("job_id", "jobs", "id")],
+    )
+    db["job_events"].create_index(["job_id", "id"])
+
+
+@dataclass
+class JobChange:
+    """Fields to set on one job, with the state event to record when the state changes."""
+
+    job_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    new_state: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    owner: str | None = None
+    states: tuple[str, ...] = ()
+    name_glob: str | None = None
+    created_after: str | None = None
+    created_before: str | None = None
+
+
+class Store:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self.db = Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self._lock = threading.RLock()
+        with self._lock:
+            migrations.apply(self.db)
+            self.instance_id = self._ensure_instance_id()
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One atomic unit of work; nested uses join the outer one."""
+        with self._lock:
+            with self.db.atomic():
+                yield self.db
+
+    def _ensure_instance_id(self) -> str:
+        """A stable id for this gateway, stored in every job ad it submits."""
+        rows = list(self.db.query("select value from meta where key = 'instance_id'"))
+        if rows:
+            return rows[0]["value"]
+        value = str(uuid.uuid4())
+        self.db["meta"].insert({"key": "instance_id", "value": value})
+        return value
+
+    # --- jobs -----------------------------------------------------------------
+
+    def insert_job(self, job: dict[str, Any], reason: str | None = None) -> None:
+        with self.transaction() as db:
+            db["jobs"].insert(job)
+            db["job_events"].insert(
+                {"job_id": job["id"], "state": job["state"], "reason": reason, "at": job["created_at"]}
+            )
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from jobs where id = ?", [job_id]))
+        return _decode_job(rows[0]) if rows else None
+
+    def active_jobs(self, states: Iterable[str]) -> list[dict[str, Any]]:
+        """Jobs the tracker still has to follow, in submission order."""
+        states = list(states)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self.db.query(
+                f"select * from jobs where state in ({marks}) order by created_at", states
+            )
+            return [_decode_job(r) for r in rows]
+
+    def jobs_awaiting_outputs(self, final_states: Iterable[str]) -> list[dict[str, Any]]:
+        """Finished jobs whose outputs were not yet brought back."""
+        states = list(final_states)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self.db.query(
+                f"select * from jobs where state in ({marks}) and outputs_retrieved_at is null"
+                " and cluster_id is not null",
+                states,
+            )
+            return [_decode_job(r) for r in rows]
+
+    def list_jobs(
+        self, flt: JobFilter, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None, int]:
+        """Newest first; returns (page, cursor of the next page or None, total matching)."""
+        where, params = _job_filter_sql(flt)
+        total_where = " and ".join(where) or "1"
+        with self._lock:
+            total = self.db.execute(
+                f"select count(*) from jobs where {total_where}", params
+            ).fetchone()[0]
+            if cursor:
+                created_at, job_id = decode_cursor(cursor)
+                where.append("(created_at < ? or (created_at = ? and id < ?))")
+                params += [created_at, created_at, job_id]
+            sql = (
+                f"select * from jobs where {' and '.join(where) or '1'}"
+                " order by created_at desc, id desc limit ?"
+            )
+            rows = [_decode_job(r) for r in self.db.query(sql, params + [limit + 1])]
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+        return rows, next_cursor, total
+
+    def apply_job_changes(self, changes: Iterable[JobChange]) -> None:
+        """Write many jobs' changes, and their state events, in one transaction."""
+        now = now_iso()
+        with self.transaction() as db:
+            for change in changes:
+                values = dict(change.fields)
+                if change.new_state is not None:
+                    values["state"] = change.new_state
+                    values["state_reason"] = change.reason
+                    db["job_events"].insert(
+                        {"job_id": change.job_id, "state": change.new_state,
+                         "reason": change.reason, "at": now}
+                    )
+                if not values:
+                    continue
+                values["updated_at"] = now
+                if "arguments" in values:
+                    values["arguments"] = json.dumps(values["arguments"])
+                db["jobs"].update(change.job_id, values)
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(
+                self.db.query(
+                    "select state, reason, at from job_events where job_id = ? order by id",
+                    [job_id],
+                )
+            )
+
+    def delete_job(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("delete from job_events where job_id = ?", [job_id])
+            db.execute("delete from jobs where id = ?", [job_id])
+
+    def known_job_dirs(self) -> set[str]:
+        with self._lock:
+            return {r["job_dir"] for r in self.db.query("select job_dir from jobs") if r["job_dir"]}
+
+    def count_jobs(self) -> int:
+        with self._lock:
+            return self.db.execute("select count(*) from jobs").fetchone()[0]
+
+
+def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    if row.get("arguments"):
+        row["arguments"] = json.loads(row["arguments"])
+    else:
+        row["arguments"] = []
+    for flag in ("has_input", "exit_by_signal"):
+        if row.get(flag) is not None:
+            row[flag] = bool(row[flag])
+    return row
+
+
+def _job_filter_sql(flt: JobFilter) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if flt.owner is not None:
+        where.append("owner = ?")
+        params.append(flt.owner)
+    if flt.states:
+        where.append(f"state in ({','.join('?' * len(flt.states))})")
+        params.extend(flt.states)
+    if flt.name_glob:
+        where.append("name glob ?")
+        params.append(flt.name_glob)
+    if flt.created_after:
+        where.append("created_at >= ?")
+        params.append(flt.created_after)
+    if flt.created_before:
+        where.append("created_at < ?")
+        params.append(flt.created_before)
+    return where, params
+
+
+def encode_cursor(created_at: str, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}|{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """Raises ValueError for a cursor this module did not make."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+    except Exception as exc:  # any decoding failure means the same thing to the caller
+        raise ValueError("malformed cursor") from exc
+    return created_at, job_id

@@ -1,0 +1,61 @@
+"""A stand-in for CondorClient: an in-memory queue and history, counting round trips."""
+
+from __future__ import annotations
+
+import re
+
+from modaclouds_batch.condor.schedd import CondorUnavailable
+
+
+def _ids_in(constraint: str) -> set[str]:
+    match = re.search(r"member\(GatewayJobId, \{(.*)\}\)", constraint)
+    if not match:
+        return set()
+    return set(re.findall(r'"([^"]*)"', match.group(1)))
+
+
+class FakeCondor:
+    def __init__(self):
+        self.queue: dict[str, dict] = {}
+        self.history_ads: dict[str, dict] = {}
+        self.round_trips = 0
+        self.calls: list[tuple[str, str]] = []
+        self.fail: set[str] = set()
+
+    def _trip(self, name: str, constraint: str) -> None:
+        self.round_trips += 1
+        self.calls.append((name, constraint))
+        if name in self.fail:
+            raise CondorUnavailable(f"{name}: schedd down")
+
+    def _select(self, ads: dict[str, dict], constraint: str) -> list[dict]:
+        wanted = _ids_in(constraint)
+        return [dict(ad) for job_id, ad in ads.items() if not wanted or job_id in wanted]
+
+    def query(self, constraint, projection):
+        self._trip("query", constraint)
+        return self._select(self.queue, constraint)
+
+    def history(self, constraint, projection, match):
+        self._trip("history", constraint)
+        return self._select(self.history_ads, constraint)[:match]
+
+    def retrieve(self, constraint):
+        self._trip("retrieve", constraint)
+
+    def edit(self, constraint, attr, value):
+        self._trip("edit", constraint)
+        if attr == "LeaveJobInQueue":
+            for ad in self._select(self.queue, constraint):
+                self.history_ads[ad["GatewayJobId"]] = self.queue.pop(ad["GatewayJobId"])
+
+    def act(self, action, constraint, reason=None):
+        self._trip(action, constraint)
+        hit = self._select(self.queue, constraint)
+        if action == "remove":
+            for ad in hit:
+                self.history_ads[ad["GatewayJobId"]] = {**self.queue.pop(ad["GatewayJobId"]), "JobStatus": 3}
+        return {"TotalSuccess": len(hit)}
+
+    def remove_quietly(self, constraint, reason):
+        self.act("remove", constraint, reason)

@@ -1,0 +1,121 @@
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from modaclouds_batch.jobs.tracker import MAX_RETRIEVE_ATTEMPTS, Tracker
+from modaclouds_batch.store import Store
+from modaclouds_batch.timefmt import now_iso
+
+from .fakes import FakeCondor
+
+
+@pytest.fixture
+def world(tmp_path):
+    store = Store(tmp_path / "gw.db")
+    condor = FakeCondor()
+    service = SimpleNamespace(store=store, condor=condor, in_flight=lambda: set())
+    return SimpleNamespace(store=store, condor=condor, tracker=Tracker(service, interval=60))
+
+
+def add_job(world, status=1, **ad):
+    job_id = str(uuid.uuid4())
+    cluster = len(world.condor.queue) + len(world.condor.history_ads) + 1
+    now = now_iso()
+    world.store.insert_job({
+        "id": job_id, "name": "j", "owner": "alice", "state": "idle", "cluster_id": cluster,
+        "proc_id": 0, "job_dir": "/nonexistent", "arguments": "[]", "created_at": now, "updated_at": now,
+    })
+    world.condor.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": 0, "JobStatus": status, **ad}
+    return job_id
+
+
+def test_running_job_is_recorded_running_with_its_history(world):
+    job_id = add_job(world, status=2, JobStartDate=1_700_000_000, RemoteHost="slot1@node")
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert job["state"] == "running"
+    assert job["started_at"] == "2023-11-14T22:13:20.000000Z"
+    assert job["remote_host"] == "slot1@node"
+    assert [e["state"] for e in world.store.job_events(job_id)] == ["idle", "running"]
+
+
+def test_completed_job_becomes_completed_only_with_its_outputs(world):
+    job_id = add_job(world, status=4, ExitCode=0, ExitBySignal=False, CompletionDate=1_700_000_100)
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert job["state"] == "completed"
+    assert job["outputs_retrieved_at"] is not None
+    assert job["exit_status"] == 0
+    assert [c[0] for c in world.condor.calls] == ["query", "retrieve", "edit"]
+    assert job_id not in world.condor.queue  # let out of the queue once retrieved
+
+
+def test_non_zero_exit_is_failed_with_the_status_in_the_reason(world):
+    job_id = add_job(world, status=4, ExitCode=3, ExitBySignal=False)
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert (job["state"], job["exit_status"]) == ("failed", 3)
+    assert job["state_reason"] == "run.sh exited with status 3"
+
+
+def test_held_job_records_condor_reason(world):
+    job_id = add_job(world, status=5, HoldReason="via condor_hold (by user batch)", HoldReasonCode=1)
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert (job["state"], job["state_reason"]) == ("held", "via condor_hold (by user batch)")
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+def test_round_trips_per_cycle_do_not_grow_with_jobs(world, count):
+    for i in range(count):
+        add_job(world, status=[1, 2, 4][i % 3], ExitCode=0)
+    report = world.tracker.run_cycle()
+    assert report.round_trips == 3  # query + retrieve + edit, whatever the count
+    assert report.jobs_tracked == count
+
+
+def test_job_that_left_the_queue_is_closed_from_history(world):
+    job_id = add_job(world, status=1)
+    world.condor.history_ads[job_id] = {**world.condor.queue.pop(job_id), "JobStatus": 3, "RemoveReason": "by admin"}
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert (job["state"], job["state_reason"]) == ("removed", "by admin")
+
+
+def test_job_missing_everywhere_is_closed_after_a_few_cycles(world):
+    job_id = add_job(world, status=1)
+    del world.condor.queue[job_id]
+    world.tracker.run_cycle()
+    assert world.store.get_job(job_id)["state"] == "idle"
+    world.tracker.run_cycle()
+    world.tracker.run_cycle()
+    assert world.store.get_job(job_id)["state"] == "removed"
+
+
+def test_orphan_in_the_queue_is_removed(world):
+    orphan = str(uuid.uuid4())
+    world.condor.queue[orphan] = {"GatewayJobId": orphan, "ClusterId": 99, "ProcId": 0, "JobStatus": 1}
+    report = world.tracker.run_cycle()
+    assert report.orphans_removed == 1
+    assert orphan not in world.condor.queue
+
+
+def test_failed_retrieval_is_retried_then_closed_with_the_reason(world):
+    job_id = add_job(world, status=4, ExitCode=0)
+    world.condor.fail.add("retrieve")
+    for _ in range(MAX_RETRIEVE_ATTEMPTS - 1):
+        world.tracker.run_cycle()
+        assert world.store.get_job(job_id)["state"] == "idle"
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert job["state"] == "completed"
+    assert job["outputs_retrieved_at"] is None
+    assert "outputs could not be retrieved" in job["state_reason"]
+
+
+def test_schedd_down_changes_nothing(world):
+    job_id = add_job(world, status=2)
+    world.condor.fail.add("query")
+    report = world.tracker.run_cycle()
+    assert report.errors and world.store.get_job(job_id)["state"] == "idle"
