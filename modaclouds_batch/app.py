@@ -13,10 +13,20 @@ import falcon.media
 from . import errors
 from .api import errors as api_errors
 from .api.health import HealthResource
-from .api.jobs import ArtifactResource, JobActionResource, JobEventsResource, JobResource, JobsResource
+from .api.jobs import (
+    ArtifactResource,
+    JobActionResource,
+    JobEventsResource,
+    JobResource,
+    JobsResource,
+    NotificationResendResource,
+    NotificationsResource,
+)
 from .condor.schedd import CondorClient
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
+from .notify.delivery import WebhookDispatcher
+from .notify.events import events_for_change
 from .settings import Settings
 from .store import Store
 
@@ -34,25 +44,30 @@ class Gateway:
     condor: CondorClient
     service: JobService
     tracker: Tracker
+    webhooks: WebhookDispatcher
 
     def start_background(self) -> None:
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
         self.tracker.start()
+        self.webhooks.start()
 
     def shutdown(self) -> None:
         self.tracker.shutdown()
+        self.webhooks.shutdown()
         self.store.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
     settings = settings.resolved()
-    store = Store(settings.db_path)
+    store = Store(settings.db_path, on_state_change=lambda job: events_for_change(job, settings.base_url))
     condor = CondorClient(settings.condor_config)
     service = JobService(settings, store, condor)
-    tracker = Tracker(service, settings.tracker_interval)
-    return Gateway(settings, store, condor, service, tracker)
+    webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers)
+    tracker = Tracker(service, settings.tracker_interval,
+                      on_cycle=lambda report: webhooks.wake() if report.changes else None)
+    return Gateway(settings, store, condor, service, tracker, webhooks)
 
 
 class RequestContext:
@@ -84,5 +99,8 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/jobs/{job_id}", JobResource(service))
     app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
     app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))
+    app.add_route("/jobs/{job_id}/notifications", NotificationsResource(service))
+    app.add_route("/jobs/{job_id}/notifications/{event_id}/resend",
+                  NotificationResendResource(service, on_resend=gateway.webhooks.wake))
     app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))
     return app

@@ -56,6 +56,10 @@ class Settings:
     webhook_give_up_after: float = 24 * 3600.0
     # None: private/loopback webhook targets allowed only when serving on loopback.
     webhook_allow_private: bool | None = None
+    # Retry schedule: exponential from this many seconds, capped, with jitter.
+    webhook_backoff_initial: float = 2.0
+    webhook_backoff_max: float = 600.0
+    webhook_workers: int = 4
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
@@ -87,6 +91,12 @@ class Settings:
     @property
     def listens_on_loopback(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def private_webhooks_allowed(self) -> bool:
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.listens_on_loopback
 
 
 def _coerce(name: str, raw: Any) -> Any:

@@ -15,7 +15,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -77,6 +77,40 @@ def m001_jobs(db: Database) -> None:
     db["job_events"].create_index(["job_id", "id"])
 
 
+@migrations()
+def m002_outbox(db: Database) -> None:
+    db["outbox"].create(
+        {
+            "id": str,  # the webhook-id receivers dedupe on; stable across retries
+            "job_id": str,
+            "event_type": str,
+            "url": str,
+            "payload": str,  # JSON, exactly the bytes sent
+            "status": str,  # pending | delivered | failed
+            "attempts": int,
+            "created_at": str,
+            "next_attempt_at": str,
+            "delivered_at": str,
+            "last_error": str,
+        },
+        pk="id",
+        foreign_keys=[("job_id", "jobs", "id")],
+        defaults={"status": "pending", "attempts": 0},
+    )
+    db["outbox"].create_index(["status", "next_attempt_at"])
+    db["outbox"].create_index(["job_id"])
+    db["delivery_attempts"].create(
+        {"id": int, "event_id": str, "at": str, "status_code": int, "error": str, "duration_ms": int},
+        pk="id",
+        foreign_keys=[("event_id", "outbox", "id")],
+    )
+    db["delivery_attempts"].create_index(["event_id", "id"])
+
+
+# Given a job row as just stored in a new state, the outbox rows to write with it.
+StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+
 @dataclass
 class JobChange:
     """Fields to set on one job, with the state event to record when the state changes."""
@@ -97,8 +131,9 @@ class JobFilter:
 
 
 class Store:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, on_state_change: StateChangeHook | None = None):
         self.path = Path(path)
+        self.on_state_change = on_state_change
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self.db = Database(conn)
@@ -138,6 +173,7 @@ class Store:
             db["job_events"].insert(
                 {"job_id": job["id"], "state": job["state"], "reason": reason, "at": job["created_at"]}
             )
+            self._write_outbox(job["id"])
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -210,6 +246,16 @@ class Store:
                 if "arguments" in values:
                     values["arguments"] = json.dumps(values["arguments"])
                 db["jobs"].update(change.job_id, values)
+                if change.new_state is not None:
+                    self._write_outbox(change.job_id)
+
+    def _write_outbox(self, job_id: str) -> None:
+        """Inside the caller's transaction: the notifications a new state calls for."""
+        if self.on_state_change is None:
+            return
+        job = self.get_job(job_id)
+        for event in self.on_state_change(job):
+            self.db["outbox"].insert({**event, "payload": json.dumps(event["payload"])})
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -220,8 +266,65 @@ class Store:
                 )
             )
 
+    # --- notifications ---------------------------------------------------------------
+
+    def due_notifications(self, now: str, limit: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+        exclude = list(exclude)
+        skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
+        with self._lock:
+            return list(self.db.query(
+                "select * from outbox where status = 'pending' and next_attempt_at <= ?"
+                f"{skip} order by next_attempt_at limit ?",
+                [now, *exclude, limit],
+            ))
+
+    def next_notification_due(self) -> str | None:
+        with self._lock:
+            return self.db.execute(
+                "select min(next_attempt_at) from outbox where status = 'pending'"
+            ).fetchone()[0]
+
+    def record_delivery_attempt(
+        self, event_id: str, *, at: str, status_code: int | None, error: str | None,
+        duration_ms: int, outcome: str, next_attempt_at: str | None = None,
+    ) -> None:
+        """One attempt and its consequence (delivered, retry at a time, or failed) at once."""
+        with self.transaction() as db:
+            db["delivery_attempts"].insert({"event_id": event_id, "at": at, "status_code": status_code,
+                                            "error": error, "duration_ms": duration_ms})
+            values: dict[str, Any] = {"status": outcome, "last_error": error}
+            if outcome == "delivered":
+                values["delivered_at"] = at
+            if next_attempt_at:
+                values["next_attempt_at"] = next_attempt_at
+            db.execute(
+                "update outbox set attempts = attempts + 1 where id = ?", [event_id]
+            )
+            db["outbox"].update(event_id, values)
+
+    def job_notifications(self, job_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            events = [dict(r) for r in self.db.query(
+                "select * from outbox where job_id = ? order by created_at, id", [job_id])]
+            for event in events:
+                event["payload"] = json.loads(event["payload"])
+                event["attempts_log"] = list(self.db.query(
+                    "select at, status_code, error, duration_ms from delivery_attempts"
+                    " where event_id = ? order by id", [event["id"]]))
+            return events
+
+    def requeue_notification(self, job_id: str, event_id: str, now: str) -> bool:
+        """Send an event again (same id, so receivers still dedupe); False if unknown."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "update outbox set status = 'pending', next_attempt_at = ?, last_error = null"
+                " where id = ? and job_id = ?", [now, event_id, job_id])
+            return cursor.rowcount == 1
+
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as db:
+            db.execute("delete from delivery_attempts where event_id in (select id from outbox where job_id = ?)", [job_id])
+            db.execute("delete from outbox where job_id = ?", [job_id])
             db.execute("delete from job_events where job_id = ?", [job_id])
             db.execute("delete from jobs where id = ?", [job_id])
 

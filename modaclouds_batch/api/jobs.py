@@ -11,7 +11,7 @@ from ..jobs.service import JobService, SubmitRequest
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
-from .views import job_detail, job_summary
+from .views import job_detail, job_summary, notification_view
 
 TEXT_FIELDS = {"job-name", "job-arguments", "job-notification", "job-notification-events"}
 FILE_FIELDS = {"job-bundle", "job-input"}
@@ -117,6 +117,29 @@ class JobEventsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         resp.media = self.service.events(job_id)
+
+
+class NotificationsResource:
+    """The job's notifications, each with its delivery attempts."""
+
+    def __init__(self, service: JobService):
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        resp.media = [notification_view(event) for event in self.service.notifications(job_id)]
+
+
+class NotificationResendResource:
+    def __init__(self, service: JobService, on_resend=None):
+        self.service = service
+        self.on_resend = on_resend
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str, event_id: str) -> None:
+        self.service.resend_notification(job_id, event_id)
+        if self.on_resend:
+            self.on_resend()
+        resp.status = falcon.HTTP_202
+        resp.media = {"event_id": event_id, "status": "pending"}
 
 
 class ArtifactResource:

@@ -66,3 +66,19 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
             "actions": {name: f"{base}/{name}" for name in actions},
         },
     }
+
+
+def notification_view(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": event["id"],
+        "type": event["event_type"],
+        "url": event["url"],
+        "status": event["status"],
+        "attempts": event["attempts"],
+        "created_at": event["created_at"],
+        "next_attempt_at": event["next_attempt_at"] if event["status"] == "pending" else None,
+        "delivered_at": event["delivered_at"],
+        "last_error": event["last_error"],
+        "payload": event["payload"],
+        "attempts_log": event["attempts_log"],
+    }

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
-from urllib.parse import urlsplit
 
 from ..condor import submit_description as sd
 from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
+from ..notify import targets
 from ..errors import BackendRefused, BackendUnavailable, Conflict, InvalidRequest, NotFound, TooLarge
 from ..settings import Settings
 from ..store import JobChange, JobFilter, Store
@@ -146,7 +146,7 @@ class JobService:
             raise InvalidRequest("job-bundle is required: a .tar.gz holding run.sh at its root", field="job-bundle")
         name = _check_name(request.name or _default_name(staging.bundle_filename))
         arguments = _parse_arguments(request.arguments)
-        notification_url = _check_notification_url(request.notification_url)
+        notification_url = self._check_notification_url(request.notification_url)
         self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True)
         if staging.has_input:
             self._validate_archive(staging.input_path, "job-input", require_run_sh=False)
@@ -197,6 +197,14 @@ class JobService:
         log.info("job %s queued as cluster %s (%s)", staging.job_id, cluster_id, name)
         return self.get(staging.job_id)
 
+    def _check_notification_url(self, url: str | None) -> str | None:
+        if not url:
+            return None
+        try:
+            return targets.check_url(url, allow_private=self.settings.private_webhooks_allowed)
+        except targets.UnsafeTarget as exc:
+            raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
+
     def _validate_archive(self, path: Path, field_name: str, require_run_sh: bool) -> None:
         try:
             bundles.validate_archive(path, field=field_name, limits=self.limits, require_run_sh=require_run_sh)
@@ -234,6 +242,14 @@ class JobService:
         if state.is_final:
             raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}")
         raise NotFound(f"the job is {state.value}; its {name} is available once it ends")
+
+    def notifications(self, job_id: str) -> list[dict[str, Any]]:
+        return self.store.job_notifications(self.get(job_id)["id"])
+
+    def resend_notification(self, job_id: str, event_id: str) -> None:
+        job = self.get(job_id)
+        if not self.store.requeue_notification(job["id"], event_id, now_iso()):
+            raise NotFound(f"job {job_id} has no notification {event_id}; GET /jobs/{job_id}/notifications lists them")
 
     # --- control ------------------------------------------------------------------
 
@@ -312,14 +328,3 @@ def _parse_arguments(text: str | None) -> list[str]:
     if any("\0" in arg for arg in args):
         raise InvalidRequest("job-arguments cannot contain NUL characters", field="job-arguments")
     return args
-
-
-def _check_notification_url(url: str | None) -> str | None:
-    if not url:
-        return None
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(
-            "job-notification must be an absolute http:// or https:// URL", field="job-notification"
-        )
-    return url.strip()
