@@ -1,0 +1,58 @@
+"""Session fixtures for integration tests: a served gateway on the real pool.
+
+Imported by conftest.py; they build on its `pool` fixture (the pool is brought up once).
+"""
+
+from __future__ import annotations
+
+import htcondor2
+import pytest
+
+from .gateway import Client, GatewayProcess
+
+
+@pytest.fixture(scope="session")
+def condor_config(pool):
+    return pool.condor_config
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, condor_config):
+    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), condor_config).start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def client(gateway):
+    return Client(gateway.url)
+
+
+@pytest.fixture(scope="session")
+def small_limits_gateway(tmp_path_factory, condor_config):
+    process = GatewayProcess(
+        tmp_path_factory.mktemp("small-limits"), condor_config,
+        env={"MODACLOUDS_BATCH_MAX_UPLOAD_BYTES": str(4 << 20),
+             "MODACLOUDS_BATCH_MAX_UNPACKED_BYTES": str(8 << 20)},
+    ).start()
+    yield process, Client(process.url)
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def schedd(condor_config):
+    """The raw bindings, to check what the schedd itself says."""
+    import os
+
+    os.environ["CONDOR_CONFIG"] = str(condor_config)
+    htcondor2.reload_config()
+    return htcondor2.Schedd()
+
+
+@pytest.fixture
+def condor_queue(schedd):
+    """Ids of queued jobs whose name marks them as made by the hostile-archive tests."""
+    def ids():
+        ads = schedd.query('regexp("^hostile", GatewayJobName ?: "")', ["GatewayJobId"])
+        return sorted(str(ad.get("GatewayJobId")) for ad in ads)
+    return ids
