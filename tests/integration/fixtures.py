@@ -10,6 +10,15 @@ import pytest
 
 from .gateway import Client, GatewayProcess
 
+WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLWludGVncmF0aW9uLXRlc3Rz"
+# Every test gateway signs webhooks and retries quickly, so tests wait seconds, not minutes.
+GATEWAY_ENV = {
+    "MODACLOUDS_BATCH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+    "MODACLOUDS_BATCH_WEBHOOK_BACKOFF_INITIAL": "0.5",
+    "MODACLOUDS_BATCH_WEBHOOK_BACKOFF_MAX": "2",
+    "MODACLOUDS_BATCH_WEBHOOK_TIMEOUT": "3",
+}
+
 
 @pytest.fixture(scope="session")
 def condor_config(pool):
@@ -18,7 +27,7 @@ def condor_config(pool):
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory, condor_config):
-    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), condor_config).start()
+    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), condor_config, env=GATEWAY_ENV).start()
     yield process
     process.stop()
 
@@ -32,7 +41,7 @@ def client(gateway):
 def small_limits_gateway(tmp_path_factory, condor_config):
     process = GatewayProcess(
         tmp_path_factory.mktemp("small-limits"), condor_config,
-        env={"MODACLOUDS_BATCH_MAX_UPLOAD_BYTES": str(4 << 20),
+        env={**GATEWAY_ENV, "MODACLOUDS_BATCH_MAX_UPLOAD_BYTES": str(4 << 20),
              "MODACLOUDS_BATCH_MAX_UNPACKED_BYTES": str(8 << 20)},
     ).start()
     yield process, Client(process.url)
