@@ -71,6 +71,18 @@ def ad_to_dict(ad: classad2.ClassAd, projection: Iterable[str]) -> dict[str, Any
     return out
 
 
+def locate_schedd() -> classad2.ClassAd:
+    """The pool's schedd, as the collector advertises it.
+
+    ``Collector.locate`` without a name looks for a schedd on this host's own config,
+    which a gateway talking to a remote (or chrooted) pool does not have.
+    """
+    ads = htcondor2.Collector().locateAll(htcondor2.DaemonType.Schedd)
+    if not ads:
+        raise htcondor2.HTCondorException("the collector knows no schedd yet")
+    return sorted(ads, key=lambda ad: str(ad.get("Name", "")))[0]
+
+
 class CondorClient:
     def __init__(self, condor_config: Path | None):
         self.condor_config = condor_config
@@ -84,9 +96,7 @@ class CondorClient:
         if self._schedd is None:
             _configure(self.condor_config)
             self.round_trips += 1
-            collector = htcondor2.Collector()
-            ad = collector.locate(htcondor2.DaemonType.Schedd)
-            self._schedd = htcondor2.Schedd(ad)
+            self._schedd = htcondor2.Schedd(locate_schedd())
         return self._schedd
 
     def _call(self, what: str, fn: Callable[[htcondor2.Schedd], T]) -> T:
@@ -162,7 +172,7 @@ class CondorClient:
             _configure(self.condor_config)
             try:
                 self.round_trips += 1
-                ad = htcondor2.Collector().locate(htcondor2.DaemonType.Schedd)
+                ad = locate_schedd()
                 report["collector"] = {"ok": True}
             except htcondor2.HTCondorException as exc:
                 report["collector"] = {"ok": False, "error": str(exc)}

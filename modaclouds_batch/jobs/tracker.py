@@ -57,9 +57,16 @@ def _exit_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# HoldReasonCode values a user meets most; the rest are named by their code.
+HOLD_CODES = {1: "held by a user action", 3: "held by the job's policy", 6: "the job could not start",
+              12: "a file transfer failed", 13: "a file transfer failed", 26: "the job exceeded a resource limit"}
+
+
 def state_reason(state: JobState, ad: Mapping[str, Any]) -> str | None:
     if state is JobState.HELD:
-        return ad.get("HoldReason")
+        # The schedd sometimes records an empty reason (seen with user holds).
+        code = ad.get("HoldReasonCode")
+        return ad.get("HoldReason") or HOLD_CODES.get(code, f"held (HoldReasonCode {code})")
     if state is JobState.REMOVED:
         return ad.get("RemoveReason")
     if state is JobState.FAILED:

@@ -53,9 +53,11 @@ def schedd(condor_config):
     """The raw bindings, to check what the schedd itself says."""
     import os
 
+    from modaclouds_batch.condor.schedd import locate_schedd
+
     os.environ["CONDOR_CONFIG"] = str(condor_config)
     htcondor2.reload_config()
-    return htcondor2.Schedd()
+    return htcondor2.Schedd(locate_schedd())
 
 
 @pytest.fixture
