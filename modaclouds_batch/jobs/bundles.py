@@ -1,28 +1,99 @@
-"""Uploaded archives are hostile until proven otherwise.
+"""Job archives (bundles and inputs): validate them without unpacking; build bundles.
 
-The gateway never unpacks them: it reads each one once, as a stream, and refuses
-anything an unpacker could be tricked with (absolute or ``..`` paths, links leaving the
-archive, device files, setuid bits) or that inflates past the limits (decompression
-bombs: the bytes actually inflated are counted, not the sizes the headers claim).
-The launcher unpacks a validated archive on the execute node.
+Uploaded archives are hostile until proven otherwise. The gateway never unpacks them:
+they travel to the execute node, where the launcher (``condor/launcher.sh``) unpacks them
+with GNU tar. So the gateway reads each archive once, as a stream, and refuses anything
+that GNU tar could be tricked with or that Python's ``tarfile`` and GNU tar might read
+differently. Nothing is written to disk while validating, and memory stays bounded
+whatever the archive holds.
+
+The rules, and why each exists:
+
+- Names: no absolute paths, no ``..`` component, no NUL, backslash or control
+  characters, not empty, at most 4096 bytes (255 a component): anything else could
+  land outside the job's directory, or be read differently by another tar.
+- Member types: regular files, directories, symlinks and hard links only. Devices,
+  fifos and GNU extensions (sparse files, volume labels, dump directories...) are
+  refused: a job has no use for them and each is a place where unpackers disagree.
+- Links: a symlink must resolve inside the archive, following the archive's own
+  symlinks (``x/b -> ..`` then ``q -> x/b/..`` escapes although each looks harmless).
+  A hard link must name a regular file that came earlier. No member may sit below a
+  symlink or a file (``l -> sub`` then ``l/f``), and a name may appear once (folders
+  excepted): GNU tar would otherwise write through links or replace what was checked.
+- Structure: the archive must end with tar's end-of-archive block followed only by
+  zero bytes. Past that block ``tarfile`` stops while GNU tar may go on reading ("A lone
+  zero block"), so data hidden there is refused rather than left unread.
+- Setuid, setgid and sticky bits are *stripped* (by the launcher, which unpacks with
+  ``--no-same-permissions`` and then clears them), not refused: folders packed from a
+  shared project directory often carry setgid, and refusing those would help nobody.
+  Python's own ``tarfile`` "data" filter makes the same choice. The summary counts them.
+- Limits (decompression bombs): the member count, the sum of the sizes the headers
+  declare (checked before any data is read, so a header claiming a terabyte is refused
+  at once), and the bytes the gzip stream *really* inflates to, counted as they come
+  out, so a small upload that inflates to zeros past the end of the tar, or to huge
+  pax headers, is stopped as soon as it passes the limit. Sparse members (whose
+  declared size is not what they occupy on the wire) are refused outright.
+
+Why not ``tarfile.open(mode="r|gz")``: its stream layer reads ahead into a private
+buffer, so neither the bytes really inflated nor the bytes following the end-of-archive
+block can be seen. Here gzip is inflated by :class:`_InflatingReader`, which counts
+every byte and only ever moves forward; ``tarfile`` parses the headers on top of it.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
-import posixpath
+import os
 import tarfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-READ_CHUNK = 1024 * 1024
 RUN_SH = "run.sh"
+BLOCK = tarfile.BLOCKSIZE
+READ_CHUNK = 1024 * 1024
+# A pax extended header or GNU long name/link bigger than this is refused before it is
+# read: tarfile holds them in memory, and real ones are a few hundred bytes (macOS
+# extended attributes can reach some kilobytes).
+MAX_METADATA_BYTES = 1024 * 1024
+# What the execute node's filesystem accepts (Linux PATH_MAX and NAME_MAX).
+MAX_PATH_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+# Like the kernel's ELOOP limit: following more symlinks than this is a loop.
+MAX_SYMLINK_HOPS = 40
+# Tar's own bookkeeping inflated per member (header, long name or pax header, padding),
+# allowed on top of max_unpacked_bytes before the stream counts as a bomb.
+OVERHEAD_PER_MEMBER = 4 * BLOCK
+OVERHEAD_SLACK = 1024 * 1024
+
+_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+_ALLOWED_TYPES = _FILE_TYPES + (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
+_SPECIAL_TYPES = {
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a fifo (named pipe)",
+}
+# Global pax keywords that would change how the following members are read.
+_GLOBAL_KEYWORDS_REFUSED = ("path", "linkpath", "size", "GNU.sparse.")
+_HINTS = {
+    b"PK\x03\x04": "it looks like a zip file",
+    b"BZh": "it looks like bzip2 (.tar.bz2)",
+    b"\xfd7zXZ\x00": "it looks like xz (.tar.xz)",
+    b"\x28\xb5\x2f\xfd": "it looks like zstd (.tar.zst)",
+}
+_HOW_TO_PACK = "create it with: tar czf bundle.tar.gz -C your-folder ."
 
 
 class ArchiveRejected(Exception):
-    """Why an archive was refused; ``too_large`` marks limit violations (413, not 400)."""
+    """Why an archive was refused.
+
+    ``reason`` names the form field, the problem and the offending member, and says what
+    to do; ``too_large`` marks limit violations (the HTTP layer answers 413 for those,
+    400 for the rest); ``field`` is the form field that carried the archive.
+    """
 
     def __init__(self, reason: str, *, field: str, too_large: bool = False):
         super().__init__(reason)
@@ -33,143 +104,533 @@ class ArchiveRejected(Exception):
 
 @dataclass(frozen=True)
 class ArchiveLimits:
+    """How much an archive may hold. The gateway passes its settings; tests pass small ones."""
+
+    # What the members may add up to once unpacked (the execute node's disk).
     max_unpacked_bytes: int = 4 << 30
     max_members: int = 10_000
+
+    def __post_init__(self):
+        if self.max_unpacked_bytes < 0 or self.max_members < 0:
+            raise ValueError("archive limits must not be negative")
+
+    @property
+    def max_inflated_bytes(self) -> int:
+        """What the gzip stream may inflate to in all: the members plus tar's bookkeeping."""
+        return self.max_unpacked_bytes + self.max_members * OVERHEAD_PER_MEMBER + OVERHEAD_SLACK
 
 
 @dataclass(frozen=True)
 class ArchiveSummary:
     members: int
+    # Sum of the regular files' sizes: what unpacking writes.
     unpacked_bytes: int
+    # Bytes the gzip stream inflated to (members, headers, padding).
+    inflated_bytes: int
     has_run_sh: bool
+    run_sh_executable: bool
+    # Members carrying setuid, setgid or sticky bits, which the launcher strips.
+    special_bits_stripped: int
 
 
-class _CountingReader(io.RawIOBase):
-    """Inflates a gzip file and stops reading once more than ``limit`` bytes came out."""
+class _Refused(Exception):
+    """Raised deep inside parsing; ``validate_archive`` adds the field name."""
 
-    def __init__(self, path: Path, limit: int, field: str):
-        self._gzip = gzip.open(path, "rb")
-        self._limit = limit
-        self._field = field
-        self.inflated = 0
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.too_large = too_large
 
-    def readable(self) -> bool:
-        return True
 
-    def readinto(self, buffer) -> int:
-        data = self._gzip.read(len(buffer))
-        self.inflated += len(data)
-        if self.inflated > self._limit:
-            raise ArchiveRejected(
-                f"{self._field} inflates to more than the {self._limit}-byte limit; "
-                "split the data or ask the operator to raise max_unpacked_bytes",
-                field=self._field, too_large=True,
-            )
-        buffer[: len(data)] = data
-        return len(data)
+def _show(name: str) -> str:
+    """A member name fit for a message: quoted, escaped, and not endless."""
+    text = repr(name)
+    return text if len(text) <= 160 else text[:150] + "...'"
+
+
+def _mib(n: int) -> str:
+    return f"{n} bytes ({n / (1 << 20):.1f} MiB)"
+
+
+class _InflatingReader:
+    """The inflated bytes of a gzip file, read forward only, counted against a budget.
+
+    ``tarfile`` reads headers from it and "seeks" over member data, which inflates and
+    discards that data in bounded chunks: a member's data is never held in memory.
+    """
+
+    def __init__(self, path: Path, budget: int):
+        self._gzip = gzip.GzipFile(filename=path, mode="rb")
+        self._budget = budget
+        self.position = 0
+        self.last_read = b""
 
     def close(self) -> None:
         self._gzip.close()
-        super().close()
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise ValueError("archive reads must be bounded")
+        data = self._gzip.read(size)
+        self.position += len(data)
+        self.last_read = data
+        if self.position > self._budget:
+            raise _Refused(
+                f"inflates to more than {_mib(self._budget)}, the limit for an archive "
+                "(a decompression bomb?); split the data, or ask the operator to raise "
+                "max_unpacked_bytes",
+                too_large=True,
+            )
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or offset < self.position:
+            raise _Refused("has a header that points backwards in the archive")
+        while self.position < offset:
+            if not self.read(min(READ_CHUNK, offset - self.position)):
+                break
+        return self.position
+
+    def drain(self, on_chunk: Callable[[bytes], None]) -> None:
+        """Inflate the rest of the stream (still counted), handing each chunk over."""
+        while chunk := self.read(READ_CHUNK):
+            on_chunk(chunk)
 
 
-def _normalise(name: str, field: str) -> str:
-    """The member's path relative to the archive root, or a refusal naming it."""
-    if "\0" in name or "\\" in name:
-        raise ArchiveRejected(f"{field}: member {name!r} has a NUL or backslash in its name", field=field)
-    if name.startswith("/"):
-        raise ArchiveRejected(f"{field}: member {name!r} has an absolute path; paths must be relative", field=field)
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+class _CheckedTarInfo(tarfile.TarInfo):
+    """tarfile's header parsing, with the two places it would trust a size guarded.
+
+    tarfile reads pax headers and GNU long names whole into memory, and parses sparse
+    maps into lists as long as the archive says: both are checked before tarfile acts.
+    These hooks are tarfile internals (stable since Python 3.2); the unit tests for
+    oversized pax headers and for each sparse format fail if a new Python bypasses them.
+    """
+
+    def _proc_member(self, tarfile_):
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _Refused(f"has a sparse member {_show(self.name)}; {_NO_SPARSE}")
+        metadata = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                    tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+        if self.type in metadata and not 0 <= self.size <= MAX_METADATA_BYTES:
+            raise _Refused(
+                f"has a {self.size}-byte extended header (long name or pax attributes) near "
+                f"byte {self.offset}; at most {MAX_METADATA_BYTES} bytes are accepted",
+                too_large=True,
+            )
+        return super()._proc_member(tarfile_)
+
+    def _refuse_pax_sparse(self, *args):
+        raise _Refused(f"has a sparse member (GNU pax sparse format); {_NO_SPARSE}")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_pax_sparse
+
+
+_NO_SPARSE = "re-create the archive without --sparse (-S)"
+
+
+class _Tree:
+    """The paths the archive creates, as a tree of components: what is where, once.
+
+    Memory grows with the total length of the names, which the member limit bounds.
+    """
+
+    ROOT = 0
+
+    def __init__(self):
+        self._children: dict[tuple[int, str], int] = {}
+        self.kind: list[str] = ["dir"]  # "dir", "implied-dir", "file", "symlink"
+        self.mode: list[int] = [0]
+        # node -> (member name as shown, its path components, its target)
+        self.symlinks: dict[int, tuple[str, list[str], str]] = {}
+
+    def lookup(self, parts: list[str]) -> int | None:
+        node = self.ROOT
+        for part in parts:
+            node = self._children.get((node, part))
+            if node is None:
+                return None
+        return node
+
+    def add(self, parts: list[str], kind: str, mode: int, shown: str) -> int:
+        """Record a member; refuse duplicates and members below a link or a file."""
+        node = self.ROOT
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            child = self._children.get((node, part))
+            if child is None:
+                child = len(self.kind)
+                self._children[(node, part)] = child
+                self.kind.append(kind if last else "implied-dir")
+                self.mode.append(mode if last else 0)
+            elif not last and self.kind[child] not in ("dir", "implied-dir"):
+                above = "/".join(parts[: depth + 1])
+                raise _Refused(
+                    f"member {shown} lies below {_show(above)}, which is a "
+                    f"{self.kind[child]}: unpacking would write through it"
+                )
+            elif last:
+                if kind == "dir" and self.kind[child] in ("dir", "implied-dir"):
+                    self.kind[child] = "dir"
+                elif self.kind[child] == "implied-dir":
+                    raise _Refused(
+                        f"member {shown} is a {kind}, but earlier members were unpacked "
+                        "below it as a folder"
+                    )
+                else:
+                    raise _Refused(
+                        f"member {shown} appears twice; each path may appear once "
+                        "(was the archive appended to?)"
+                    )
+            node = child
+        return node
+
+    def escapes(self, link_node: int, link_parts: list[str], target: str) -> str | None:
+        """Resolve a symlink through the archive's own symlinks; say why it escapes, or None."""
+        queue = target.split("/")[::-1]  # a stack: next component last
+        stack: list[int | None] = []  # the folders walked so far; None: not in the archive
+        node: int | None = self.ROOT
+        for part in link_parts[:-1]:
+            node = self._children.get((node, part)) if node is not None else None
+            stack.append(node)
+        hops = 0
+        while queue:
+            part = queue.pop()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return "resolves outside the archive"
+                stack.pop()
+                continue
+            parent = stack[-1] if stack else self.ROOT
+            node = None if parent is None else self._children.get((parent, part))
+            if node is not None and node in self.symlinks:
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    return "is part of a symlink loop"
+                shown, _, next_target = self.symlinks[node]
+                if next_target.startswith("/"):
+                    return f"goes through {shown}, which is absolute"
+                queue.extend(next_target.split("/")[::-1])
+                continue
+            stack.append(node)
+        return None
+
+
+def _split_name(raw: str, what: str, shown: str) -> list[str]:
+    """A member name or link target as path components below the archive root.
+
+    ``.`` and empty components are dropped (``./a//b`` is ``a/b``); the root itself is
+    ``[]``. Anything that could leave the root, or that another tar might read
+    differently, is refused.
+    """
+    if "\0" in raw:
+        raise _Refused(f"{what} {shown} contains a NUL character")
+    if "\\" in raw:
+        raise _Refused(f"{what} {shown} contains a backslash; use / between folders")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise _Refused(f"{what} {shown} contains a control character (newline, tab...)")
+    if raw.startswith("/"):
+        raise _Refused(f"{what} {shown} is an absolute path; paths must be relative to the archive root")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ArchiveRejected(f"{field}: member {name!r} contains '..'; paths must stay inside the archive", field=field)
-    return "/".join(parts)
+        raise _Refused(f"{what} {shown} has a '..' component; paths must stay inside the archive")
+    encoded = raw.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise _Refused(f"{what} {shown} is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(p.encode("utf-8", "surrogateescape")) > MAX_COMPONENT_BYTES for p in parts):
+        raise _Refused(f"{what} {shown} has a component longer than {MAX_COMPONENT_BYTES} bytes")
+    return parts
 
 
-def _link_stays_inside(member_path: str, target: str) -> bool:
-    if target.startswith("/"):
-        return False
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member_path), target))
-    return not (resolved == ".." or resolved.startswith("../"))
+class _Validation:
+    """One pass over one archive: the running totals and the rules, member by member."""
+
+    def __init__(self, limits: ArchiveLimits, require_run_sh: bool):
+        self.limits = limits
+        self.require_run_sh = require_run_sh
+        self.tree = _Tree()
+        self.members = 0
+        self.unpacked = 0
+        self.special_bits = 0
+        self.run_sh: int | None = None
+
+    def check(self, member: tarfile.TarInfo, global_pax: dict[str, str]) -> None:
+        shown = _show(member.name)
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise _Refused(
+                f"has more than {self.limits.max_members} members, the limit for an archive; "
+                "pack fewer, larger files",
+                too_large=True,
+            )
+        for keyword in global_pax:
+            if keyword.startswith(_GLOBAL_KEYWORDS_REFUSED):
+                raise _Refused(f"has a global pax header setting {keyword!r}, which other tars read differently")
+        if any(k.startswith("GNU.sparse.") for k in member.pax_headers):
+            raise _Refused(f"has a sparse member {shown}; {_NO_SPARSE}")
+        if member.type in _SPECIAL_TYPES:
+            raise _Refused(
+                f"member {shown} is {_SPECIAL_TYPES[member.type]}; only files, folders and links are allowed"
+            )
+        if member.type not in _ALLOWED_TYPES:
+            raise _Refused(
+                f"member {shown} has type {member.type!r}, which is not a file, folder or link; "
+                "re-create the archive with plain tar options"
+            )
+        if member.size < 0 or (member.type not in _FILE_TYPES and member.size != 0):
+            raise _Refused(
+                f"member {shown} declares {member.size} bytes of data, which its type cannot have; "
+                "tar programs disagree on such headers"
+            )
+        if member.mode & 0o7000:
+            self.special_bits += 1
+
+        kind = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}.get(member.type, "file")
+        if member.type != tarfile.DIRTYPE and member.name.endswith("/"):
+            raise _Refused(f"member {shown} ends with '/' but is not a folder")
+        parts = _split_name(member.name, "member", shown)
+        if not parts:
+            if kind != "dir":
+                raise _Refused(f"member {shown} has an empty name")
+            return  # the archive root itself ("./")
+
+        mode = member.mode
+        if member.type == tarfile.LNKTYPE:
+            mode = self._check_hard_link(member, shown)
+        node = self.tree.add(parts, kind, mode, shown)
+        if parts == [RUN_SH]:
+            if kind != "file":
+                what = "a symlink" if kind == "symlink" else "a folder"
+                raise _Refused(f"has {RUN_SH} as {what}; {RUN_SH} must be a regular file at the root")
+            self.run_sh = node
+        if member.type == tarfile.SYMTYPE:
+            self._check_symlink(member, shown, parts, node)
+
+        if member.type in _FILE_TYPES:
+            self.unpacked += member.size
+            if self.unpacked > self.limits.max_unpacked_bytes:
+                raise _Refused(
+                    f"would unpack to more than {_mib(self.limits.max_unpacked_bytes)}, the limit "
+                    f"for an archive (reached at member {shown}, which declares {member.size} bytes); "
+                    "split the data, or ask the operator to raise max_unpacked_bytes",
+                    too_large=True,
+                )
+
+    def _check_hard_link(self, member: tarfile.TarInfo, shown: str) -> int:
+        """A hard link shares an earlier regular file; returns that file's mode."""
+        target = member.linkname
+        if not target:
+            raise _Refused(f"hard link {shown} has an empty target")
+        target_parts = _split_name(target, f"hard link {shown}: target", _show(target))
+        node = self.tree.lookup(target_parts) if target_parts else None
+        if node is None or self.tree.kind[node] != "file":
+            raise _Refused(
+                f"hard link {shown} points to {_show(target)}, which is not a regular file "
+                "earlier in the archive"
+            )
+        return self.tree.mode[node]
+
+    def _check_symlink(self, member: tarfile.TarInfo, shown: str, parts: list[str], node: int) -> None:
+        """Refuse a target that leaves the archive, as far as the links seen so far tell."""
+        target = member.linkname
+        if not target:
+            raise _Refused(f"symlink {shown} has an empty target")
+        if target.startswith("/"):
+            raise _Refused(
+                f"symlink {shown} points to the absolute path {_show(target)}, outside the archive; "
+                "links must be relative and stay inside"
+            )
+        for bad, what in (("\0", "a NUL character"), ("\\", "a backslash")):
+            if bad in target:
+                raise _Refused(f"symlink {shown} has a target with {what}")
+        if len(target.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            raise _Refused(f"symlink {shown} has a target longer than {MAX_PATH_BYTES} bytes")
+        # Checked now on its own; rechecked through the other links once all are known.
+        self.tree.symlinks[node] = (shown, parts, target)
+        problem = self.tree.escapes(node, parts, target)
+        if problem:
+            raise _Refused(f"symlink {shown} points to {_show(target)}, which {problem}; links must stay inside")
+
+    def finish(self) -> None:
+        """Checks that need the whole archive: link chains, and run.sh."""
+        for node, (shown, parts, target) in self.tree.symlinks.items():
+            problem = self.tree.escapes(node, parts, target)
+            if problem:
+                raise _Refused(
+                    f"symlink {shown} points to {_show(target)}, which {problem} "
+                    "when followed through the archive's other links"
+                )
+        if self.require_run_sh and self.run_sh is None:
+            raise _Refused(
+                f"has no {RUN_SH} at its root; the bundle's entry point must be ./{RUN_SH} "
+                f"({_HOW_TO_PACK})"
+            )
 
 
-def validate_archive(path: Path, *, field: str, limits: ArchiveLimits, require_run_sh: bool) -> ArchiveSummary:
-    """Read the whole archive once and refuse it at the first problem."""
-    reader = _CountingReader(Path(path), limits.max_unpacked_bytes, field)
-    members = 0
-    declared = 0
-    has_run_sh = False
-    seen: set[str] = set()
+def validate_archive(
+    path: Path, *, field: str, limits: ArchiveLimits, require_run_sh: bool
+) -> ArchiveSummary:
+    """Read the archive once, as a stream, and refuse it at the first problem.
+
+    Returns what it holds; raises :class:`ArchiveRejected` naming ``field``. Writes
+    nothing and holds at most one chunk of data plus the member names in memory.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ArchiveRejected(f"{field} is empty; it must be a .tar.gz ({_HOW_TO_PACK})", field=field)
+    validation = _Validation(limits, require_run_sh)
+    reader = _InflatingReader(path, limits.max_inflated_bytes)
     try:
-        with tarfile.open(fileobj=io.BufferedReader(reader, READ_CHUNK), mode="r|") as tar:
-            for member in tar:
-                members += 1
-                if members > limits.max_members:
-                    raise ArchiveRejected(
-                        f"{field} has more than the {limits.max_members}-member limit", field=field, too_large=True
-                    )
-                name = _normalise(member.name, field)
-                if member.isdev() or member.isfifo():
-                    raise ArchiveRejected(
-                        f"{field}: member {member.name!r} is a device or fifo; only files, folders and links are allowed",
-                        field=field,
-                    )
-                if member.issym() and not _link_stays_inside(name, member.linkname):
-                    raise ArchiveRejected(
-                        f"{field}: symlink {member.name!r} points outside the archive ({member.linkname!r})", field=field
-                    )
-                if member.islnk():
-                    target = _normalise(member.linkname, field)
-                    if target not in seen:
-                        raise ArchiveRejected(
-                            f"{field}: hard link {member.name!r} points to {member.linkname!r}, which is not an earlier member",
-                            field=field,
-                        )
-                if member.mode & 0o6000:
-                    raise ArchiveRejected(f"{field}: member {member.name!r} is setuid or setgid", field=field)
-                declared += member.size
-                if declared > limits.max_unpacked_bytes:
-                    raise ArchiveRejected(
-                        f"{field} declares more than the {limits.max_unpacked_bytes}-byte unpacked limit",
-                        field=field, too_large=True,
-                    )
-                if name == RUN_SH:
-                    if not member.isfile():
-                        raise ArchiveRejected(f"{field}: run.sh must be a regular file, not a link or folder", field=field)
-                    has_run_sh = True
-                seen.add(name)
-    except ArchiveRejected:
-        raise
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise ArchiveRejected(f"{field} is not a gzip-compressed tar archive (.tar.gz): {exc}", field=field) from None
-    except (tarfile.TarError, EOFError) as exc:
-        raise ArchiveRejected(f"{field} is gzip but not a readable tar archive: {exc}", field=field) from None
+        _walk(reader, validation)
+        validation.finish()
+    except _Refused as exc:
+        raise ArchiveRejected(f"{field} {exc.message}", field=field, too_large=exc.too_large) from None
+    except gzip.BadGzipFile as exc:
+        raise ArchiveRejected(_not_gzip_reason(path, field, reader.position, exc), field=field) from None
+    except EOFError:
+        raise ArchiveRejected(
+            f"{field} is truncated: the gzip stream ends early (was the upload cut short?)", field=field
+        ) from None
+    except zlib.error as exc:
+        raise ArchiveRejected(f"{field} is a corrupt gzip stream ({exc})", field=field) from None
     finally:
         reader.close()
-    if members == 0:
-        raise ArchiveRejected(f"{field} is an empty archive", field=field)
-    if require_run_sh and not has_run_sh:
-        raise ArchiveRejected(f"{field} has no run.sh at its root; the bundle's entry point must be ./run.sh", field=field)
-    return ArchiveSummary(members, reader.inflated, has_run_sh)
+
+    run_sh = validation.run_sh
+    return ArchiveSummary(
+        members=validation.members,
+        unpacked_bytes=validation.unpacked,
+        inflated_bytes=reader.position,
+        has_run_sh=run_sh is not None,
+        run_sh_executable=run_sh is not None and bool(validation.tree.mode[run_sh] & 0o100),
+        special_bits_stripped=validation.special_bits,
+    )
 
 
-def write_script_bundle(script_text: str, dest: Path) -> None:
-    """The original API's form: one script's text becomes ``run.sh`` (mode 0755).
+def _walk(reader: _InflatingReader, validation: _Validation) -> None:
+    try:
+        tar = tarfile.TarFile(
+            fileobj=reader, mode="r", tarinfo=_CheckedTarInfo, encoding="utf-8", errors="surrogateescape"
+        )
+    except (tarfile.ReadError, ValueError, UnicodeError) as exc:
+        raise _Refused(f"is gzip-compressed but does not hold a tar archive ({exc}); {_HOW_TO_PACK}") from None
+    with tar:
+        while True:
+            try:
+                member = tar.next()
+            except tarfile.ReadError as exc:
+                raise _Refused(f"is corrupt or truncated after member {validation.members}: {exc}") from None
+            except (ValueError, UnicodeError) as exc:  # tarfile parsing a malformed pax value
+                raise _Refused(f"has a malformed header after member {validation.members}: {exc}") from None
+            if member is None:
+                break
+            validation.check(member, tar.pax_headers)
+            tar.members.clear()  # tarfile keeps every member otherwise; we need none of them
 
-    A script without a ``#!`` line is run by the launcher with /bin/sh.
+    # tarfile stops at the first all-zero block, or quietly at a broken or missing one.
+    ended_cleanly = reader.position == tar.offset + BLOCK and reader.last_read == bytes(BLOCK)
+    if not ended_cleanly:
+        raise _Refused(
+            f"does not end with tar's end-of-archive block (a corrupt or truncated header near "
+            f"byte {tar.offset}); was the upload cut short?"
+        )
+
+    def only_zeros(chunk: bytes) -> None:
+        if chunk.count(0) != len(chunk):
+            raise _Refused(
+                "has data after tar's end-of-archive block; other tar programs would read "
+                "members hidden there, so the archive is refused"
+            )
+
+    reader.drain(only_zeros)
+
+
+def _not_gzip_reason(path: Path, field: str, position: int, exc: Exception) -> str:
+    if position > 0:
+        return f"{field} is a corrupt gzip stream ({exc})"
+    with open(path, "rb") as fh:
+        head = fh.read(BLOCK)
+    hint = next((h for magic, h in _HINTS.items() if head.startswith(magic)), None)
+    if hint is None and len(head) == BLOCK and head[257:262] == b"ustar":
+        hint = "it looks like an uncompressed tar"
+    hint = f" ({hint})" if hint else ""
+    return f"{field} is not a gzip file{hint}; it must be a .tar.gz: {_HOW_TO_PACK}"
+
+
+# --- building bundles ------------------------------------------------------------------
+
+
+def _write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary sibling and rename, so dest is whole or absent."""
+    dest = Path(dest)
+    partial = dest.with_name(dest.name + ".part")
+    try:
+        write(partial)
+        os.replace(partial, dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_script_bundle(script_text: str, dest_path: Path) -> None:
+    """The original API's form: the text of one script becomes ``run.sh`` (mode 0755).
+
+    The text is kept as given, with one exception: CRLF line ends become LF, because
+    HTML forms submit text with CRLF (and ``/bin/sh\\r`` is not an interpreter). No
+    ``#!`` line is added: a script without one is run by the launcher with /bin/sh.
     """
-    data = script_text.replace("\r\n", "\n").encode()
+    data = script_text.replace("\r\n", "\n").encode("utf-8", "surrogateescape")
     info = tarfile.TarInfo(RUN_SH)
     info.size = len(data)
     info.mode = 0o755
-    with tarfile.open(dest, "w:gz") as tar:
-        tar.addfile(info, io.BytesIO(data))
+    info.mtime = int(time.time())
+
+    def write(target: Path) -> None:
+        with tarfile.open(target, "w:gz", compresslevel=6) as tar:
+            tar.addfile(info, io.BytesIO(data))
+
+    _write_atomically(dest_path, write)
 
 
-def pack_directory(src: Path, dest: Path) -> None:
-    """A bundle from a folder whose root holds run.sh (used by clients)."""
-    src = Path(src)
-    if not (src / RUN_SH).is_file():
-        raise ArchiveRejected(f"{src} has no run.sh at its root", field="job-bundle")
-    with tarfile.open(dest, "w:gz") as tar:
-        for path in sorted(src.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(src)), recursive=False)
+def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Members as a bundle should carry them: no owner, no special mode bits."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode &= 0o777
+    return info
+
+
+def pack_directory(src_dir: Path, dest_path: Path, *, limits: ArchiveLimits | None = None) -> ArchiveSummary:
+    """A bundle (.tar.gz) from a folder whose root holds ``run.sh``; used by clients.
+
+    Members are named relative to the folder (``run.sh``, ``lib/x.py``), without owners
+    or setuid bits. The result is validated like an upload, so a folder the gateway
+    would refuse (a link leaving it, a fifo...) fails here, and no file is left behind.
+    """
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise NotADirectoryError(f"{src} is not a folder")
+    if Path(dest_path).resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{dest_path} is inside {src}: the bundle would contain itself")
+    run_sh = src / RUN_SH
+    if run_sh.is_symlink() or not run_sh.is_file():
+        raise ArchiveRejected(
+            f"{src} has no {RUN_SH} (a regular file) at its root; the bundle's entry point must be ./{RUN_SH}",
+            field="job-bundle",
+        )
+
+    summary: list[ArchiveSummary] = []
+
+    def write(target: Path) -> None:
+        with tarfile.open(target, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+            for child in sorted(os.listdir(src)):
+                tar.add(src / child, arcname=child, recursive=True, filter=_plain_member)
+        summary.append(
+            validate_archive(target, field="job-bundle", limits=limits or ArchiveLimits(), require_run_sh=True)
+        )
+
+    _write_atomically(dest_path, write)
+    return summary[0]
