@@ -11,7 +11,18 @@ import falcon
 import falcon.media
 
 from . import errors
+from .access.audit import AuditLog
+from .access.quota import QuotaService
+from .access.tokens import TokenService
 from .api import errors as api_errors
+from .api.access import (
+    AuditResource,
+    Authenticate,
+    QuotaResource,
+    TokenResource,
+    TokensResource,
+    UserLimitsResource,
+)
 from .api.health import HealthResource
 from .api.jobs import (
     ArtifactResource,
@@ -32,7 +43,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ANONYMOUS = "anonymous"
 
 
 @dataclass
@@ -45,6 +55,9 @@ class Gateway:
     service: JobService
     tracker: Tracker
     webhooks: WebhookDispatcher
+    tokens: TokenService
+    quota: QuotaService
+    audit: AuditLog
 
     def start_background(self) -> None:
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
@@ -63,26 +76,27 @@ def build_gateway(settings: Settings) -> Gateway:
     settings = settings.resolved()
     store = Store(settings.db_path, on_state_change=lambda job: events_for_change(job, settings.base_url))
     condor = CondorClient(settings.condor_config)
-    service = JobService(settings, store, condor)
+    audit = AuditLog(store)
+    service = JobService(settings, store, condor, audit)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers)
     tracker = Tracker(service, settings.tracker_interval,
                       on_cycle=lambda report: webhooks.wake() if report.changes else None)
-    return Gateway(settings, store, condor, service, tracker, webhooks)
+    return Gateway(settings, store, condor, service, tracker, webhooks,
+                   TokenService(store), QuotaService(settings, store), audit)
 
 
 class RequestContext:
-    """Gives every request an id (echoed as X-Request-Id) and the caller's identity."""
+    """Gives every request an id (echoed as X-Request-Id)."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header("X-Request-Id")
         req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
         resp.set_header("X-Request-Id", req.context.request_id)
-        req.context.user = ANONYMOUS
-        req.context.owner_filter = None
 
 
 def create_app(gateway: Gateway) -> falcon.App:
-    app = falcon.App(middleware=[RequestContext()])
+    app = falcon.App(middleware=[
+        RequestContext(), Authenticate(gateway.tokens, gateway.settings.auth_enabled)])
     multipart = falcon.media.MultipartFormHandler()
     multipart.parse_options.max_body_part_count = 16
     multipart.parse_options.max_body_part_buffer_size = 1024 * 1024
@@ -95,7 +109,7 @@ def create_app(gateway: Gateway) -> falcon.App:
 
     service = gateway.service
     app.add_route("/health", HealthResource(gateway.condor))
-    app.add_route("/jobs", JobsResource(service, on_submitted=lambda job: gateway.tracker.wake()))
+    app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=lambda job: gateway.tracker.wake()))
     app.add_route("/jobs/{job_id}", JobResource(service))
     app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
     app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))
@@ -103,4 +117,9 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/jobs/{job_id}/notifications/{event_id}/resend",
                   NotificationResendResource(service, on_resend=gateway.webhooks.wake))
     app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))
+    app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit))
+    app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens, gateway.audit))
+    app.add_route("/quota", QuotaResource(gateway.quota))
+    app.add_route("/users/{user}/limits", UserLimitsResource(gateway.quota, gateway.audit))
+    app.add_route("/audit", AuditResource(gateway.audit))
     return app

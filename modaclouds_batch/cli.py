@@ -116,3 +116,60 @@ def serve(ctx: click.Context, host, port, db_path, condor_config, threads) -> No
         condor_config=condor_config, threads=threads,
     )
     run(settings)
+
+
+@main.group()
+def token() -> None:
+    """Create, list and revoke API tokens (works on the gateway's database directly)."""
+
+
+def _token_service(ctx: click.Context):
+    from .access.tokens import TokenService
+    from .store import Store
+
+    settings = _settings(ctx, home=ctx.obj.get("home"))
+    return TokenService(Store(settings.db_path))
+
+
+@token.command("create")
+@click.option("--owner", required=True, help="The gateway user the token acts as.")
+@click.option("--role", type=click.Choice(["user", "admin"]), default="user", show_default=True)
+@click.option("--expires-in", type=float, help="Seconds until the token expires (default: never).")
+@click.option("--label", help="A note to recognise the token by.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.pass_context
+def token_create(ctx, owner, role, expires_in, label, as_json) -> None:
+    """Print a new token once; only its hash is kept."""
+    from .errors import GatewayError
+
+    try:
+        secret, record = _token_service(ctx).create(owner, role, expires_in=expires_in, label=label)
+    except GatewayError as exc:
+        _fail(exc.message)
+    if as_json:
+        click.echo(json.dumps({**record, "token": secret}, indent=2))
+    else:
+        click.echo(secret)
+
+
+@token.command("list")
+@click.option("--owner", help="Only this user's tokens.")
+@click.pass_context
+def token_list(ctx, owner) -> None:
+    from .access.identity import LOCAL_ACTOR
+
+    click.echo(json.dumps(_token_service(ctx).list(LOCAL_ACTOR, owner), indent=2))
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@click.pass_context
+def token_revoke(ctx, token_id) -> None:
+    from .access.identity import LOCAL_ACTOR
+    from .errors import GatewayError
+
+    try:
+        _token_service(ctx).revoke(LOCAL_ACTOR, token_id)
+    except GatewayError as exc:
+        _fail(exc.message)
+    click.echo(f"revoked {token_id}")

@@ -42,3 +42,19 @@ class BackendUnavailable(GatewayError):
 
 class BackendRefused(GatewayError):
     """HTCondor answered but refused the request (502)."""
+
+
+class Unauthorized(GatewayError):
+    """No valid API token (401)."""
+
+
+class Forbidden(GatewayError):
+    """A valid token whose role may not do this (403)."""
+
+
+class RateLimited(GatewayError):
+    """Over a per-user limit; retry after ``retry_after`` seconds (429)."""
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after

@@ -47,6 +47,11 @@ class Settings:
     max_upload_bytes: int = 1 << 31
     max_unpacked_bytes: int = 1 << 32
     max_archive_members: int = 10_000
+    # None: bearer tokens required unless the gateway listens on loopback only.
+    auth: bool | None = None
+    # Per-user defaults; admins override them per user (PUT /users/{name}/limits).
+    max_active_jobs_per_user: int = 1000
+    submissions_per_minute: int = 600
     # Seconds between two tracker cycles.
     tracker_interval: float = 2.0
     # Absolute base URL used in links sent to webhook receivers; derived when empty.
@@ -91,6 +96,10 @@ class Settings:
     @property
     def listens_on_loopback(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth if self.auth is not None else not self.listens_on_loopback
 
     @property
     def private_webhooks_allowed(self) -> bool:

@@ -107,6 +107,29 @@ def m002_outbox(db: Database) -> None:
     db["delivery_attempts"].create_index(["event_id", "id"])
 
 
+@migrations()
+def m003_users(db: Database) -> None:
+    db["api_tokens"].create(
+        {"id": str, "owner": str, "role": str, "token_hash": str, "label": str,
+         "created_at": str, "expires_at": str, "revoked_at": str, "last_used_at": str},
+        pk="id",
+        not_null={"owner", "role", "token_hash", "created_at"},
+    )
+    db["api_tokens"].create_index(["token_hash"], unique=True)
+    db["user_limits"].create(
+        {"owner": str, "max_active_jobs": int, "max_upload_bytes": int, "submissions_per_minute": int},
+        pk="owner",
+    )
+    db["audit"].create(
+        {"id": int, "at": str, "actor": str, "role": str, "action": str, "target": str,
+         "outcome": str, "detail": str, "request_id": str},
+        pk="id",
+    )
+    db["audit"].create_index(["at"])
+    db["audit"].create_index(["actor", "at"])
+    db["jobs"].create_index(["owner", "created_at"])
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -320,6 +343,77 @@ class Store:
                 "update outbox set status = 'pending', next_attempt_at = ?, last_error = null"
                 " where id = ? and job_id = ?", [now, event_id, job_id])
             return cursor.rowcount == 1
+
+    def count_active_jobs(self, owner: str, active_states: Iterable[str]) -> int:
+        states = list(active_states)
+        with self._lock:
+            return self.db.execute(
+                f"select count(*) from jobs where owner = ? and state in ({','.join('?' * len(states))})",
+                [owner, *states],
+            ).fetchone()[0]
+
+    def submissions_since(self, owner: str, since: str) -> list[str]:
+        """Creation times of the owner's jobs since a time, oldest first."""
+        with self._lock:
+            return [r[0] for r in self.db.execute(
+                "select created_at from jobs where owner = ? and created_at >= ? order by created_at",
+                [owner, since],
+            )]
+
+    # --- tokens, limits, audit ------------------------------------------------------------
+
+    def insert_token(self, token: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["api_tokens"].insert(token)
+
+    def token_by_hash(self, token_hash: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from api_tokens where token_hash = ?", [token_hash]))
+        return rows[0] if rows else None
+
+    def touch_token(self, token_id: str, at: str) -> None:
+        with self.transaction() as db:
+            db.execute("update api_tokens set last_used_at = ? where id = ?", [at, token_id])
+
+    def list_tokens(self, owner: str | None = None) -> list[dict[str, Any]]:
+        where, params = ("where owner = ?", [owner]) if owner else ("", [])
+        with self._lock:
+            return [
+                {k: v for k, v in row.items() if k != "token_hash"}
+                for row in self.db.query(f"select * from api_tokens {where} order by created_at", params)
+            ]
+
+    def revoke_token(self, token_id: str, at: str) -> bool:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "update api_tokens set revoked_at = ? where id = ? and revoked_at is null", [at, token_id])
+            return cursor.rowcount == 1
+
+    def user_limits(self, owner: str) -> dict[str, Any]:
+        with self._lock:
+            rows = list(self.db.query("select * from user_limits where owner = ?", [owner]))
+        return rows[0] if rows else {}
+
+    def set_user_limits(self, owner: str, limits: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["user_limits"].upsert({"owner": owner, **limits}, pk="owner")
+
+    def append_audit(self, entry: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["audit"].insert(entry)
+
+    def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int) -> list[dict[str, Any]]:
+        where, params = [], []
+        for column, value in (("actor", actor), ("action", action)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            where.append("at >= ?")
+            params.append(since)
+        clause = f"where {' and '.join(where)}" if where else ""
+        with self._lock:
+            return list(self.db.query(f"select * from audit {clause} order by id desc limit ?", [*params, limit]))
 
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as db:

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Fails on purpose: a message on stderr and exit status 3.
+# Fails on purpose: a line on stdout, a message on stderr, and exit status 3,
+# so the job ends "failed" with exit_status 3.
 echo "about to fail"
-echo "something went wrong (on purpose)" >&2
+echo "fail: something went wrong (on purpose)" >&2
 exit 3

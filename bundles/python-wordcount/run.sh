@@ -1,3 +1,3 @@
 #!/bin/sh
-# Counts the words of every input file; writes counts.json into the output directory.
+# Counts the words of the files in the job's input tarball; see wordcount.py.
 exec python3 wordcount.py "$@"

@@ -13,6 +13,9 @@ log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR = [
     (errors.InvalidRequest, falcon.HTTP_400),
+    (errors.Unauthorized, falcon.HTTP_401),
+    (errors.Forbidden, falcon.HTTP_403),
+    (errors.RateLimited, falcon.HTTP_429),
     (errors.NotFound, falcon.HTTP_404),
     (errors.Gone, falcon.HTTP_410),
     (errors.Conflict, falcon.HTTP_409),
@@ -32,8 +35,10 @@ def _status_for(exc: errors.GatewayError) -> str:
 def handle_gateway_error(req: falcon.Request, resp: falcon.Response, exc: errors.GatewayError, params) -> None:
     resp.status = _status_for(exc)
     resp.media = {"error": exc.message, **exc.details}
-    if isinstance(exc, errors.BackendUnavailable):
+    if isinstance(exc, (errors.BackendUnavailable, errors.RateLimited)):
         resp.set_header("Retry-After", str(exc.retry_after))
+    if isinstance(exc, errors.Unauthorized):
+        resp.set_header("WWW-Authenticate", 'Bearer realm="modaclouds-batch"')
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params) -> None:

@@ -22,8 +22,9 @@ NOTIFICATION_EVENTS = ("final", "all")
 
 
 class JobsResource:
-    def __init__(self, service: JobService, on_submitted=None):
+    def __init__(self, service: JobService, quota, on_submitted=None):
         self.service = service
+        self.quota = quota
         self.on_submitted = on_submitted
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -33,7 +34,9 @@ class JobsResource:
                 description="POST /jobs takes multipart/form-data (files) or "
                 "application/x-www-form-urlencoded (job-bundle as the text of one script)"
             )
-        with self.service.staging() as staging:
+        actor = req.context.actor
+        self.quota.check_submission(actor)
+        with self.service.staging(self.quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
             if content_type == falcon.MEDIA_MULTIPART:
                 values = _receive_multipart(req, staging)
             else:
@@ -47,7 +50,7 @@ class JobsResource:
             job = self.service.submit(
                 staging,
                 SubmitRequest(
-                    owner=req.context.user,
+                    actor=actor,
                     name=values.get("job-name"),
                     arguments=values.get("job-arguments"),
                     notification_url=values.get("job-notification"),
@@ -59,7 +62,7 @@ class JobsResource:
             self.on_submitted(job)
         resp.status = falcon.HTTP_201
         resp.location = f"/jobs/{job['id']}"
-        resp.media = job_detail(job, self.service.events(job["id"]))
+        resp.media = job_detail(job, self.service.events(job["id"], actor))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
@@ -71,13 +74,13 @@ class JobsResource:
                 f"unknown status {', '.join(bad)}; statuses are {', '.join(sorted(valid))}", field="status"
             )
         flt = JobFilter(
-            owner=req.context.owner_filter,
+            owner=req.get_param("owner"),
             states=states,
             name_glob=req.get_param("name"),
             created_after=_time_param(req, "created_after"),
             created_before=_time_param(req, "created_before"),
         )
-        rows, next_cursor, total = self.service.list(flt, limit, req.get_param("cursor"))
+        rows, next_cursor, total = self.service.list(req.context.actor, flt, limit, req.get_param("cursor"))
         resp.media = [job_summary(row) for row in rows]
         resp.set_header("X-Total-Count", str(total))
         if next_cursor:
@@ -92,8 +95,8 @@ class JobResource:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        job = self.service.get(job_id)
-        resp.media = job_detail(job, self.service.events(job["id"]))
+        job = self.service.get(job_id, req.context.actor)
+        resp.media = job_detail(job, self.service.events(job["id"], req.context.actor))
 
 
 class JobActionResource:
@@ -103,10 +106,11 @@ class JobActionResource:
         self.service = service
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str, action: str) -> None:
-        job = self.service.act(job_id, action)
+        actor = req.context.actor
+        job = self.service.act(job_id, action, actor, req.context.request_id)
         resp.status = falcon.HTTP_202
         resp.media = {"job_id": job["id"], "action": action, "job_status": job["state"],
-                      "job": job_detail(job, self.service.events(job["id"]))}
+                      "job": job_detail(job, self.service.events(job["id"], actor))}
 
     on_get = on_post
 
@@ -116,7 +120,7 @@ class JobEventsResource:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = self.service.events(job_id)
+        resp.media = self.service.events(job_id, req.context.actor)
 
 
 class NotificationsResource:
@@ -126,7 +130,7 @@ class NotificationsResource:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
-        resp.media = [notification_view(event) for event in self.service.notifications(job_id)]
+        resp.media = [notification_view(event) for event in self.service.notifications(job_id, req.context.actor)]
 
 
 class NotificationResendResource:
@@ -135,7 +139,7 @@ class NotificationResendResource:
         self.on_resend = on_resend
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str, event_id: str) -> None:
-        self.service.resend_notification(job_id, event_id)
+        self.service.resend_notification(job_id, event_id, req.context.actor, req.context.request_id)
         if self.on_resend:
             self.on_resend()
         resp.status = falcon.HTTP_202
@@ -150,7 +154,7 @@ class ArtifactResource:
         self.service = service
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str, name: str) -> None:
-        path = self.service.artifact(job_id, name)
+        path = self.service.artifact(job_id, name, req.context.actor, req.context.request_id)
         resp.content_type = self.CONTENT_TYPES[name]
         if name == "output":
             resp.downloadable_as = f"{job_id}-output.tar.gz"

@@ -1,67 +1,156 @@
 #!/bin/sh
-# The job's executable on the execute node (POSIX sh; runs in HTCondor's scratch dir).
-# Unpacks the bundle (and input) into work/, provides the MODACLOUDS_BATCH_* contract,
-# runs ./run.sh with the job's arguments, always packs output/ into output.tar.gz,
-# and exits with run.sh's status.
-sandbox=$(pwd)
-work="$sandbox/work"
-mkdir -p "$work" "$sandbox/output" "$sandbox/scratch" || exit 1
+# modaclouds-batch launcher: the executable HTCondor runs for every gateway job.
+#
+# It starts in the job's scratch directory on the execute node, next to the files the
+# gateway sent: bundle.tar.gz (always), input.tar.gz (when the user gave one) and
+# arguments.sh (the job's words as a `set -- '...'` line; see docs/design.md). Without
+# arguments.sh, the launcher's own arguments are the job's. It:
+#   1. creates work/, output/ and scratch/ there;
+#   2. unpacks the bundle, then the input, into work/ (input files win a name clash,
+#      as when unpacking both by hand), with no archived owners and no archived
+#      permissions beyond the umask, so setuid/setgid bits never survive;
+#   3. exports MODACLOUDS_BATCH_OUTPUT, MODACLOUDS_BATCH_SCRATCH_DIRECTORY and, with an
+#      input, MODACLOUDS_BATCH_INPUT (the input archive itself), all absolute;
+#   4. runs ./run.sh with the job's arguments in work/ (with /bin/sh when run.sh is not
+#      executable and has no #! line), forwarding TERM, INT, HUP and QUIT to it;
+#   5. always packs output/ into output.tar.gz, which HTCondor brings back, even when
+#      run.sh failed or was killed;
+#   6. exits with run.sh's status: 128+N when run.sh was killed by signal N (said on
+#      stderr), 1 when the bundle cannot be unpacked or has no run.sh.
+#
+# Signals: HTCondor suspends a job by stopping all its processes and resumes them with
+# SIGCONT, which needs nothing from us. It removes a job with SIGTERM to this process;
+# the launcher passes the signal on (to run.sh's whole process group when the launcher
+# leads its own group, as under HTCondor, so run.sh's children hear it too), waits for
+# run.sh to end, packs the output and exits. As for any background command of a
+# non-interactive shell, run.sh starts with SIGINT and SIGQUIT ignored.
+#
+# POSIX sh only: it must work wherever HTCondor runs jobs. Archives were validated by
+# the gateway (modaclouds_batch/jobs/bundles.py); the tar options are a second fence.
+
+sandbox=$(pwd -P) || exit 1
+work=$sandbox/work
+output=$sandbox/output
+scratch=$sandbox/scratch
+bundle=$sandbox/bundle.tar.gz
+input=$sandbox/input.tar.gz
+
+say() {
+    printf 'launcher: %s\n' "$*" >&2
+}
+
+if [ -f "$sandbox/arguments.sh" ]; then
+    . "$sandbox/arguments.sh" || { say "could not read arguments.sh"; exit 1; }
+fi
+
+if tar --version 2>/dev/null | grep -q 'GNU tar'; then
+    untar_options="--no-same-owner --no-same-permissions --no-overwrite-dir --warning=no-timestamp"
+else
+    untar_options="-o"  # busybox and bsdtar: do not restore owners
+fi
 
 unpack() {
-    # Archives were validated by the gateway; still refuse owners and special modes here.
-    tar -xzf "$1" -C "$work" --no-same-owner --no-same-permissions --no-overwrite-dir || {
-        echo "modaclouds-batch: could not unpack $(basename "$1")" >&2
+    # $untar_options is a list of plain words: split on purpose.
+    # shellcheck disable=SC2086
+    tar -xzf "$1" -C "$work" $untar_options || {
+        say "could not unpack $(basename "$1") (see tar's message above)"
         return 1
     }
 }
 
-unpack "$sandbox/bundle.tar.gz" || exit 1
-if [ -f "$sandbox/input.tar.gz" ]; then
-    unpack "$sandbox/input.tar.gz" || exit 1
-    export MODACLOUDS_BATCH_INPUT="$sandbox/input.tar.gz"
-fi
-export MODACLOUDS_BATCH_OUTPUT="$sandbox/output"
-export MODACLOUDS_BATCH_SCRATCH_DIRECTORY="$sandbox/scratch"
-
-# The job's words: a `set -- '...'` line written by the gateway (see docs/design.md).
-if [ -f "$sandbox/arguments.sh" ]; then
-    . "$sandbox/arguments.sh"
-fi
-
 pack_output() {
-    tar -czf "$sandbox/output.tar.gz" -C "$sandbox/output" . 2>/dev/null ||
-        echo "modaclouds-batch: could not pack the output directory" >&2
+    # The job may have left unreadable files or folders; the owner gets them back.
+    chmod -R u+rwX "$output" 2>/dev/null
+    if ! tar -czf "$sandbox/output.tar.gz" -C "$output" . ; then
+        say "could not pack the output directory; output.tar.gz is left empty"
+        tar -czf "$sandbox/output.tar.gz" -T /dev/null
+    fi
 }
 
-cd "$work" || exit 1
-if [ ! -f ./run.sh ]; then
-    echo "modaclouds-batch: the bundle has no run.sh" >&2
+finish() {
     pack_output
-    exit 1
+    # Whatever modes the archives or the job set, HTCondor must be able to clean up.
+    chmod -R u+rwX "$work" "$scratch" 2>/dev/null
+    exit "$1"
+}
+
+mkdir -p "$work" "$output" "$scratch" || exit 1
+export MODACLOUDS_BATCH_OUTPUT="$output"
+export MODACLOUDS_BATCH_SCRATCH_DIRECTORY="$scratch"
+unset MODACLOUDS_BATCH_INPUT
+
+if [ ! -f "$bundle" ]; then
+    say "bundle.tar.gz is missing from $sandbox"
+    finish 1
+fi
+unpack "$bundle" || finish 1
+if [ -f "$input" ]; then
+    unpack "$input" || finish 1
+    export MODACLOUDS_BATCH_INPUT="$input"
+fi
+# Belt and braces for tars that keep them: no setuid or setgid bits, and the job can
+# read and write everything it was given.
+chmod -R u+rwX,u-s,g-s "$work" 2>/dev/null
+
+cd "$work" || finish 1
+if [ ! -f run.sh ]; then
+    say "the bundle has no run.sh at its root; its entry point must be ./run.sh"
+    finish 1
+fi
+if [ ! -x run.sh ] && [ "$(dd if=run.sh bs=2 count=1 2>/dev/null)" = "#!" ]; then
+    chmod u+x run.sh  # honour the #! line even if the archive lost the exec bit
 fi
 
-child=""
-forward() {
-    [ -n "$child" ] && kill -s "$1" "$child" 2>/dev/null
-}
-trap 'forward TERM' TERM
-trap 'forward INT' INT
-trap 'forward HUP' HUP
+# Does the launcher lead its own process group (HTCondor starts jobs that way)?
+# Then a forwarded signal can go to the whole group: run.sh and all its children.
+own_group=no
+if [ -r "/proc/$$/stat" ]; then
+    pgrp=$(sed 's/.*) //' "/proc/$$/stat" | cut -d' ' -f3)
+    [ "$pgrp" = "$$" ] && own_group=yes
+fi
 
-if [ -x ./run.sh ]; then
+child=
+caught=
+forward() {
+    caught=$1
+    [ -n "$child" ] || return 0
+    if [ "$own_group" = yes ]; then
+        trap '' "$1"  # the launcher is in the group too: ignore its own copy
+        kill -s "$1" 0 2>/dev/null
+        trap "forward $1" "$1"
+    else
+        kill -s "$1" "$child" 2>/dev/null
+    fi
+}
+for sig in TERM INT HUP QUIT; do
+    trap "forward $sig" "$sig"
+done
+
+if [ -x run.sh ]; then
     ./run.sh "$@" &
 else
     /bin/sh ./run.sh "$@" &
 fi
 child=$!
-# wait returns early when a trapped signal arrives: keep waiting for the child itself.
+[ -n "$caught" ] && forward "$caught"  # a signal that came before run.sh started
+
+# wait returns early (status > 128) when a trapped signal arrives: keep waiting until
+# run.sh itself has ended, then take its status.
 while :; do
     wait "$child"
     status=$?
-    kill -0 "$child" 2>/dev/null || break
+    [ -n "$caught" ] || break
+    caught=
+    kill -0 "$child" 2>/dev/null && continue
+    # run.sh ended around the signal: ask once more for its own status, which a shell
+    # that already reported it answers with 127.
+    wait "$child"
+    again=$?
+    [ "$again" -ne 127 ] && status=$again
+    break
 done
-if [ "$status" -gt 128 ]; then
-    echo "modaclouds-batch: run.sh was killed by signal $((status - 128))" >&2
+
+if [ "$status" -gt 128 ] && [ "$status" -lt 192 ]; then
+    say "run.sh ended by signal $((status - 128)) ($(kill -l "$status" 2>/dev/null || echo '?')): exit status $status"
 fi
-pack_output
-exit "$status"
+finish "$status"

@@ -119,10 +119,18 @@ def render_submit(spec: JobSpec) -> htcondor2.Submit:
         f"My.{GATEWAY_INSTANCE}": submit_string(spec.instance_id),
         f"My.{GATEWAY_OWNER}": submit_string(spec.owner),
         f"My.{GATEWAY_JOB_NAME}": submit_string(spec.name),
+        # Fair share per gateway user, not per the gateway's single pool identity.
+        "accounting_group": accounting_group(spec.owner),
+        "accounting_group_user": spec.owner,
     }
     if spec.request_id:
         description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
     return htcondor2.Submit(description)
+
+
+def accounting_group(owner: str) -> str:
+    """The HTCondor accounting group of a gateway user (names are [a-z0-9_-], see access/identity)."""
+    return f"group_{owner.replace('-', '_')}"
 
 
 def instance_constraint(instance_id: str) -> str:

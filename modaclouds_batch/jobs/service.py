@@ -5,6 +5,7 @@ Knows jobs, the store and the condor adapter; knows nothing of HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -20,7 +21,9 @@ from typing import Any, BinaryIO, Iterator
 from ..condor import submit_description as sd
 from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
 from ..notify import targets
-from ..errors import BackendRefused, BackendUnavailable, Conflict, InvalidRequest, NotFound, TooLarge
+from ..access.audit import AuditLog
+from ..access.identity import Actor
+from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, InvalidRequest, NotFound, TooLarge
 from ..settings import Settings
 from ..store import JobChange, JobFilter, Store
 from ..timefmt import now_iso
@@ -46,7 +49,7 @@ def check_job_id(job_id: str) -> str:
 
 @dataclass
 class SubmitRequest:
-    owner: str
+    actor: Actor
     name: str | None = None
     arguments: str | None = None
     notification_url: str | None = None
@@ -102,10 +105,11 @@ class Staging:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: Store, condor: CondorClient):
+    def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog):
         self.settings = settings
         self.store = store
         self.condor = condor
+        self.audit = audit
         self.limits = bundles.ArchiveLimits(
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_members=settings.max_archive_members,
@@ -117,11 +121,12 @@ class JobService:
     # --- submission -------------------------------------------------------------
 
     @contextmanager
-    def staging(self) -> Iterator[Staging]:
+    def staging(self, max_upload_bytes: int | None = None) -> Iterator[Staging]:
         job_id = str(uuid.uuid4())
         path = Path(self.settings.jobs_dir) / job_id
         path.mkdir(parents=True)
-        staging = Staging(job_id, path, self.settings.max_upload_bytes)
+        limit = min(max_upload_bytes or self.settings.max_upload_bytes, self.settings.max_upload_bytes)
+        staging = Staging(job_id, path, limit)
         with self._in_flight_lock:
             self._in_flight.add(job_id)
         try:
@@ -154,7 +159,7 @@ class JobService:
         spec = sd.JobSpec(
             job_id=staging.job_id,
             instance_id=self.store.instance_id,
-            owner=request.owner,
+            owner=request.actor.user,
             name=name,
             job_dir=staging.path,
             has_input=staging.has_input,
@@ -174,7 +179,7 @@ class JobService:
         job = {
             "id": staging.job_id,
             "name": name,
-            "owner": request.owner,
+            "owner": request.actor.user,
             "state": JobState.IDLE.value,
             "backend_status": "Idle",
             "cluster_id": cluster_id,
@@ -195,7 +200,9 @@ class JobService:
             raise
         staging.committed = True
         log.info("job %s queued as cluster %s (%s)", staging.job_id, cluster_id, name)
-        return self.get(staging.job_id)
+        self.audit.record(request.actor, "job.submit", staging.job_id, request_id=request.request_id,
+                          detail={"name": name, "cluster_id": cluster_id})
+        return self.get(staging.job_id, request.actor)
 
     def _check_notification_url(self, url: str | None) -> str | None:
         if not url:
@@ -214,27 +221,33 @@ class JobService:
 
     # --- reads ------------------------------------------------------------------
 
-    def get(self, job_id: str) -> dict[str, Any]:
+    def get(self, job_id: str, actor: Actor) -> dict[str, Any]:
+        """The job, if ``actor`` may see it; another user's job is 'not found' so ids do not leak."""
         job = self.store.get_job(check_job_id(job_id))
-        if job is None:
+        if job is None or not actor.may_see(job["owner"]):
             raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
         return job
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
-        return self.store.job_events(self.get(job_id)["id"])
+    def events(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:
+        return self.store.job_events(self.get(job_id, actor)["id"])
 
-    def list(self, flt: JobFilter, limit: int, cursor: str | None):
+    def list(self, actor: Actor, flt: JobFilter, limit: int, cursor: str | None):
+        if not actor.is_admin:
+            if flt.owner not in (None, actor.user):
+                raise Forbidden("users list only their own jobs; the owner filter is for admins")
+            flt = dataclasses.replace(flt, owner=actor.user)
         try:
             return self.store.list_jobs(flt, limit, cursor)
         except ValueError as exc:
             raise InvalidRequest(f"{exc}; pass the cursor a previous page returned", field="cursor") from exc
 
-    def artifact(self, job_id: str, name: str) -> Path:
-        job = self.get(job_id)
+    def artifact(self, job_id: str, name: str, actor: Actor, request_id: str | None = None) -> Path:
+        job = self.get(job_id, actor)
         if name not in ARTIFACT_FILES:
             raise NotFound(f"no artifact '{name}'; artifacts are {', '.join(ARTIFACT_FILES)}")
         path = Path(job["job_dir"]) / ARTIFACT_FILES[name]
         if job["outputs_retrieved_at"] and path.is_file():
+            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
             return path
         state = JobState(job["state"])
         if state is JobState.REMOVED or state is JobState.SUBMISSION_ERROR:
@@ -243,30 +256,32 @@ class JobService:
             raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}")
         raise NotFound(f"the job is {state.value}; its {name} is available once it ends")
 
-    def notifications(self, job_id: str) -> list[dict[str, Any]]:
-        return self.store.job_notifications(self.get(job_id)["id"])
+    def notifications(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:
+        return self.store.job_notifications(self.get(job_id, actor)["id"])
 
-    def resend_notification(self, job_id: str, event_id: str) -> None:
-        job = self.get(job_id)
+    def resend_notification(self, job_id: str, event_id: str, actor: Actor, request_id: str | None = None) -> None:
+        job = self.get(job_id, actor)
+        actor.require_admin("re-sending a notification")
         if not self.store.requeue_notification(job["id"], event_id, now_iso()):
             raise NotFound(f"job {job_id} has no notification {event_id}; GET /jobs/{job_id}/notifications lists them")
+        self.audit.record(actor, "notification.resend", job["id"], detail={"event_id": event_id}, request_id=request_id)
 
     # --- control ------------------------------------------------------------------
 
-    def act(self, job_id: str, action_name: str, reason: str | None = None) -> dict[str, Any]:
+    def act(self, job_id: str, action_name: str, actor: Actor, request_id: str | None = None) -> dict[str, Any]:
         try:
             action = JobAction(action_name)
         except ValueError:
             raise NotFound(
                 f"no action '{action_name}'; actions are {', '.join(a.value for a in JobAction)}"
             ) from None
-        job = self.get(job_id)
+        job = self.get(job_id, actor)
         conflict = action_conflict(action, JobState(job["state"]))
         if conflict:
             raise Conflict(conflict, job_status=job["state"])
         constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
         try:
-            result = self.condor.act(action.value, constraint, reason or f"{action.value} requested through the gateway")
+            result = self.condor.act(action.value, constraint, f"{action.value} requested by {actor.user} through the gateway")
         except CondorUnavailable as exc:
             raise BackendUnavailable(f"HTCondor does not answer; retry the {action.value} later ({exc})") from exc
         if result.get("TotalSuccess", 0) < 1:
@@ -274,8 +289,9 @@ class JobService:
                 f"HTCondor did not {action.value} the job (it may have just changed state); "
                 "GET the job and try again", job_status=job["state"], condor_result=result,
             )
+        self.audit.record(actor, f"job.{action.value}", job["id"], request_id=request_id)
         self.refresh([job])
-        return self.get(job["id"])
+        return self.get(job["id"], actor)
 
     def refresh(self, jobs: list[dict[str, Any]]) -> None:
         """Bring a few jobs' states up to date at once (after an action), without retrieval."""

@@ -1,0 +1,77 @@
+"""Per-user limits: defaults from settings, overrides per user in the store."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ..errors import InvalidRequest, RateLimited
+from ..jobs.states import ACTIVE_STATES
+from ..store import Store
+from ..timefmt import parse_iso, to_iso
+from .identity import Actor
+
+LIMIT_NAMES = ("max_active_jobs", "max_upload_bytes", "submissions_per_minute")
+WINDOW = timedelta(minutes=1)
+# How long to suggest waiting when the active-jobs limit is hit: jobs end at their own pace.
+ACTIVE_JOBS_RETRY_AFTER = 30
+
+
+class QuotaService:
+    def __init__(self, settings, store: Store):
+        self.defaults = {
+            "max_active_jobs": settings.max_active_jobs_per_user,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "submissions_per_minute": settings.submissions_per_minute,
+        }
+        self.store = store
+
+    def limits_for(self, user: str) -> dict[str, int]:
+        overrides = self.store.user_limits(user)
+        return {name: overrides.get(name) or self.defaults[name] for name in LIMIT_NAMES}
+
+    def set_limits(self, user: str, values: dict[str, Any]) -> dict[str, int]:
+        unknown = set(values) - set(LIMIT_NAMES)
+        if unknown:
+            raise InvalidRequest(f"unknown limits {sorted(unknown)}; limits are {', '.join(LIMIT_NAMES)}")
+        for name, value in values.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InvalidRequest(f"{name} must be a positive integer (or null for the default)", field=name)
+        self.store.set_user_limits(user, {name: values.get(name) for name in LIMIT_NAMES if name in values})
+        return self.limits_for(user)
+
+    def status(self, actor: Actor) -> dict[str, Any]:
+        limits = self.limits_for(actor.user)
+        active = self.store.count_active_jobs(actor.user, (s.value for s in ACTIVE_STATES))
+        now = datetime.now(timezone.utc)
+        recent = self.store.submissions_since(actor.user, to_iso(now - WINDOW))
+        may_submit = max(0, min(limits["max_active_jobs"] - active, limits["submissions_per_minute"] - len(recent)))
+        return {
+            "user": actor.user, "role": actor.role, "limits": limits,
+            "active_jobs": active, "submissions_last_minute": len(recent),
+            "may_submit_now": may_submit,
+            "retry_after": None if may_submit else self._retry_after(limits, active, recent, now),
+        }
+
+    def check_submission(self, actor: Actor) -> None:
+        """Refuse a submission over a limit, naming the limit and when to retry."""
+        state = self.status(actor)
+        limits = state["limits"]
+        if state["active_jobs"] >= limits["max_active_jobs"]:
+            raise RateLimited(
+                f"you have {state['active_jobs']} queued or running jobs, the max_active_jobs limit; "
+                "wait for some to end or remove some", retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_active_jobs",
+            )
+        if state["submissions_last_minute"] >= limits["submissions_per_minute"]:
+            raise RateLimited(
+                f"you submitted {state['submissions_last_minute']} jobs in the last minute, "
+                "the submissions_per_minute limit", retry_after=state["retry_after"], limit="submissions_per_minute",
+            )
+
+    @staticmethod
+    def _retry_after(limits, active, recent, now) -> int:
+        if active >= limits["max_active_jobs"]:
+            return ACTIVE_JOBS_RETRY_AFTER
+        oldest = parse_iso(recent[0]) if recent else now
+        return max(1, math.ceil((oldest + WINDOW - now).total_seconds()))

@@ -1,0 +1,71 @@
+"""API tokens: random, shown once, stored only as a hash, with owner, role and expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ..errors import InvalidRequest, NotFound, Unauthorized
+from ..store import Store
+from ..timefmt import now_iso, parse_iso, to_iso
+from .identity import ROLES, Actor, check_user_name
+
+TOKEN_PREFIX = "mcb_"
+
+
+def hash_token(token: str) -> str:
+    # Tokens carry 256 random bits, so a fast hash is enough: no guessing to slow down.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenService:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def create(self, owner: str, role: str = "user", *, expires_in: float | None = None,
+               expires_at: str | None = None, label: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Returns (the token, its record). The token itself is never stored or shown again."""
+        check_user_name(owner)
+        if role not in ROLES:
+            raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", field="role")
+        if expires_in is not None:
+            if expires_in <= 0:
+                raise InvalidRequest("expires_in must be a positive number of seconds", field="expires_in")
+            expires_at = to_iso(datetime.now(timezone.utc) + timedelta(seconds=expires_in))
+        elif expires_at is not None:
+            try:
+                expires_at = to_iso(parse_iso(expires_at))
+            except ValueError:
+                raise InvalidRequest("expires_at must be an ISO-8601 time", field="expires_at") from None
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = {
+            "id": str(uuid.uuid4()), "owner": owner, "role": role, "token_hash": hash_token(token),
+            "label": label, "created_at": now_iso(), "expires_at": expires_at,
+        }
+        self.store.insert_token(record)
+        return token, {k: v for k, v in record.items() if k != "token_hash"}
+
+    def authenticate(self, token: str) -> Actor:
+        record = self.store.token_by_hash(hash_token(token))
+        if record is None:
+            raise Unauthorized("unknown API token; check the Authorization: Bearer header")
+        now = now_iso()
+        if record["revoked_at"]:
+            raise Unauthorized("this API token was revoked; ask an admin for a new one")
+        if record["expires_at"] and record["expires_at"] <= now:
+            raise Unauthorized("this API token has expired; ask an admin for a new one")
+        self.store.touch_token(record["id"], now)
+        return Actor(record["owner"], record["role"])
+
+    def list(self, actor: Actor, owner: str | None = None) -> list[dict[str, Any]]:
+        if not actor.is_admin:
+            owner = actor.user
+        return self.store.list_tokens(owner)
+
+    def revoke(self, actor: Actor, token_id: str) -> None:
+        visible = {t["id"] for t in self.list(actor)}
+        if token_id not in visible or not self.store.revoke_token(token_id, now_iso()):
+            raise NotFound(f"no active token {token_id} that you may revoke")

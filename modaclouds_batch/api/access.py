@@ -1,0 +1,123 @@
+"""HTTP resources for tokens, quotas, per-user limits and the audit log, plus authentication."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..access.audit import AuditLog
+from ..access.identity import LOCAL_ACTOR, check_user_name
+from ..access.quota import QuotaService
+from ..access.tokens import TokenService
+from ..errors import InvalidRequest, Unauthorized
+from ..timefmt import parse_iso, to_iso
+
+# Routes anyone may call: liveness and the API description.
+PUBLIC_PATHS = ("/health", "/openapi.json", "/docs")
+
+
+class Authenticate:
+    """Sets ``req.context.actor`` from the bearer token; with auth off, the local admin."""
+
+    def __init__(self, tokens: TokenService, enabled: bool):
+        self.tokens = tokens
+        self.enabled = enabled
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
+        if not self.enabled or req.path in PUBLIC_PATHS or req.path.startswith("/docs/"):
+            req.context.actor = LOCAL_ACTOR if not self.enabled else None
+            return
+        header = req.get_header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("this gateway needs an API token: send Authorization: Bearer <token>")
+        req.context.actor = self.tokens.authenticate(token.strip())
+
+
+def _json_body(req: falcon.Request) -> dict:
+    body = req.get_media(default_when_empty={})
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+class TokensResource:
+    def __init__(self, tokens: TokenService, audit: AuditLog):
+        self.tokens = tokens
+        self.audit = audit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.tokens.list(req.context.actor, req.get_param("owner"))
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        actor = req.context.actor
+        actor.require_admin("creating API tokens")
+        body = _json_body(req)
+        expires_in = body.get("expires_in")
+        if expires_in is not None and not isinstance(expires_in, (int, float)):
+            raise InvalidRequest("expires_in must be a number of seconds", field="expires_in")
+        token, record = self.tokens.create(
+            body.get("owner"), body.get("role", "user"), expires_in=expires_in,
+            expires_at=body.get("expires_at"), label=body.get("label"),
+        )
+        self.audit.record(actor, "token.create", record["id"], request_id=req.context.request_id,
+                          detail={"owner": record["owner"], "role": record["role"]})
+        resp.status = falcon.HTTP_201
+        resp.location = f"/tokens/{record['id']}"
+        resp.media = {**record, "token": token}
+
+
+class TokenResource:
+    def __init__(self, tokens: TokenService, audit: AuditLog):
+        self.tokens = tokens
+        self.audit = audit
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, token_id: str) -> None:
+        self.tokens.revoke(req.context.actor, token_id)
+        self.audit.record(req.context.actor, "token.revoke", token_id, request_id=req.context.request_id)
+        resp.status = falcon.HTTP_204
+
+
+class QuotaResource:
+    """How many more jobs the caller may start now (seed 000's 'is there a free slot')."""
+
+    def __init__(self, quota: QuotaService):
+        self.quota = quota
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.quota.status(req.context.actor)
+
+
+class UserLimitsResource:
+    def __init__(self, quota: QuotaService, audit: AuditLog):
+        self.quota = quota
+        self.audit = audit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
+        actor = req.context.actor
+        if actor.user != user:
+            actor.require_admin("another user's limits")
+        resp.media = {"user": check_user_name(user), "limits": self.quota.limits_for(user)}
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
+        actor = req.context.actor
+        actor.require_admin("setting limits")
+        limits = self.quota.set_limits(check_user_name(user), _json_body(req))
+        self.audit.record(actor, "limits.set", user, detail=limits, request_id=req.context.request_id)
+        resp.media = {"user": user, "limits": limits}
+
+
+class AuditResource:
+    def __init__(self, audit: AuditLog):
+        self.audit = audit
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        since = req.get_param("since")
+        if since is not None:
+            try:
+                since = to_iso(parse_iso(since))
+            except ValueError:
+                raise InvalidRequest("since must be an ISO-8601 time", field="since") from None
+        resp.media = self.audit.entries(
+            req.context.actor, user=req.get_param("actor"), action=req.get_param("action"), since=since,
+            limit=req.get_param_as_int("limit", min_value=1, max_value=10_000, default=100),
+        )
