@@ -21,8 +21,9 @@ The rules, and why each exists:
   symlink or a file (``l -> sub`` then ``l/f``), and a name may appear once (folders
   excepted): GNU tar would otherwise write through links or replace what was checked.
 - Structure: the archive must end with tar's end-of-archive block followed only by
-  zero bytes. Past that block ``tarfile`` stops while GNU tar may go on reading ("A lone
-  zero block"), so data hidden there is refused rather than left unread.
+  zero bytes. ``tarfile`` stops at the first zero block (and quietly at a corrupt
+  header), GNU tar warns "A lone zero block" and stops, ``tar -i`` and other tars read
+  on: members hidden past that block are refused rather than left unchecked.
 - Setuid, setgid and sticky bits are *stripped* (by the launcher, which unpacks with
   ``--no-same-permissions`` and then clears them), not refused: folders packed from a
   shared project directory often carry setgid, and refusing those would help nobody.
