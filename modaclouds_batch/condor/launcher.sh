@@ -88,9 +88,9 @@ if [ -f "$input" ]; then
     unpack "$input" || finish 1
     export MODACLOUDS_BATCH_INPUT="$input"
 fi
-# Belt and braces for tars that keep them: no setuid or setgid bits, and the job can
-# read and write everything it was given.
-chmod -R u+rwX,u-s,g-s "$work" 2>/dev/null
+# Belt and braces for tars that keep them: no setuid, setgid or sticky bits, and the
+# job can read and write everything it was given.
+chmod -R u+rwX,u-s,g-s,o-t "$work" 2>/dev/null
 
 cd "$work" || finish 1
 if [ ! -f run.sh ]; then

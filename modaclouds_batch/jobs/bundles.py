@@ -123,6 +123,8 @@ class ArchiveLimits:
 
 @dataclass(frozen=True)
 class ArchiveSummary:
+    """What a valid archive holds, for logs and for clients that pack bundles."""
+
     members: int
     # Sum of the regular files' sizes: what unpacking writes.
     unpacked_bytes: int
