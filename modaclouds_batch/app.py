@@ -25,6 +25,7 @@ from .api.access import (
 )
 from .api.health import HealthResource
 from .api.jobs import (
+    ArrayResource,
     ArtifactResource,
     JobActionResource,
     JobEventsResource,
@@ -33,7 +34,9 @@ from .api.jobs import (
     NotificationResendResource,
     NotificationsResource,
 )
+from .api.data import DataCollectionResource, DataMetadataResource, DataObjectResource
 from .condor.schedd import CondorClient
+from .data.service import DataService
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
@@ -77,7 +80,8 @@ def build_gateway(settings: Settings) -> Gateway:
     store = Store(settings.db_path, on_state_change=lambda job: events_for_change(job, settings.base_url))
     condor = CondorClient(settings.condor_config)
     audit = AuditLog(store)
-    service = JobService(settings, store, condor, audit)
+    data = DataService(settings, store, audit)
+    service = JobService(settings, store, condor, audit, data)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers)
     tracker = Tracker(service, settings.tracker_interval,
                       on_cycle=lambda report: webhooks.wake() if report.changes else None)
@@ -117,6 +121,10 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/jobs/{job_id}/notifications/{event_id}/resend",
                   NotificationResendResource(service, on_resend=gateway.webhooks.wake))
     app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))
+    app.add_route("/arrays/{array_id}", ArrayResource(service))
+    app.add_route("/data", DataCollectionResource(service.data, gateway.quota))
+    app.add_route("/data/{data_id}", DataObjectResource(service.data, gateway.quota))
+    app.add_route("/data/{data_id}/metadata", DataMetadataResource(service.data))
     app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit))
     app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens, gateway.audit))
     app.add_route("/quota", QuotaResource(gateway.quota))

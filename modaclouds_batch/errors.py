@@ -58,3 +58,7 @@ class RateLimited(GatewayError):
     def __init__(self, message: str, retry_after: int, **details):
         super().__init__(message, **details)
         self.retry_after = retry_after
+
+
+class PreconditionFailed(Conflict):
+    """A conditional request (If-Match) failed (412)."""

@@ -51,7 +51,11 @@ class Settings:
     auth: bool | None = None
     # Per-user defaults; admins override them per user (PUT /users/{name}/limits).
     max_active_jobs_per_user: int = 1000
-    submissions_per_minute: int = 600
+    submissions_per_minute: int = 10_000
+    # Most items in one job array (one HTCondor cluster).
+    max_array_items: int = 10_000
+    # Finished jobs' records and artifacts are cleaned up after this many seconds (0: never).
+    job_retention_seconds: int = 30 * 24 * 3600
     # Seconds between two tracker cycles.
     tracker_interval: float = 2.0
     # Absolute base URL used in links sent to webhook receivers; derived when empty.

@@ -130,6 +130,30 @@ def m003_users(db: Database) -> None:
     db["jobs"].create_index(["owner", "created_at"])
 
 
+@migrations()
+def m004_data_arrays_expiry(db: Database) -> None:
+    db["data_objects"].create(
+        {"id": str, "owner": str, "filename": str, "content_type": str, "size": int, "sha256": str,
+         "path": str, "source_job_id": str, "archive_check": str, "created_at": str, "updated_at": str,
+         "expires_at": str},
+        pk="id",
+        not_null={"owner", "filename", "size", "sha256", "path", "created_at", "updated_at"},
+    )
+    db["data_objects"].create_index(["owner", "created_at"])
+    # Which jobs use which data objects: deleting one still needed answers 409.
+    db["job_data_refs"].create({"job_id": str, "data_id": str, "role": str}, pk=("job_id", "data_id", "role"))
+    db["job_data_refs"].create_index(["data_id"])
+    db["job_arrays"].create(
+        {"id": str, "owner": str, "name": str, "cluster_id": int, "count": int, "created_at": str},
+        pk="id",
+    )
+    for column, kind in (("array_id", str), ("kind", str), ("command", str), ("ttl", int),
+                         ("expires_at", str), ("expired_at", str), ("answer_id", str)):
+        db["jobs"].add_column(column, kind)
+    db["jobs"].create_index(["array_id"])
+    db["jobs"].create_index(["expires_at"])
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -151,6 +175,7 @@ class JobFilter:
     name_glob: str | None = None
     created_after: str | None = None
     created_before: str | None = None
+    array_id: str | None = None
 
 
 class Store:
@@ -191,12 +216,23 @@ class Store:
     # --- jobs -----------------------------------------------------------------
 
     def insert_job(self, job: dict[str, Any], reason: str | None = None) -> None:
+        self.insert_jobs([job], reason)
+
+    def insert_jobs(self, jobs: list[dict[str, Any]], reason: str | None = None,
+                    data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None) -> None:
+        """Record newly queued jobs (an array's items, its record, the data they use) at once."""
         with self.transaction() as db:
-            db["jobs"].insert(job)
-            db["job_events"].insert(
+            if array:
+                db["job_arrays"].insert(array)
+            db["jobs"].insert_all(jobs)
+            db["job_events"].insert_all(
                 {"job_id": job["id"], "state": job["state"], "reason": reason, "at": job["created_at"]}
+                for job in jobs
             )
-            self._write_outbox(job["id"])
+            db["job_data_refs"].insert_all(
+                ({"job_id": j, "data_id": d, "role": r} for j, d, r in data_refs), ignore=True)
+            for job in jobs:
+                self._write_outbox(job["id"])
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -250,10 +286,11 @@ class Store:
             next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
         return rows, next_cursor, total
 
-    def apply_job_changes(self, changes: Iterable[JobChange]) -> None:
-        """Write many jobs' changes, and their state events, in one transaction."""
+    def apply_job_changes(self, changes: Iterable[JobChange], data_objects: Iterable[dict[str, Any]] = ()) -> None:
+        """Write many jobs' changes, their state events (and answer objects), in one transaction."""
         now = now_iso()
         with self.transaction() as db:
+            db["data_objects"].insert_all(list(data_objects))
             for change in changes:
                 values = dict(change.fields)
                 if change.new_state is not None:
@@ -360,6 +397,85 @@ class Store:
                 [owner, since],
             )]
 
+    # --- data objects ---------------------------------------------------------------------
+
+    def insert_data(self, row: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["data_objects"].insert(row)
+
+    def get_data(self, data_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from data_objects where id = ?", [data_id]))
+        return rows[0] if rows else None
+
+    def list_data(self, owner: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        where, params = ("where owner = ?", [owner]) if owner else ("", [])
+        with self._lock:
+            total = self.db.execute(f"select count(*) from data_objects {where}", params).fetchone()[0]
+            rows = list(self.db.query(
+                f"select * from data_objects {where} order by created_at desc, id desc limit ? offset ?",
+                [*params, limit, offset]))
+        return rows, total
+
+    def update_data(self, data_id: str, values: dict[str, Any], expected_sha256: str | None = None) -> bool:
+        """Replace metadata; with ``expected_sha256``, only if the content did not change meanwhile."""
+        with self.transaction() as db:
+            if expected_sha256 is not None:
+                current = db.execute("select sha256 from data_objects where id = ?", [data_id]).fetchone()
+                if current is None or current[0] != expected_sha256:
+                    return False
+            db["data_objects"].update(data_id, values)
+            return True
+
+    def delete_data(self, data_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("delete from data_objects where id = ?", [data_id])
+
+    def jobs_using_data(self, data_id: str, states: Iterable[str]) -> list[str]:
+        states = list(states)
+        with self._lock:
+            return [r[0] for r in self.db.execute(
+                "select distinct r.job_id from job_data_refs r join jobs j on j.id = r.job_id"
+                f" where r.data_id = ? and j.state in ({','.join('?' * len(states))})",
+                [data_id, *states])]
+
+    def expired_data(self, now: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(
+                "select * from data_objects where expires_at is not null and expires_at <= ?", [now]))
+
+    # --- arrays and expiry -------------------------------------------------------------------
+
+    def get_array(self, array_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from job_arrays where id = ?", [array_id]))
+        return rows[0] if rows else None
+
+    def array_items(self, array_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_decode_job(r) for r in self.db.query(
+                "select * from jobs where array_id = ? order by proc_id", [array_id])]
+
+    def jobs_past_expiry(self, now: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_decode_job(r) for r in self.db.query(
+                "select * from jobs where expired_at is null and expires_at is not null and expires_at <= ?",
+                [now])]
+
+    def mark_expired(self, job_id: str, at: str) -> None:
+        """Keep a tombstone (so the id answers 410), drop what the job no longer needs."""
+        with self.transaction() as db:
+            db.execute("update jobs set expired_at = ?, updated_at = ? where id = ?", [at, at, job_id])
+            db.execute("delete from job_data_refs where job_id = ?", [job_id])
+
+    def finished_before(self, final_states: Iterable[str], before: str) -> list[dict[str, Any]]:
+        """Finished, not yet expired jobs completed before a time (default retention)."""
+        states = list(final_states)
+        with self._lock:
+            return [_decode_job(r) for r in self.db.query(
+                f"select * from jobs where expired_at is null and state in ({','.join('?' * len(states))})"
+                " and coalesce(completed_at, updated_at) < ?", [*states, before])]
+
     # --- tokens, limits, audit ------------------------------------------------------------
 
     def insert_token(self, token: dict[str, Any]) -> None:
@@ -444,8 +560,11 @@ def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_filter_sql(flt: JobFilter) -> tuple[list[str], list[Any]]:
-    where: list[str] = []
+    where: list[str] = ["expired_at is null"]
     params: list[Any] = []
+    if flt.array_id is not None:
+        where.append("array_id = ?")
+        params.append(flt.array_id)
     if flt.owner is not None:
         where.append("owner = ?")
         params.append(flt.owner)

@@ -54,16 +54,24 @@ class QuotaService:
             "retry_after": None if may_submit else self._retry_after(limits, active, recent, now),
         }
 
-    def check_submission(self, actor: Actor) -> None:
-        """Refuse a submission over a limit, naming the limit and when to retry."""
+    def check_submission(self, actor: Actor, jobs: int = 1) -> None:
+        """Refuse a submission of ``jobs`` jobs over a limit, naming the limit and when to retry."""
         state = self.status(actor)
         limits = state["limits"]
-        if state["active_jobs"] >= limits["max_active_jobs"]:
+        if jobs > limits["max_active_jobs"]:
+            raise RateLimited(
+                f"{jobs} jobs at once exceed your max_active_jobs limit of {limits['max_active_jobs']}; "
+                "split the array", retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_active_jobs")
+        if state["active_jobs"] + jobs > limits["max_active_jobs"]:
             raise RateLimited(
                 f"you have {state['active_jobs']} queued or running jobs, the max_active_jobs limit; "
                 "wait for some to end or remove some", retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_active_jobs",
             )
-        if state["submissions_last_minute"] >= limits["submissions_per_minute"]:
+        if jobs > limits["submissions_per_minute"]:
+            raise RateLimited(
+                f"{jobs} jobs at once exceed your submissions_per_minute limit of "
+                f"{limits['submissions_per_minute']}; split the array", retry_after=60, limit="submissions_per_minute")
+        if state["submissions_last_minute"] + jobs > limits["submissions_per_minute"]:
             raise RateLimited(
                 f"you submitted {state['submissions_last_minute']} jobs in the last minute, "
                 "the submissions_per_minute limit", retry_after=state["retry_after"], limit="submissions_per_minute",

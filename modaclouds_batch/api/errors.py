@@ -12,6 +12,7 @@ from .. import errors
 log = logging.getLogger(__name__)
 
 STATUS_BY_ERROR = [
+    (errors.PreconditionFailed, falcon.HTTP_412),
     (errors.InvalidRequest, falcon.HTTP_400),
     (errors.Unauthorized, falcon.HTTP_401),
     (errors.Forbidden, falcon.HTTP_403),

@@ -11,14 +11,11 @@ from ..jobs.service import JobService, SubmitRequest
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
-from .views import job_detail, job_summary, notification_view
+from .submission import submission_from_request
+from .views import array_view, job_detail, job_summary, notification_view
 
-TEXT_FIELDS = {"job-name", "job-arguments", "job-notification", "job-notification-events"}
-FILE_FIELDS = {"job-bundle", "job-input"}
-GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
-NOTIFICATION_EVENTS = ("final", "all")
 
 
 class JobsResource:
@@ -28,41 +25,21 @@ class JobsResource:
         self.on_submitted = on_submitted
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        content_type = (req.content_type or "").split(";")[0].strip().lower()
-        if content_type not in (falcon.MEDIA_MULTIPART, falcon.MEDIA_URLENCODED):
-            raise falcon.HTTPUnsupportedMediaType(
-                description="POST /jobs takes multipart/form-data (files) or "
-                "application/x-www-form-urlencoded (job-bundle as the text of one script)"
-            )
         actor = req.context.actor
         self.quota.check_submission(actor)
         with self.service.staging(self.quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
-            if content_type == falcon.MEDIA_MULTIPART:
-                values = _receive_multipart(req, staging)
-            else:
-                values = _receive_urlencoded(req, staging)
-            events = values.get("job-notification-events") or "final"
-            if events not in NOTIFICATION_EVENTS:
-                raise InvalidRequest(
-                    "job-notification-events must be 'final' (default) or 'all'",
-                    field="job-notification-events",
-                )
-            job = self.service.submit(
-                staging,
-                SubmitRequest(
-                    actor=actor,
-                    name=values.get("job-name"),
-                    arguments=values.get("job-arguments"),
-                    notification_url=values.get("job-notification"),
-                    notification_events=events,
-                    request_id=req.context.request_id,
-                ),
-            )
+            request = submission_from_request(req, staging, actor)
+            self.quota.check_submission(actor, request.item_count)
+            created = self.service.submit(staging, request)
         if self.on_submitted:
-            self.on_submitted(job)
+            self.on_submitted(created)
         resp.status = falcon.HTTP_201
-        resp.location = f"/jobs/{job['id']}"
-        resp.media = job_detail(job, self.service.events(job["id"], actor))
+        if request.is_array:
+            resp.location = f"/arrays/{created['id']}"
+            resp.media = array_view(created)
+        else:
+            resp.location = f"/jobs/{created['id']}"
+            resp.media = job_detail(created, self.service.events(created["id"], actor))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
@@ -79,6 +56,7 @@ class JobsResource:
             name_glob=req.get_param("name"),
             created_after=_time_param(req, "created_after"),
             created_before=_time_param(req, "created_before"),
+            array_id=req.get_param("array_id"),
         )
         rows, next_cursor, total = self.service.list(req.context.actor, flt, limit, req.get_param("cursor"))
         resp.media = [job_summary(row) for row in rows]
@@ -171,38 +149,9 @@ def _time_param(req: falcon.Request, name: str) -> str | None:
         raise InvalidRequest(f"{name} must be an ISO-8601 time such as 2026-01-31T12:00:00Z", field=name) from None
 
 
-def _receive_multipart(req: falcon.Request, staging) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for part in req.get_media():
-        name = part.name
-        if name in FILE_FIELDS:
-            if part.filename is None and name == "job-bundle":
-                # `-F job-bundle=<script.sh` sends the script as a plain field.
-                staging.receive_script(part.text)
-            else:
-                staging.receive(name, part.stream, part.filename)
-        elif name in TEXT_FIELDS:
-            values[name] = part.text
-        else:
-            raise InvalidRequest(_unknown_field(name), field=name)
-    return values
+class ArrayResource:
+    def __init__(self, service: JobService):
+        self.service = service
 
-
-def _receive_urlencoded(req: falcon.Request, staging) -> dict[str, str]:
-    form = req.get_media()
-    unknown = set(form) - TEXT_FIELDS - FILE_FIELDS
-    if unknown:
-        raise InvalidRequest(_unknown_field(sorted(unknown)[0]), field=sorted(unknown)[0])
-    if "job-input" in form:
-        raise InvalidRequest("job-input must be uploaded as a file with multipart/form-data", field="job-input")
-    script = form.get("job-bundle")
-    if isinstance(script, list):
-        raise InvalidRequest("job-bundle given twice", field="job-bundle")
-    if script:
-        staging.receive_script(script)
-    return {k: v for k, v in form.items() if k in TEXT_FIELDS and isinstance(v, str)}
-
-
-def _unknown_field(name: str) -> str:
-    known = ", ".join(sorted(TEXT_FIELDS | FILE_FIELDS))
-    return f"unknown field '{name}'; POST /jobs takes {known}"
+    def on_get(self, req: falcon.Request, resp: falcon.Response, array_id: str) -> None:
+        resp.media = array_view(self.service.get_array(array_id, req.context.actor))

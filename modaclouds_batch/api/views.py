@@ -58,11 +58,18 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
         "notification_url": job.get("notification_url"),
         "notification_events": job.get("notification_events"),
         "outputs_ready": outputs_ready,
+        "answer_id": job.get("answer_id"),
+        "kind": job.get("kind") or "bundle",
+        "command": job.get("command"),
+        "array_id": job.get("array_id"),
+        "ttl": job.get("ttl"),
+        "expires_at": job.get("expires_at"),
         "history": events,
         "links": {
             "self": base,
             "events": f"{base}/events",
             "artifacts": {name: f"{base}/artifacts/{name}" for name in ARTIFACTS} if outputs_ready else {},
+            "answer": f"/data/{job['answer_id']}" if job.get("answer_id") else None,
             "actions": {name: f"{base}/{name}" for name in actions},
         },
     }
@@ -81,4 +88,38 @@ def notification_view(event: Mapping[str, Any]) -> dict[str, Any]:
         "last_error": event["last_error"],
         "payload": event["payload"],
         "attempts_log": event["attempts_log"],
+    }
+
+
+def array_view(array: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": array["id"],
+        "array_id": array["id"],
+        "backend_id": array["cluster_id"],
+        "name": array["name"],
+        "owner": array["owner"],
+        "count": array["count"],
+        "created_at": array["created_at"],
+        "counts": array["counts"],
+        "job_ids": [item["id"] for item in array["items"]],
+        "jobs": [{**job_summary(item), "proc_id": item["proc_id"]} for item in array["items"]],
+        "links": {"self": f"/arrays/{array['id']}", "jobs": f"/jobs?array_id={array['id']}"},
+    }
+
+
+def data_view(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "data_id": row["id"],
+        "owner": row["owner"],
+        "filename": row["filename"],
+        "content_type": row["content_type"],
+        "size": row["size"],
+        "sha256": row["sha256"],
+        "etag": row["sha256"],
+        "source_job_id": row.get("source_job_id"),
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "expires_at": row.get("expires_at"),
+        "links": {"self": f"/data/{row['id']}", "metadata": f"/data/{row['id']}/metadata"},
     }

@@ -3,7 +3,8 @@
 #
 # It starts in the job's scratch directory on the execute node, next to the files the
 # gateway sent: bundle.tar.gz (always), input.tar.gz (when the user gave one) and
-# arguments.sh (the job's words as a `set -- '...'` line; see docs/design.md). Without
+# arguments.sh (the job's words as a `set -- '...'` line; see docs/design.md), and for
+# jobs built from data objects input-N.tar.gz and a files/ folder. Without
 # arguments.sh, the launcher's own arguments are the job's. It:
 #   1. creates work/, output/ and scratch/ there;
 #   2. unpacks the bundle, then the input, into work/ (input files win a name clash,
@@ -87,6 +88,16 @@ unpack "$bundle" || finish 1
 if [ -f "$input" ]; then
     unpack "$input" || finish 1
     export MODACLOUDS_BATCH_INPUT="$input"
+fi
+# More inputs named by data id (input-1.tar.gz, input-2.tar.gz, ...), in order.
+n=1
+while [ -f "$sandbox/input-$n.tar.gz" ]; do
+    unpack "$sandbox/input-$n.tar.gz" || finish 1
+    n=$((n + 1))
+done
+# Command jobs: the binary and input files, by their names, into the working directory.
+if [ -d "$sandbox/files" ]; then
+    cp -R "$sandbox/files/." "$work/" || { say "could not place the job's files"; finish 1; }
 fi
 # Belt and braces for tars that keep them: no setuid, setgid or sticky bits, and the
 # job can read and write everything it was given.

@@ -112,14 +112,19 @@ class CondorClient:
 
     # --- operations ---------------------------------------------------------------
 
-    def submit_spooled(self, description: htcondor2.Submit, count: int = 1) -> tuple[int, int]:
-        """Queue ``count`` procs and spool their input files; returns (cluster, first proc).
+    def submit_spooled(self, description: htcondor2.Submit, itemdata: list[dict[str, str]] | None = None) -> tuple[int, int]:
+        """Queue one proc (or one per item) and spool their input files; returns (cluster, first proc).
+
+        All items go in one schedd transaction, however many there are.
 
         If spooling fails the half-made cluster is removed, so nothing is left behind.
         """
         with self._lock:
             try:
-                result = self._call("submit", lambda s: s.submit(description, count=count, spool=True))
+                if itemdata:
+                    result = self._call("submit", lambda s: s.submit(description, spool=True, itemdata=iter(itemdata)))
+                else:
+                    result = self._call("submit", lambda s: s.submit(description, count=1, spool=True))
             except CondorUnavailable as exc:
                 if self._answers():
                     raise CondorRefused(str(exc)) from exc

@@ -23,6 +23,10 @@ LAUNCHER = Path(__file__).with_name("launcher.sh")
 BUNDLE_FILE = "bundle.tar.gz"
 INPUT_FILE = "input.tar.gz"
 ARGUMENTS_FILE = "arguments.sh"
+FILES_DIR = "files"
+# Item variables of an array submission (one proc per item, one folder and id each).
+ITEM_JOB_ID = "gateway_job_id"
+ITEM_JOB_DIR = "gateway_job_dir"
 STDOUT_FILE = "stdout.txt"
 STDERR_FILE = "stderr.txt"
 OUTPUT_FILE = "output.tar.gz"
@@ -65,7 +69,8 @@ class JobSpec:
     owner: str
     name: str
     job_dir: Path
-    has_input: bool = False
+    # Files besides arguments.sh, from the job folder: bundle.tar.gz, input*.tar.gz, files.
+    inputs: tuple[str, ...] = ("bundle.tar.gz",)
     request_id: str | None = None
     request_cpus: int = 1
     request_memory_mb: int = 128
@@ -97,8 +102,9 @@ def arguments_script(args: Iterable[str]) -> str:
     return "set -- " + " ".join(shell_quote(a) for a in args) + "\n"
 
 
-def render_submit(spec: JobSpec) -> htcondor2.Submit:
-    inputs = [BUNDLE_FILE, ARGUMENTS_FILE] + ([INPUT_FILE] if spec.has_input else [])
+def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
+    """One job; with ``per_item``, every proc takes its id and folder from its item data."""
+    inputs = [ARGUMENTS_FILE, *spec.inputs]
     description = {
         "universe": "vanilla",
         "executable": str(LAUNCHER),
@@ -125,7 +131,15 @@ def render_submit(spec: JobSpec) -> htcondor2.Submit:
     }
     if spec.request_id:
         description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
+    if per_item:
+        description["initialdir"] = f"$({ITEM_JOB_DIR})"
+        description[f"My.{GATEWAY_JOB_ID}"] = f'"$({ITEM_JOB_ID})"'
     return htcondor2.Submit(description)
+
+
+def item_data(items: Iterable[tuple[str, Path]]) -> list[dict[str, str]]:
+    """Item data for ``render_submit(per_item=True)``: (job id, job folder) per proc."""
+    return [{ITEM_JOB_ID: job_id, ITEM_JOB_DIR: str(job_dir)} for job_id, job_dir in items]
 
 
 def accounting_group(owner: str) -> str:

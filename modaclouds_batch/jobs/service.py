@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from datetime import datetime, timedelta, timezone
 import logging
 import re
 import shlex
@@ -23,10 +24,11 @@ from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
 from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
-from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, InvalidRequest, NotFound, TooLarge
+from ..data.service import DataService, link_or_copy, receive_stream
+from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, TooLarge
 from ..settings import Settings
 from ..store import JobChange, JobFilter, Store
-from ..timefmt import now_iso
+from ..timefmt import now_iso, to_iso
 from . import bundles
 from .states import FINAL_STATES, JobAction, JobState, action_conflict
 
@@ -51,15 +53,35 @@ def check_job_id(job_id: str) -> str:
 class SubmitRequest:
     actor: Actor
     name: str | None = None
-    arguments: str | None = None
+    arguments: str | list[str] | None = None
     notification_url: str | None = None
     notification_events: str = "final"
     request_id: str | None = None
+    # Sources other than uploads: data objects, or a command line (seed 001).
+    bundle_id: str | None = None
+    input_ids: list[str] = field(default_factory=list)
+    command: str | None = None
+    binary_id: str | None = None
+    input_file_ids: list[str] = field(default_factory=list)
+    ttl: int | None = None
+    # An array: one item per argument set, or ``count`` items with the same arguments.
+    array: list[str | list[str]] | None = None
+    count: int | None = None
+
+    @property
+    def item_count(self) -> int:
+        if self.array is not None:
+            return len(self.array)
+        return self.count or 1
+
+    @property
+    def is_array(self) -> bool:
+        return self.array is not None or self.count is not None
 
 
 @dataclass
 class Staging:
-    """A job's folder while its uploads arrive; removed unless the job gets queued."""
+    """The uploads' folder; a single job's own folder. Removed unless the job gets queued."""
 
     job_id: str
     path: Path
@@ -67,6 +89,8 @@ class Staging:
     bundle_filename: str | None = None
     has_bundle: bool = False
     has_input: bool = False
+    extra_inputs: list[str] = field(default_factory=list)
+    has_files: bool = False
     committed: bool = field(default=False, repr=False)
 
     @property
@@ -85,16 +109,10 @@ class Staging:
             target, self.has_input = self.input_path, True
         else:
             raise InvalidRequest(f"unexpected file field '{field_name}'", field=field_name)
-        written = 0
-        with open(target, "wb") as out:
-            while chunk := stream.read(COPY_CHUNK):
-                written += len(chunk)
-                if written > self.max_upload_bytes:
-                    raise TooLarge(
-                        f"{field_name} is larger than the {self.max_upload_bytes}-byte upload limit",
-                        field=field_name, limit=self.max_upload_bytes,
-                    )
-                out.write(chunk)
+        try:
+            receive_stream(stream, target, self.max_upload_bytes, field_name)
+        except TooLarge as exc:
+            raise TooLarge(exc.message, field=field_name, limit=self.max_upload_bytes) from None
 
     def receive_script(self, script: str) -> None:
         """The seed's form: the text of one script, which becomes run.sh."""
@@ -103,13 +121,47 @@ class Staging:
         bundles.write_script_bundle(script, self.bundle_path)
         self.has_bundle = True
 
+    def add_input_link(self, src: Path) -> None:
+        """A data object as one more input archive (the first one is input.tar.gz)."""
+        if not self.has_input:
+            link_or_copy(src, self.input_path)
+            self.has_input = True
+            return
+        name = f"input-{len(self.extra_inputs) + 1}.tar.gz"
+        link_or_copy(src, self.path / name)
+        self.extra_inputs.append(name)
+
+    def add_file_link(self, src: Path, filename: str, executable: bool, field_name: str) -> None:
+        """A data object placed, by its file name, in the job's working directory."""
+        folder = self.path / sd.FILES_DIR
+        folder.mkdir(exist_ok=True)
+        dest = folder / filename
+        if dest.exists() or filename in (bundles.RUN_SH,):
+            raise InvalidRequest(f"{field_name}: two files named {filename!r} would land in the job's working directory",
+                                 field=field_name)
+        shutil.copyfile(src, dest) if executable else link_or_copy(src, dest)
+        if executable:
+            dest.chmod(0o755)
+        self.has_files = True
+
+    def sources(self) -> list[str]:
+        """The files HTCondor transfers besides arguments.sh, in the order the launcher uses them."""
+        names = [sd.BUNDLE_FILE]
+        if self.has_input:
+            names.append(sd.INPUT_FILE)
+        names += self.extra_inputs
+        if self.has_files:
+            names.append(sd.FILES_DIR)
+        return names
+
 
 class JobService:
-    def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog):
+    def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService):
         self.settings = settings
         self.store = store
         self.condor = condor
         self.audit = audit
+        self.data = data
         self.limits = bundles.ArchiveLimits(
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_members=settings.max_archive_members,
@@ -142,67 +194,164 @@ class JobService:
             return set(self._in_flight)
 
     def submit(self, staging: Staging, request: SubmitRequest) -> dict[str, Any]:
-        """Validate the staged uploads, queue the job on the schedd, record it.
+        """Validate the sources, queue the job (or the array, as one cluster), record it.
 
-        Either the job is queued and recorded, or nothing is left: no row, no folder,
-        no cluster in the schedd.
+        Either everything is queued and recorded, or nothing is left: no row, no folder,
+        no cluster in the schedd. Returns the job, or the array with its items.
         """
-        if not staging.has_bundle:
-            raise InvalidRequest("job-bundle is required: a .tar.gz holding run.sh at its root", field="job-bundle")
-        name = _check_name(request.name or _default_name(staging.bundle_filename))
-        arguments = _parse_arguments(request.arguments)
+        actor = request.actor
+        refs = self._gather_sources(staging, request)
+        name = _check_name(request.name or _default_name(staging.bundle_filename, request))
         notification_url = self._check_notification_url(request.notification_url)
-        self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True)
-        if staging.has_input:
-            self._validate_archive(staging.input_path, "job-input", require_run_sh=False)
+        ttl = _check_ttl(request.ttl)
+        item_arguments = self._item_arguments(request)
+        self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
+        for path, data_id in [(staging.input_path, refs.get("input"))] + [
+                (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
+            if path.exists():
+                self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
 
+        items = self._prepare_items(staging, item_arguments, request.is_array)
         spec = sd.JobSpec(
-            job_id=staging.job_id,
-            instance_id=self.store.instance_id,
-            owner=request.actor.user,
-            name=name,
-            job_dir=staging.path,
-            has_input=staging.has_input,
-            request_id=request.request_id,
+            job_id=items[0][0], instance_id=self.store.instance_id, owner=actor.user, name=name,
+            job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
         )
-        (staging.path / sd.ARGUMENTS_FILE).write_text(sd.arguments_script(arguments))
         try:
-            cluster_id, proc_id = self.condor.submit_spooled(sd.render_submit(spec))
+            if request.is_array:
+                description = sd.render_submit(spec, per_item=True)
+                cluster_id, first_proc = self.condor.submit_spooled(
+                    description, sd.item_data((job_id, job_dir) for job_id, job_dir, _ in items))
+            else:
+                cluster_id, first_proc = self.condor.submit_spooled(sd.render_submit(spec))
         except CondorUnavailable as exc:
-            raise BackendUnavailable(
-                f"HTCondor does not answer, so the job was not queued; retry later ({exc})"
-            ) from exc
+            self._discard_items(staging, items)
+            raise BackendUnavailable(f"HTCondor does not answer, so the job was not queued; retry later ({exc})") from exc
         except CondorRefused as exc:
+            self._discard_items(staging, items)
             raise BackendRefused(f"HTCondor refused the job: {exc}") from exc
 
         now = now_iso()
-        job = {
-            "id": staging.job_id,
-            "name": name,
-            "owner": request.actor.user,
-            "state": JobState.IDLE.value,
-            "backend_status": "Idle",
-            "cluster_id": cluster_id,
-            "proc_id": proc_id,
-            "arguments": arguments,
-            "notification_url": notification_url,
-            "notification_events": request.notification_events,
-            "has_input": staging.has_input,
-            "job_dir": str(staging.path),
-            "request_id": request.request_id,
-            "created_at": now,
-            "updated_at": now,
-        }
+        array_id = str(uuid.uuid4()) if request.is_array else None
+        expires_at = to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None
+        rows = [{
+            "id": job_id, "name": name, "owner": actor.user, "state": JobState.IDLE.value,
+            "backend_status": "Idle", "cluster_id": cluster_id, "proc_id": first_proc + index,
+            "arguments": json.dumps(arguments), "notification_url": notification_url,
+            "notification_events": request.notification_events, "has_input": staging.has_input,
+            "job_dir": str(job_dir), "request_id": request.request_id, "created_at": now, "updated_at": now,
+            "array_id": array_id, "kind": "command" if request.command else "bundle",
+            "command": request.command, "ttl": ttl, "expires_at": expires_at,
+        } for index, (job_id, job_dir, arguments) in enumerate(items)]
+        data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
+        array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
+                 "count": len(items), "created_at": now} if array_id else None
         try:
-            self.store.insert_job({**job, "arguments": json.dumps(arguments)}, reason="submitted")
+            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array)
         except Exception:
-            self.condor.remove_quietly(sd.jobs_constraint(spec.instance_id, [spec.job_id]), "gateway could not record the job")
+            self.condor.remove_quietly(f"ClusterId == {cluster_id}", "the gateway could not record the job")
+            self._discard_items(staging, items)
             raise
         staging.committed = True
-        log.info("job %s queued as cluster %s (%s)", staging.job_id, cluster_id, name)
-        self.audit.record(request.actor, "job.submit", staging.job_id, request_id=request.request_id,
-                          detail={"name": name, "cluster_id": cluster_id})
-        return self.get(staging.job_id, request.actor)
+        if request.is_array:
+            shutil.rmtree(staging.path, ignore_errors=True)  # the items hold their own links
+        self._release_in_flight(items)
+        log.info("queued %d job(s) as cluster %s (%s)", len(items), cluster_id, name)
+        self.audit.record(actor, "job.submit", array_id or items[0][0], request_id=request.request_id,
+                          detail={"name": name, "cluster_id": cluster_id, "items": len(items)})
+        if array_id:
+            return self.get_array(array_id, actor)
+        return self.get(items[0][0], actor)
+
+    def _gather_sources(self, staging: Staging, request: SubmitRequest) -> dict[str, Any]:
+        """Bring data objects and commands into the staging folder; returns what came from where."""
+        refs: dict[str, Any] = {"all": [], "extra_inputs": []}
+        actor = request.actor
+        given = [staging.has_bundle, bool(request.bundle_id), bool(request.command)]
+        if sum(given) > 1:
+            raise InvalidRequest("give one of job-bundle, job-bundle-id or command", field="job-bundle")
+        if request.bundle_id:
+            row = self.data.for_job(actor, request.bundle_id, "job-bundle-id")
+            link_or_copy(Path(row["path"]), staging.bundle_path)
+            staging.has_bundle, staging.bundle_filename = True, row["filename"]
+            refs["bundle"] = row
+            refs["all"].append(("bundle", row["id"]))
+        elif request.command:
+            if len(request.command) > MAX_ARGUMENTS_LENGTH or "\0" in request.command:
+                raise InvalidRequest(f"command must be at most {MAX_ARGUMENTS_LENGTH} characters, without NUL", field="command")
+            bundles.write_script_bundle(f"#!/bin/sh\n{request.command}\n", staging.bundle_path)
+            staging.has_bundle = True
+        if not staging.has_bundle:
+            raise InvalidRequest(
+                "job-bundle is required: a .tar.gz holding run.sh at its root (or job-bundle-id, or command)",
+                field="job-bundle")
+        if (request.binary_id or request.input_file_ids) and not request.command:
+            raise InvalidRequest("binary and input_files go with command", field="binary")
+        for data_id in request.input_ids:
+            row = self.data.for_job(actor, data_id, "job-input-ids")
+            first = not staging.has_input
+            staging.add_input_link(Path(row["path"]))
+            if first:
+                refs["input"] = row
+            else:
+                refs["extra_inputs"].append(row)
+            refs["all"].append(("input", row["id"]))
+        if request.binary_id:
+            row = self.data.for_job(actor, request.binary_id, "binary")
+            staging.add_file_link(Path(row["path"]), row["filename"], executable=True, field_name="binary")
+            refs["all"].append(("binary", row["id"]))
+        for data_id in request.input_file_ids:
+            row = self.data.for_job(actor, data_id, "input_files")
+            staging.add_file_link(Path(row["path"]), row["filename"], executable=False, field_name="input_files")
+            refs["all"].append(("input_file", row["id"]))
+        return refs
+
+    def _item_arguments(self, request: SubmitRequest) -> list[list[str]]:
+        if request.array is not None and request.count is not None:
+            raise InvalidRequest("give either an array of argument sets or a count, not both", field="array")
+        if request.is_array:
+            count = request.item_count
+            if not 1 <= count <= self.settings.max_array_items:
+                raise InvalidRequest(f"an array has 1 to {self.settings.max_array_items} items", field="array")
+        if request.array is not None:
+            return [item if isinstance(item, list) else _parse_arguments(item) for item in request.array]
+        base = request.arguments if isinstance(request.arguments, list) else _parse_arguments(request.arguments)
+        return [list(base) for _ in range(request.item_count)]
+
+    def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
+                       is_array: bool) -> list[tuple[str, Path, list[str]]]:
+        """One folder per item: the staging folder for a lone job, linked copies for an array."""
+        if not is_array:
+            (staging.path / sd.ARGUMENTS_FILE).write_text(sd.arguments_script(item_arguments[0]))
+            return [(staging.job_id, staging.path, item_arguments[0])]
+        items = []
+        sources = staging.sources()
+        try:
+            for index, arguments in enumerate(item_arguments):
+                job_id = str(uuid.uuid4())
+                job_dir = Path(self.settings.jobs_dir) / job_id
+                with self._in_flight_lock:
+                    self._in_flight.add(job_id)
+                items.append((job_id, job_dir, arguments))
+                job_dir.mkdir()
+                for name in sources:
+                    _link_tree(staging.path / name, job_dir / name)
+                (job_dir / sd.ARGUMENTS_FILE).write_text(
+                    sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
+        except BaseException:
+            self._discard_items(staging, items)
+            raise
+        return items
+
+    def _discard_items(self, staging: Staging, items) -> None:
+        for job_id, job_dir, _ in items:
+            if job_dir != staging.path:
+                shutil.rmtree(job_dir, ignore_errors=True)
+        self._release_in_flight(items)
+
+    def _release_in_flight(self, items) -> None:
+        with self._in_flight_lock:
+            for job_id, _, _ in items:
+                self._in_flight.discard(job_id)
 
     def _check_notification_url(self, url: str | None) -> str | None:
         if not url:
@@ -212,12 +361,19 @@ class JobService:
         except targets.UnsafeTarget as exc:
             raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
 
-    def _validate_archive(self, path: Path, field_name: str, require_run_sh: bool) -> None:
+    def _validate_archive(self, path: Path, field_name: str, require_run_sh: bool,
+                          data_id: dict[str, Any] | None = None) -> None:
+        """Check an archive; a data object's verdict is remembered for its exact content."""
+        verdict = "bundle" if require_run_sh else "archive"
+        if data_id and data_id.get("archive_check") in (f"bundle:{data_id['sha256']}", f"{verdict}:{data_id['sha256']}"):
+            return
         try:
-            bundles.validate_archive(path, field=field_name, limits=self.limits, require_run_sh=require_run_sh)
+            summary = bundles.validate_archive(path, field=field_name, limits=self.limits, require_run_sh=require_run_sh)
         except bundles.ArchiveRejected as exc:
             error = TooLarge if exc.too_large else InvalidRequest
             raise error(exc.reason, field=field_name) from exc
+        if data_id:
+            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if summary.has_run_sh else "archive")
 
     # --- reads ------------------------------------------------------------------
 
@@ -226,7 +382,51 @@ class JobService:
         job = self.store.get_job(check_job_id(job_id))
         if job is None or not actor.may_see(job["owner"]):
             raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
+        if job.get("expired_at"):
+            raise Gone(f"job {job_id} expired at {job['expired_at']}; its record and artifacts were cleaned up",
+                       expired_at=job["expired_at"])
         return job
+
+    def get_array(self, array_id: str, actor: Actor) -> dict[str, Any]:
+        array = self.store.get_array(check_job_id(array_id))
+        if array is None or not actor.may_see(array["owner"]):
+            raise NotFound(f"no array with id {array_id}")
+        items = self.store.array_items(array["id"])
+        counts: dict[str, int] = {}
+        for item in items:
+            counts[item["state"]] = counts.get(item["state"], 0) + 1
+        return {**array, "counts": counts, "items": items}
+
+    # --- expiry ---------------------------------------------------------------------
+
+    def sweep_expired(self) -> dict[str, int]:
+        """Remove jobs whose ttl passed, clean up expired and long-finished ones, expire data.
+
+        Active jobs past their ttl are removed from the schedd in one call; a later sweep,
+        once they are final, cleans them up.
+        """
+        now = datetime.now(timezone.utc)
+        report = {"removed": 0, "cleaned": 0, "data": 0}
+        due = self.store.jobs_past_expiry(to_iso(now))
+        active = [job for job in due if not JobState(job["state"]).is_final]
+        if active:
+            constraint = sd.jobs_constraint(self.store.instance_id, [j["id"] for j in active])
+            try:
+                self.condor.act("remove", constraint, "the job's ttl has passed")
+                report["removed"] = len(active)
+            except CondorUnavailable as exc:
+                log.warning("could not remove %d jobs past their ttl: %s", len(active), exc)
+        finished = [job for job in due if JobState(job["state"]).is_final]
+        retention = self.settings.job_retention_seconds
+        if retention:
+            cutoff = to_iso(now - timedelta(seconds=retention))
+            finished += self.store.finished_before((s.value for s in FINAL_STATES), cutoff)
+        for job in {j["id"]: j for j in finished}.values():
+            shutil.rmtree(job["job_dir"], ignore_errors=True)
+            self.store.mark_expired(job["id"], to_iso(now))
+            report["cleaned"] += 1
+        report["data"] = self.data.expire()
+        return report
 
     def events(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:
         return self.store.job_events(self.get(job_id, actor)["id"])
@@ -311,7 +511,30 @@ class JobService:
         self.store.apply_job_changes(changes)
 
 
-def _default_name(filename: str | None) -> str:
+def _check_ttl(ttl: Any) -> int | None:
+    if ttl is None or ttl == "":
+        return None
+    try:
+        value = int(ttl)
+    except (TypeError, ValueError):
+        raise InvalidRequest("ttl must be a whole number of seconds", field="ttl") from None
+    if value <= 0:
+        raise InvalidRequest("ttl must be a positive number of seconds", field="ttl")
+    return value
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    if src.is_dir():
+        dest.mkdir()
+        for child in src.iterdir():
+            _link_tree(child, dest / child.name)
+    else:
+        link_or_copy(src, dest)
+
+
+def _default_name(filename: str | None, request: "SubmitRequest | None" = None) -> str:
+    if request is not None and request.command and not filename:
+        return "command"
     if filename:
         stem = Path(filename).name
         for suffix in (".tar.gz", ".tgz"):

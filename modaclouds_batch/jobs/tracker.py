@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # A finished job whose outputs cannot be retrieved this many times is closed without them.
 MAX_RETRIEVE_ATTEMPTS = 5
+# Seconds between two expiry sweeps.
+SWEEP_INTERVAL = 15.0
 # A job missing from both queue and history this many cycles is recorded as lost.
 MAX_MISSING_CYCLES = 3
 
@@ -113,7 +115,10 @@ class CycleReport:
 
 
 class Tracker:
-    def __init__(self, service, interval: float, on_cycle: Callable[[CycleReport], None] | None = None):
+    def __init__(self, service, interval: float, on_cycle: Callable[[CycleReport], None] | None = None,
+                 sweep_expired: bool = True):
+        self.sweep_expired = sweep_expired
+        self._last_sweep = float("-inf")
         self.service = service
         self.store = service.store
         self.condor = service.condor
@@ -205,6 +210,8 @@ class Tracker:
             self._close_missing(instance, missing, report)
         if unknown:
             self._remove_orphans(instance, unknown, report)
+        if self.sweep_expired:
+            self._sweep(report)
         report.round_trips = self.condor.round_trips - start_trips
         return report
 
@@ -229,14 +236,33 @@ class Tracker:
             self.store.apply_job_changes(changes)
             return
         retrieved_at = now_iso()
+        answers = []
         for job, ad in finished.values():
             change = changes_from_ads(job, ad, final_allowed=True)
             change.fields["outputs_retrieved_at"] = retrieved_at
+            answer = self._register_answer(job)
+            if answer:
+                answers.append(answer)
+                change.fields["answer_id"] = answer["id"]
             changes.append(change)
-        self.store.apply_job_changes(changes)
+        self.store.apply_job_changes(changes, data_objects=answers)
         report.retrieved += len(changes)
         report.changes += len(changes)
         self._let_leave_queue(instance, list(finished), report)
+
+    def _register_answer(self, job: dict) -> dict | None:
+        """The job's answer as a data object: its output archive (stdout for command jobs)."""
+        name, content_type = (sd.STDOUT_FILE, "text/plain") if job.get("kind") == "command" else (
+            sd.OUTPUT_FILE, "application/gzip")
+        path = Path(job["job_dir"]) / name
+        if not path.is_file():
+            return None
+        try:
+            return self.service.data.register_file(
+                job["owner"], path, f"{job['id']}-{name}", content_type, source_job_id=job["id"])
+        except OSError as exc:
+            log.warning("could not register the answer of job %s: %s", job["id"], exc)
+            return None
 
     def _let_leave_queue(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Spooled jobs wait in the queue for their outputs to be fetched; let them go."""
@@ -277,6 +303,17 @@ class Tracker:
         if changes:
             self.store.apply_job_changes(changes)
             report.changes += len(changes)
+
+    def _sweep(self, report: CycleReport) -> None:
+        """Expiry at most once a minute: it needs no schedd call unless a ttl passed."""
+        if time.monotonic() - self._last_sweep < SWEEP_INTERVAL:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            swept = self.service.sweep_expired()
+            report.changes += swept["removed"] + swept["cleaned"]
+        except Exception:  # expiry must never stop tracking; the cause is logged
+            log.exception("expiry sweep failed")
 
     def _remove_orphans(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Jobs this gateway queued but never recorded (it stopped mid-submission)."""

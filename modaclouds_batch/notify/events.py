@@ -42,6 +42,8 @@ def payload_for(job: Mapping[str, Any], base_url: str, event_id: str, at: str) -
         "created_at": job.get("created_at"),
         "start_date": job.get("started_at"),
         "completion_date": job.get("completed_at"),
+        "answer_id": job.get("answer_id"),
+        "array_id": job.get("array_id"),
         "links": {
             "job": base,
             "artifacts": {name: f"{base}/artifacts/{name}" for name in ARTIFACT_NAMES} if outputs_ready else {},

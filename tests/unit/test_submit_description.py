@@ -44,8 +44,8 @@ def test_gateway_attributes_identify_the_job_in_its_ad():
 
 
 def test_input_archive_travels_only_when_given():
-    assert render()["transfer_input_files"] == "bundle.tar.gz,arguments.sh"
-    assert render(has_input=True)["transfer_input_files"] == "bundle.tar.gz,arguments.sh,input.tar.gz"
+    assert render()["transfer_input_files"] == "arguments.sh,bundle.tar.gz"
+    assert render(inputs=("bundle.tar.gz", "input.tar.gz"))["transfer_input_files"] == "arguments.sh,bundle.tar.gz,input.tar.gz"
 
 
 def test_job_runs_the_packaged_launcher_from_its_own_folder():

@@ -1,0 +1,150 @@
+"""HTTP resources for /data: upload once, download (with ranges), replace, delete."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import falcon
+
+from ..data.service import DataService
+from ..errors import InvalidRequest
+from .views import data_view
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+class _Bounded(io.RawIOBase):
+    """At most ``length`` bytes of a file from where it stands (for 206 answers)."""
+
+    def __init__(self, fh, length: int):
+        self._fh = fh
+        self._left = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._left <= 0:
+            return 0
+        data = self._fh.read(min(len(buffer), self._left))
+        self._left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def _upload(req: falcon.Request):
+    """(stream, filename, content type, ttl) of an upload: multipart 'file' part or a raw body."""
+    content_type = (req.content_type or "").split(";")[0].strip().lower()
+    ttl = req.get_param_as_int("ttl", min_value=1)
+    if content_type == falcon.MEDIA_MULTIPART:
+        for part in req.get_media():
+            if part.filename is not None or part.name == "file":
+                return part.stream, part.filename or part.name, part.content_type, ttl
+            if part.name == "ttl":
+                try:
+                    ttl = int(part.text)
+                except ValueError:
+                    raise InvalidRequest("ttl must be a whole number of seconds", field="ttl") from None
+                continue
+            raise InvalidRequest(f"unexpected field '{part.name}'; send the content as a file part", field=part.name)
+        raise InvalidRequest("no file in the form; send it as -F file=@path", field="file")
+    return req.bounded_stream, req.get_param("filename"), req.content_type, ttl
+
+
+def _set_entity_headers(resp: falcon.Response, row: dict) -> None:
+    resp.etag = row["sha256"]
+    resp.content_type = row["content_type"]
+    resp.downloadable_as = row["filename"]
+    resp.accept_ranges = "bytes"
+    resp.set_header("X-Data-Sha256", row["sha256"])
+
+
+class DataCollectionResource:
+    def __init__(self, data: DataService, quota):
+        self.data = data
+        self.quota = quota
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        actor = req.context.actor
+        stream, filename, content_type, ttl = _upload(req)
+        row = self.data.create(actor, stream, filename=filename, content_type=content_type, ttl=ttl,
+                               limit=self.quota.limits_for(actor.user)["max_upload_bytes"],
+                               request_id=req.context.request_id)
+        resp.status = falcon.HTTP_201
+        resp.location = f"/data/{row['id']}"
+        resp.etag = row["sha256"]
+        resp.media = data_view(row)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
+        offset = req.get_param_as_int("offset", min_value=0, default=0)
+        rows, total = self.data.list(req.context.actor, req.get_param("owner"), limit, offset)
+        resp.set_header("X-Total-Count", str(total))
+        resp.media = [data_view(r) for r in rows]
+
+
+class DataObjectResource:
+    def __init__(self, data: DataService, quota):
+        self.data = data
+        self.quota = quota
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        row = self.data.get(req.context.actor, data_id)
+        _set_entity_headers(resp, row)
+        if req.if_none_match and any(tag == row["sha256"] or tag == "*" for tag in req.if_none_match):
+            resp.status = falcon.HTTP_304
+            return
+        size = row["size"]
+        fh = open(row["path"], "rb")
+        if req.range and req.range_unit == "bytes":
+            start, end = req.range
+            if start < 0:  # the last -start bytes
+                start, end = max(size + start, 0), size - 1
+            elif end < 0 or end >= size:
+                end = size - 1
+            if start >= size or start > end:
+                fh.close()
+                resp.content_range = (0, size - 1, size) if size else None
+                resp.set_header("Content-Range", f"bytes */{size}")
+                raise falcon.HTTPRangeNotSatisfiable(size)
+            fh.seek(start)
+            resp.status = falcon.HTTP_206
+            resp.content_range = (start, end, size)
+            resp.set_stream(_Bounded(fh, end - start + 1), end - start + 1)
+            return
+        resp.set_stream(fh, size)
+
+    def on_head(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        row = self.data.get(req.context.actor, data_id)
+        _set_entity_headers(resp, row)
+        resp.content_length = row["size"]
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        actor = req.context.actor
+        stream, filename, content_type, _ = _upload(req)
+        if_match = req.if_match[0] if req.if_match else None
+        row = self.data.replace(
+            actor, data_id, stream, if_match=str(if_match) if if_match else None,
+            content_type=content_type if content_type != falcon.MEDIA_MULTIPART else None,
+            filename=filename, limit=self.quota.limits_for(actor.user)["max_upload_bytes"],
+            request_id=req.context.request_id)
+        resp.etag = row["sha256"]
+        resp.media = data_view(row)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        self.data.delete(req.context.actor, data_id, req.context.request_id)
+        resp.status = falcon.HTTP_204
+
+
+class DataMetadataResource:
+    def __init__(self, data: DataService):
+        self.data = data
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        resp.media = data_view(self.data.get(req.context.actor, data_id))

@@ -1,0 +1,1 @@
+"""Data objects: uploaded once, used by many jobs, and the answers jobs produce."""

@@ -1,0 +1,204 @@
+"""Data objects: stored under <home>/data/<id>, content-addressed by their sha256 (the ETag).
+
+Knows data and its owners; knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .. import errors
+from ..access.audit import AuditLog
+from ..access.identity import Actor
+from ..errors import Conflict, Gone, InvalidRequest, NotFound, TooLarge
+from ..jobs.states import ACTIVE_STATES
+from ..store import Store
+from ..timefmt import now_iso, to_iso
+
+COPY_CHUNK = 1024 * 1024
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def safe_filename(name: str | None, fallback: str) -> str:
+    """A file name that is safe in a job sandbox and in a Content-Disposition header."""
+    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    base = _SAFE_NAME.sub("_", base).lstrip(".")
+    return base[:200] or fallback
+
+
+@dataclass(frozen=True)
+class Received:
+    path: Path
+    size: int
+    sha256: str
+
+
+def receive_stream(stream: BinaryIO, dest: Path, limit: int, what: str) -> Received:
+    """Copy a stream to ``dest`` in chunks with its sha256; past ``limit`` nothing is kept."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(dest, "wb") as out:
+            while chunk := stream.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"{what} is larger than the {limit}-byte upload limit", limit=limit)
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return Received(dest, size, digest.hexdigest())
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Jobs get data by hard link (same file system, no copy); a copy otherwise."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+class DataService:
+    def __init__(self, settings, store: Store, audit: AuditLog):
+        self.root = Path(settings.home) / "data"
+        self.store = store
+        self.audit = audit
+        self.max_upload_bytes = settings.max_upload_bytes
+
+    def _staging_path(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f".incoming-{uuid.uuid4()}"
+
+    # --- create / read -----------------------------------------------------------------
+
+    def create(self, actor: Actor, stream: BinaryIO, *, filename: str | None, content_type: str | None,
+               limit: int | None = None, ttl: int | None = None, request_id: str | None = None) -> dict[str, Any]:
+        data_id = str(uuid.uuid4())
+        received = receive_stream(stream, self._staging_path(), min(limit or self.max_upload_bytes, self.max_upload_bytes), "the upload")
+        name = safe_filename(filename, data_id)
+        row = self._row(data_id, actor.user, name, content_type, received, ttl=ttl)
+        try:
+            received.path.rename(Path(row["path"]))
+            self.store.insert_data(row)
+        except BaseException:
+            received.path.unlink(missing_ok=True)
+            Path(row["path"]).unlink(missing_ok=True)
+            raise
+        self.audit.record(actor, "data.create", data_id, request_id=request_id,
+                          detail={"size": received.size, "filename": name})
+        return row
+
+    def register_file(self, owner: str, src: Path, filename: str, content_type: str, source_job_id: str) -> dict[str, Any]:
+        """A job's answer as a data object (hard-linked, no copy); the caller stores the row."""
+        data_id = str(uuid.uuid4())
+        digest = hashlib.sha256()
+        with open(src, "rb") as fh:
+            while chunk := fh.read(COPY_CHUNK):
+                digest.update(chunk)
+        self.root.mkdir(parents=True, exist_ok=True)
+        row = self._row(data_id, owner, filename, content_type,
+                        Received(src, src.stat().st_size, digest.hexdigest()), source_job_id=source_job_id)
+        link_or_copy(src, Path(row["path"]))
+        return row
+
+    def _row(self, data_id, owner, filename, content_type, received: Received, ttl=None, source_job_id=None):
+        now = now_iso()
+        if ttl is not None and ttl <= 0:
+            raise InvalidRequest("ttl must be a positive number of seconds", field="ttl")
+        return {
+            "id": data_id, "owner": owner, "filename": filename,
+            "content_type": content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream",
+            "size": received.size, "sha256": received.sha256, "path": str(self.root / data_id),
+            "source_job_id": source_job_id, "created_at": now, "updated_at": now,
+            "expires_at": to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None,
+        }
+
+    def get(self, actor: Actor, data_id: str) -> dict[str, Any]:
+        try:
+            uuid.UUID(data_id)
+        except ValueError:
+            raise InvalidRequest(f"'{data_id}' is not a data id; data ids are UUIDs") from None
+        row = self.store.get_data(data_id)
+        if row is None or not actor.may_see(row["owner"]):
+            raise NotFound(f"no data object {data_id}; GET /data lists yours")
+        if row["expires_at"] and row["expires_at"] <= now_iso():
+            raise Gone(f"data object {data_id} has expired")
+        return row
+
+    def list(self, actor: Actor, owner: str | None, limit: int, offset: int):
+        if not actor.is_admin:
+            owner = actor.user
+        return self.store.list_data(owner, limit, offset)
+
+    def for_job(self, actor: Actor, data_id: str, field: str) -> dict[str, Any]:
+        """A data object a job is about to use, with the field named in any refusal."""
+        try:
+            return self.get(actor, data_id)
+        except (NotFound, InvalidRequest, Gone) as exc:
+            raise type(exc)(f"{field}: {exc.message}", field=field) from None
+
+    def note_archive_check(self, data_id: str, sha256: str, verdict: str) -> None:
+        """Remember that this exact content passed the archive checks (keyed by its sha256)."""
+        self.store.update_data(data_id, {"archive_check": f"{verdict}:{sha256}"}, expected_sha256=sha256)
+
+    # --- change ----------------------------------------------------------------------------
+
+    def replace(self, actor: Actor, data_id: str, stream: BinaryIO, *, if_match: str | None,
+                content_type: str | None, filename: str | None, limit: int | None = None,
+                request_id: str | None = None) -> dict[str, Any]:
+        row = self.get(actor, data_id)
+        expected = if_match.strip().strip('"') if if_match else None
+        if expected is not None and expected != row["sha256"]:
+            raise _changed_since_read(row["sha256"])
+        received = receive_stream(stream, self._staging_path(), min(limit or self.max_upload_bytes, self.max_upload_bytes), "the upload")
+        values = {
+            "size": received.size, "sha256": received.sha256, "updated_at": now_iso(), "archive_check": None,
+            "content_type": content_type or row["content_type"],
+            "filename": safe_filename(filename, row["filename"]) if filename else row["filename"],
+        }
+        # A new inode: jobs already holding a hard link to the old content keep it.
+        os.replace(received.path, row["path"])
+        if not self.store.update_data(data_id, values, expected_sha256=row["sha256"]):
+            raise _changed_since_read(self.store.get_data(data_id)["sha256"])
+        self.audit.record(actor, "data.replace", data_id, request_id=request_id, detail={"size": received.size})
+        return {**row, **values}
+
+    def delete(self, actor: Actor, data_id: str, request_id: str | None = None) -> None:
+        row = self.get(actor, data_id)
+        users = self.store.jobs_using_data(data_id, (s.value for s in ACTIVE_STATES))
+        if users:
+            raise Conflict(
+                f"data object {data_id} is still needed by {len(users)} queued or running job(s); "
+                "wait for them to end or remove them", jobs=users[:20],
+            )
+        self.store.delete_data(data_id)
+        Path(row["path"]).unlink(missing_ok=True)
+        self.audit.record(actor, "data.delete", data_id, request_id=request_id)
+
+    def expire(self) -> int:
+        """Remove data objects whose ttl has passed and that no active job needs."""
+        removed = 0
+        for row in self.store.expired_data(now_iso()):
+            if self.store.jobs_using_data(row["id"], (s.value for s in ACTIVE_STATES)):
+                continue
+            self.store.delete_data(row["id"])
+            Path(row["path"]).unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _changed_since_read(current_etag: str) -> errors.PreconditionFailed:
+    return errors.PreconditionFailed(
+        "the data object changed since you read it (If-Match does not match its ETag); GET it again and retry",
+        etag=current_etag,
+    )
