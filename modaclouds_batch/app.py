@@ -35,6 +35,17 @@ from .api.jobs import (
     NotificationsResource,
 )
 from .api.data import DataCollectionResource, DataMetadataResource, DataObjectResource
+from .api.workers import (
+    PoolResource,
+    WorkerDrainResource,
+    WorkerRequestsResource,
+    WorkerResource,
+    WorkersResource,
+    WorkerUndrainResource,
+)
+from .condor.collector import CollectorClient
+from .infra.providers import CommandProvider
+from .infra.service import InfraService
 from .condor.schedd import CondorClient
 from .data.service import DataService
 from .jobs.service import JobService
@@ -61,6 +72,7 @@ class Gateway:
     tokens: TokenService
     quota: QuotaService
     audit: AuditLog
+    infra: InfraService
 
     def start_background(self) -> None:
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
@@ -81,12 +93,27 @@ def build_gateway(settings: Settings) -> Gateway:
     condor = CondorClient(settings.condor_config)
     audit = AuditLog(store)
     data = DataService(settings, store, audit)
-    service = JobService(settings, store, condor, audit, data)
+    infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
+                         cache_seconds=settings.pool_cache_seconds)
+    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers)
     tracker = Tracker(service, settings.tracker_interval,
                       on_cycle=lambda report: webhooks.wake() if report.changes else None)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store), QuotaService(settings, store), audit)
+                   TokenService(store), QuotaService(settings, store), audit, infra)
+
+
+def _providers(settings: Settings) -> dict:
+    """Capacity providers: a local one for the managed pool, an operator's command if configured."""
+    providers = {}
+    if settings.manages_pool:
+        from .infra.local_provider import LocalProvider
+
+        providers["local"] = LocalProvider(settings)
+    if settings.worker_provider_command:
+        providers["command"] = CommandProvider(
+            settings.worker_provider_command, f"127.0.0.1:{settings.collector_port}")
+    return providers
 
 
 class RequestContext:
@@ -125,6 +152,12 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/data", DataCollectionResource(service.data, gateway.quota))
     app.add_route("/data/{data_id}", DataObjectResource(service.data, gateway.quota))
     app.add_route("/data/{data_id}/metadata", DataMetadataResource(service.data))
+    app.add_route("/pool", PoolResource(gateway.infra))
+    app.add_route("/workers", WorkersResource(gateway.infra))
+    app.add_route("/workers/requests", WorkerRequestsResource(gateway.infra))
+    app.add_route("/workers/{name}", WorkerResource(gateway.infra))
+    app.add_route("/workers/{name}/drain", WorkerDrainResource(gateway.infra))
+    app.add_route("/workers/{name}/undrain", WorkerUndrainResource(gateway.infra))
     app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit))
     app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens, gateway.audit))
     app.add_route("/quota", QuotaResource(gateway.quota))

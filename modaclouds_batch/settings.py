@@ -56,6 +56,9 @@ class Settings:
     max_array_items: int = 10_000
     # Finished jobs' records and artifacts are cleaned up after this many seconds (0: never).
     job_retention_seconds: int = 30 * 24 * 3600
+    # Infrastructure API: seconds a collector answer is reused; an operator's provider command.
+    pool_cache_seconds: float = 3.0
+    worker_provider_command: str | None = None
     # Seconds between two tracker cycles.
     tracker_interval: float = 2.0
     # Absolute base URL used in links sent to webhook receivers; derived when empty.
@@ -100,6 +103,11 @@ class Settings:
     @property
     def listens_on_loopback(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def manages_pool(self) -> bool:
+        """True when the gateway talks to the pool `pool up` made (not an external one)."""
+        return Path(self.condor_config) == Path(self.pool_dir) / "client" / "condor_config"
 
     @property
     def auth_enabled(self) -> bool:

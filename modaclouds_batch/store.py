@@ -154,6 +154,18 @@ def m004_data_arrays_expiry(db: Database) -> None:
     db["jobs"].create_index(["expires_at"])
 
 
+@migrations()
+def m005_worker_requests(db: Database) -> None:
+    db["worker_requests"].create(
+        {"id": str, "action": str, "provider": str, "requested_by": str, "params": str, "status": str,
+         "worker": str, "error": str, "created_at": str, "finished_at": str},
+        pk="id",
+    )
+    db["worker_requests"].create_index(["created_at"])
+    db["worker_requests"].create_index(["worker"])
+    db["jobs"].add_column("runtime", str)
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -475,6 +487,32 @@ class Store:
             return [_decode_job(r) for r in self.db.query(
                 f"select * from jobs where expired_at is null and state in ({','.join('?' * len(states))})"
                 " and coalesce(completed_at, updated_at) < ?", [*states, before])]
+
+    # --- worker requests ----------------------------------------------------------------
+
+    def insert_worker_request(self, row: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["worker_requests"].insert({**row, "params": json.dumps(row.get("params") or {})})
+
+    def update_worker_request(self, request_id: str, values: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["worker_requests"].update(request_id, values)
+
+    def worker_requests(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [dict(r) for r in self.db.query(
+                "select * from worker_requests order by created_at desc limit ?", [limit])]
+        for row in rows:
+            row["params"] = json.loads(row["params"] or "{}")
+        return rows
+
+    def provisioned_worker(self, worker: str) -> dict[str, Any] | None:
+        """The request that started ``worker``, if the gateway started it and has not retired it."""
+        with self._lock:
+            rows = list(self.db.query(
+                "select * from worker_requests where worker = ? and action = 'provision' and status = 'ready'"
+                " order by created_at desc limit 1", [worker]))
+        return rows[0] if rows else None
 
     # --- tokens, limits, audit ------------------------------------------------------------
 

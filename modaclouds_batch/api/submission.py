@@ -27,6 +27,8 @@ FORM_FIELDS = {
     "job-ttl": "ttl",
     "job-array": "array",
     "job-count": "count",
+    "job-runtime": "runtime",
+    "job-runtime-wait": "runtime_wait",
 }
 # JSON key -> SubmitRequest attribute (form names are accepted in JSON too).
 JSON_FIELDS = {
@@ -43,6 +45,8 @@ JSON_FIELDS = {
     "ttl": "ttl",
     "array": "array",
     "count": "count",
+    "runtime": "runtime",
+    "runtime_wait": "runtime_wait",
 }
 NOTIFICATION_EVENTS = ("final", "all")
 _ID_SPLIT = re.compile(r"[,\s]+")
@@ -84,7 +88,17 @@ def _build(values: dict[str, Any], actor, request_id: str | None) -> SubmitReque
         ttl=values.get("ttl"),
         array=_array(values.get("array")),
         count=_count(values.get("count")),
+        runtime=_text(values, "runtime"),
+        runtime_wait=_flag(values.get("runtime_wait"), "job-runtime-wait"),
     )
+
+
+def _flag(value: Any, field: str) -> bool:
+    if value in (None, "", False, "false", "0", "no"):
+        return False
+    if value in (True, "true", "1", "yes"):
+        return True
+    raise InvalidRequest(f"{field} must be true or false", field=field)
 
 
 def _text(values: dict[str, Any], key: str) -> str | None:

@@ -63,6 +63,7 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
         "command": job.get("command"),
         "array_id": job.get("array_id"),
         "ttl": job.get("ttl"),
+        "runtime": job.get("runtime"),
         "expires_at": job.get("expires_at"),
         "history": events,
         "links": {

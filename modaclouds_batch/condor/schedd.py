@@ -41,7 +41,7 @@ ACTIONS = {
 }
 
 
-def _configure(condor_config: Path | None) -> None:
+def configure(condor_config: Path | None) -> None:
     """Point the bindings at our client config (process-wide, so only once per path)."""
     global _configured_for
     wanted = str(condor_config) if condor_config else None
@@ -94,7 +94,7 @@ class CondorClient:
 
     def _schedd_handle(self) -> htcondor2.Schedd:
         if self._schedd is None:
-            _configure(self.condor_config)
+            configure(self.condor_config)
             self.round_trips += 1
             self._schedd = htcondor2.Schedd(locate_schedd())
         return self._schedd
@@ -174,7 +174,7 @@ class CondorClient:
         """Whether the collector and the schedd answer, each with an error when not."""
         report: dict[str, dict[str, Any]] = {}
         with self._lock:
-            _configure(self.condor_config)
+            configure(self.condor_config)
             try:
                 self.round_trips += 1
                 ad = locate_schedd()

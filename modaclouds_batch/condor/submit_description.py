@@ -24,6 +24,8 @@ BUNDLE_FILE = "bundle.tar.gz"
 INPUT_FILE = "input.tar.gz"
 ARGUMENTS_FILE = "arguments.sh"
 FILES_DIR = "files"
+# Startd attribute listing the runtimes a worker offers, e.g. "bash,python3".
+RUNTIMES_ATTR = "GatewayRuntimes"
 # Item variables of an array submission (one proc per item, one folder and id each).
 ITEM_JOB_ID = "gateway_job_id"
 ITEM_JOB_DIR = "gateway_job_dir"
@@ -72,6 +74,7 @@ class JobSpec:
     # Files besides arguments.sh, from the job folder: bundle.tar.gz, input*.tar.gz, files.
     inputs: tuple[str, ...] = ("bundle.tar.gz",)
     request_id: str | None = None
+    runtime: str | None = None
     request_cpus: int = 1
     request_memory_mb: int = 128
     request_disk_kb: int = 1024 * 1024
@@ -131,6 +134,8 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
     }
     if spec.request_id:
         description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
+    if spec.runtime:
+        description["requirements"] = f"stringListMember({classad2.quote(spec.runtime)}, {RUNTIMES_ATTR} ?: \"\")"
     if per_item:
         description["initialdir"] = f"$({ITEM_JOB_DIR})"
         description[f"My.{GATEWAY_JOB_ID}"] = f'"$({ITEM_JOB_ID})"'

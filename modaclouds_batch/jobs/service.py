@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..condor import submit_description as sd
 from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
@@ -64,6 +64,9 @@ class SubmitRequest:
     binary_id: str | None = None
     input_file_ids: list[str] = field(default_factory=list)
     ttl: int | None = None
+    # A runtime some worker must offer (GatewayRuntimes); with runtime_wait, queue anyway.
+    runtime: str | None = None
+    runtime_wait: bool = False
     # An array: one item per argument set, or ``count`` items with the same arguments.
     array: list[str | list[str]] | None = None
     count: int | None = None
@@ -156,7 +159,9 @@ class Staging:
 
 
 class JobService:
-    def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService):
+    def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService,
+                 runtimes: Callable[[], set[str]] | None = None):
+        self.runtimes = runtimes
         self.settings = settings
         self.store = store
         self.condor = condor
@@ -204,6 +209,7 @@ class JobService:
         name = _check_name(request.name or _default_name(staging.bundle_filename, request))
         notification_url = self._check_notification_url(request.notification_url)
         ttl = _check_ttl(request.ttl)
+        runtime = self._check_runtime(request.runtime, request.runtime_wait)
         item_arguments = self._item_arguments(request)
         self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
         for path, data_id in [(staging.input_path, refs.get("input"))] + [
@@ -215,6 +221,7 @@ class JobService:
         spec = sd.JobSpec(
             job_id=items[0][0], instance_id=self.store.instance_id, owner=actor.user, name=name,
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
+            runtime=runtime,
         )
         try:
             if request.is_array:
@@ -240,7 +247,7 @@ class JobService:
             "notification_events": request.notification_events, "has_input": staging.has_input,
             "job_dir": str(job_dir), "request_id": request.request_id, "created_at": now, "updated_at": now,
             "array_id": array_id, "kind": "command" if request.command else "bundle",
-            "command": request.command, "ttl": ttl, "expires_at": expires_at,
+            "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
         } for index, (job_id, job_dir, arguments) in enumerate(items)]
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
@@ -261,6 +268,25 @@ class JobService:
         if array_id:
             return self.get_array(array_id, actor)
         return self.get(items[0][0], actor)
+
+    def _check_runtime(self, runtime: str | None, wait: bool) -> str | None:
+        """A runtime no worker offers is refused (listing what exists) unless asked to wait."""
+        if not runtime:
+            return None
+        if not re.match(r"^[A-Za-z0-9._+-]{1,64}$", runtime):
+            raise InvalidRequest("job-runtime is a name such as python3", field="job-runtime")
+        if wait or self.runtimes is None:
+            return runtime
+        try:
+            offered = self.runtimes()
+        except BackendUnavailable:
+            return runtime  # cannot check now; the requirement still keeps it off other nodes
+        if runtime not in offered:
+            raise InvalidRequest(
+                f"no worker offers runtime '{runtime}'; workers offer: {', '.join(sorted(offered)) or 'none'}. "
+                "Send job-runtime-wait=true to queue it anyway until such a worker joins",
+                field="job-runtime", available=sorted(offered))
+        return runtime
 
     def _gather_sources(self, staging: Staging, request: SubmitRequest) -> dict[str, Any]:
         """Bring data objects and commands into the staging folder; returns what came from where."""

@@ -26,8 +26,10 @@ def condor_config(pool):
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory, condor_config):
-    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), condor_config, env=GATEWAY_ENV).start()
+def gateway(tmp_path_factory, condor_config, pool):
+    # The pool folder tells the gateway that it manages this pool (so it may add workers).
+    env = {**GATEWAY_ENV, "MODACLOUDS_BATCH_POOL_DIR": str(pool.pool_dir)}
+    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), condor_config, env=env).start()
     yield process
     process.stop()
 

@@ -102,6 +102,9 @@ def test_admin_routes_are_403_for_users(secured, alice_job):
     assert bob.post("/tokens", json={"owner": "bob", "role": "admin"}).status_code == 403
     assert bob.get("/audit").status_code == 403
     assert bob.http.put(f"{bob.url}/users/bob/limits", json={"max_active_jobs": 9999}).status_code == 403
+    for path in ("/pool", "/workers", "/workers/requests"):
+        assert bob.get(path).status_code == 403, path
+    assert bob.post("/workers", json={"provider": "local"}).status_code == 403
     event_id = clients["root"].get(f"/jobs/{alice_job}/notifications").json()[0]["event_id"]
     assert clients["alice"].post(f"/jobs/{alice_job}/notifications/{event_id}/resend").status_code == 403
 

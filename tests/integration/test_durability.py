@@ -113,7 +113,9 @@ def test_oversize_upload_is_refused_with_413(small_limits_gateway):
 
 
 def test_malformed_requests_get_json_errors(client):
-    assert client.post("/jobs", json={"x": 1}).status_code == 415
+    assert client.post("/jobs", data=b"x", headers={"Content-Type": "text/plain"}).status_code == 415
+    unknown_key = client.post("/jobs", json={"x": 1})
+    assert unknown_key.status_code == 400 and "'x'" in unknown_key.json()["error"]
     missing = client.post("/jobs", files={"job-name": (None, "x")})
     assert missing.status_code == 400 and "job-bundle is required" in missing.json()["error"]
     unknown = client.post("/jobs", files={"job-bundel": ("b.tgz", b"x")})

@@ -1,0 +1,82 @@
+"""HTTP resources for /pool and /workers (admin-only)."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..errors import InvalidRequest
+from ..infra.service import InfraService
+
+
+def _body(req: falcon.Request) -> dict:
+    body = req.get_media(default_when_empty={})
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+class PoolResource:
+    def __init__(self, infra: InfraService):
+        self.infra = infra
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.infra.summary(req.context.actor)
+
+
+class WorkersResource:
+    def __init__(self, infra: InfraService):
+        self.infra = infra
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.infra.workers(req.context.actor)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = _body(req)
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise InvalidRequest("params must be a JSON object", field="params")
+        record = self.infra.provision(req.context.actor, body.get("provider") or "local", params,
+                                      req.context.request_id)
+        resp.status = falcon.HTTP_202
+        resp.location = "/workers/requests"
+        resp.media = record
+
+
+class WorkerRequestsResource:
+    def __init__(self, infra: InfraService):
+        self.infra = infra
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        limit = req.get_param_as_int("limit", min_value=1, max_value=1000, default=100)
+        resp.media = self.infra.requests(req.context.actor, limit)
+
+
+class WorkerResource:
+    def __init__(self, infra: InfraService):
+        self.infra = infra
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.media = self.infra.worker(req.context.actor, name)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.status = falcon.HTTP_202
+        resp.media = self.infra.retire(req.context.actor, name, req.context.request_id)
+
+
+class WorkerDrainResource:
+    def __init__(self, infra: InfraService):
+        self.infra = infra
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        how = _body(req).get("how") or req.get_param("how") or "graceful"
+        resp.status = falcon.HTTP_202
+        resp.media = self.infra.drain(req.context.actor, name, how, req.context.request_id)
+
+
+class WorkerUndrainResource:
+    def __init__(self, infra: InfraService):
+        self.infra = infra
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.status = falcon.HTTP_202
+        resp.media = self.infra.undrain(req.context.actor, name, req.context.request_id)

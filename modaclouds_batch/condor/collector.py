@@ -1,0 +1,87 @@
+"""What the collector knows about execute nodes, and the startd commands admins use.
+
+htcondor2 only. A "worker" is one startd: its slots carry ``Name = slotN@<worker>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import classad2
+import htcondor2
+
+from .schedd import CondorUnavailable, ad_to_dict, configure
+
+log = logging.getLogger(__name__)
+
+SLOT_PROJECTION = [
+    "Name", "Machine", "State", "Activity", "Cpus", "Memory", "Disk", "TotalCpus", "TotalMemory",
+    "SlotType", "PartitionableSlot", "DynamicSlot", "LoadAvg", "TotalLoadAvg", "GatewayRuntimes",
+    "GatewayWorker", "Draining", "DrainReason", "RemoteOwner", "JobId", "Start", "MyAddress",
+    "CondorVersion", "OpSys", "Arch", "EnteredCurrentState", "DaemonStartTime",
+]
+SCHEDD_PROJECTION = ["TotalIdleJobs", "TotalRunningJobs", "TotalHeldJobs"]
+DRAIN_TYPES = {
+    "graceful": htcondor2.DrainType.Graceful,
+    "quick": htcondor2.DrainType.Quick,
+    "fast": htcondor2.DrainType.Fast,
+}
+
+
+def worker_name(slot_name: str) -> str:
+    """``slot1_2@worker2@host`` -> ``worker2@host``: the startd that owns the slot."""
+    return slot_name.split("@", 1)[1] if "@" in slot_name else slot_name
+
+
+class CollectorClient:
+    def __init__(self, condor_config):
+        self.condor_config = condor_config
+        self._lock = threading.RLock()
+        self.round_trips = 0
+
+    def pool_ads(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every slot ad and every schedd ad in the pool, in one collector query."""
+        projection = SLOT_PROJECTION + SCHEDD_PROJECTION + ["MyType"]
+        with self._lock:
+            configure(self.condor_config)
+            try:
+                self.round_trips += 1
+                ads = htcondor2.Collector().query(
+                    htcondor2.AdType.Any, constraint='MyType == "Machine" || MyType == "Scheduler"',
+                    projection=projection)
+            except htcondor2.HTCondorException as exc:
+                raise CondorUnavailable(f"collector query: {exc}") from exc
+        rows = [ad_to_dict(ad, projection) for ad in ads]
+        return ([r for r in rows if r.get("MyType") == "Machine"],
+                [r for r in rows if r.get("MyType") == "Scheduler"])
+
+    def _startd(self, worker: str) -> htcondor2.Startd:
+        configure(self.condor_config)
+        self.round_trips += 1
+        ads = htcondor2.Collector().query(
+            htcondor2.AdType.Startd, constraint=f"regexp({classad2.quote('@' + worker + '$')}, Name)",
+            projection=["MyAddress", "Name", "Machine"])
+        if not ads:
+            raise CondorUnavailable(f"no startd named {worker} in the collector")
+        return htcondor2.Startd(ads[0])
+
+    def drain(self, worker: str, how: str, reason: str) -> str:
+        """Ask the worker's startd to drain; returns HTCondor's drain request id."""
+        with self._lock:
+            try:
+                startd = self._startd(worker)
+                self.round_trips += 1
+                return startd.drainJobs(DRAIN_TYPES[how], reason=reason) or ""
+            except htcondor2.HTCondorException as exc:
+                raise CondorUnavailable(f"drain {worker}: {exc}") from exc
+
+    def undrain(self, worker: str) -> None:
+        with self._lock:
+            try:
+                startd = self._startd(worker)
+                self.round_trips += 1
+                startd.cancelDrainJobs()
+            except htcondor2.HTCondorException as exc:
+                raise CondorUnavailable(f"undrain {worker}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The infrastructure management API's domain: see, drain and extend the pool."""

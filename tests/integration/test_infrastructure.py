@@ -1,0 +1,105 @@
+"""The infrastructure API on the real pool: see it, extend it, drain it, retire what was added."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .gateway import pack_bundle
+
+pytestmark = pytest.mark.integration
+
+RUNTIME_PROBE = b"#!/bin/sh\necho ran on $(hostname)\n"
+
+
+def wait(predicate, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met after {timeout}s")
+        time.sleep(1)
+
+
+def test_pool_summary_and_workers_come_from_the_collector(client):
+    pool = client.get("/pool")
+    assert pool.status_code == 200, pool.text
+    summary = pool.json()
+    assert summary["workers"] >= 1 and summary["cpus"]["total"] >= 1
+    assert {"bash", "python3"} <= set(summary["runtimes"])
+    workers = client.get("/workers").json()
+    main = workers[0]
+    assert main["slots"] and {"bash", "python3"} <= set(main["runtimes"])
+    one = client.get(f"/workers/{main['name']}")
+    assert one.status_code == 200 and one.json()["name"] == main["name"]
+    assert client.get("/workers/no-such-worker@nowhere").status_code == 404
+
+
+def test_a_runtime_nobody_offers_is_refused_with_what_exists(client):
+    resp = client.submit(pack_bundle("hello"), name="fortran", **{"job-runtime": "fortran77"})
+    assert resp.status_code == 400
+    assert "python3" in resp.json()["error"] and "python3" in resp.json()["available"]
+    waiting = client.submit(pack_bundle("hello"), name="fortran-wait",
+                            **{"job-runtime": "fortran77", "job-runtime-wait": "true"})
+    assert waiting.status_code == 201
+    time.sleep(8)
+    assert client.job(waiting.json()["job_id"])["job_status"] == "idle"
+    client.post(f"/jobs/{waiting.json()['job_id']}/remove")
+
+
+@pytest.fixture(scope="module")
+def added_worker(gateway):
+    from .gateway import Client
+
+    client = Client(gateway.url)
+    resp = client.post("/workers", json={"provider": "local", "params": {"cpus": 2, "runtimes": ["bash", "julia"]}})
+    assert resp.status_code == 202, resp.text
+    request_id = resp.json()["id"]
+
+    def ready():
+        record = next(r for r in client.get("/workers/requests").json() if r["id"] == request_id)
+        assert record["status"] != "failed", record
+        return record if record["status"] == "ready" else None
+
+    record = wait(ready, timeout=120, what="the local worker to start")
+    yield record["worker"]
+    client.http.delete(f"{client.url}/workers/{record['worker']}")
+
+
+def test_an_added_worker_appears_and_runs_the_jobs_that_need_it(client, added_worker):
+    worker = client.get(f"/workers/{added_worker}").json()
+    assert worker["managed_by_gateway"] and worker["provider"] == "local"
+    assert "julia" in worker["runtimes"] and worker["cpus_total"] == 2
+    job_id = client.submit(pack_bundle("hello"), name="needs-julia", **{"job-runtime": "julia"}).json()["job_id"]
+    job = client.wait_for(job_id, "completed", timeout=180)
+    assert added_worker in job["remote_host"]
+    assert job["runtime"] == "julia"
+
+
+def test_a_drained_worker_starts_no_new_job_until_undrained(client, added_worker):
+    resp = client.post(f"/workers/{added_worker}/drain", json={"how": "quick"})
+    assert resp.status_code == 202, resp.text
+    wait(lambda: client.get(f"/workers/{added_worker}").json()["draining"], 30, "drain to show")
+    assert client.post(f"/workers/{added_worker}/drain").status_code == 409
+    job_id = client.submit(pack_bundle("hello"), name="julia-while-drained", **{"job-runtime": "julia"}).json()["job_id"]
+    time.sleep(10)
+    assert client.job(job_id)["job_status"] == "idle"
+    assert client.post(f"/workers/{added_worker}/undrain").status_code == 202
+    assert client.wait_for(job_id, "completed", timeout=120)["job_status"] == "completed"
+
+
+def test_retiring_an_added_worker_removes_it(client, gateway):
+    resp = client.post("/workers", json={"provider": "local", "params": {"cpus": 1}})
+    request_id = resp.json()["id"]
+    record = wait(lambda: next((r for r in client.get("/workers/requests").json()
+                                if r["id"] == request_id and r["status"] == "ready"), None), 120, "worker start")
+    name = record["worker"]
+    retire = client.http.delete(f"{client.url}/workers/{name}")
+    assert retire.status_code == 202
+    wait(lambda: client.get(f"/workers/{name}").status_code == 404, 90, "worker to leave the pool")
+    main = client.get("/workers").json()[0]["name"]
+    refused = client.http.delete(f"{client.url}/workers/{main}")
+    assert refused.status_code == 409 and "not started by the gateway" in refused.json()["error"]
