@@ -52,6 +52,7 @@ from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
 from .notify.events import events_for_change
+from .observability import Metrics, MetricsResource, RequestMetrics, JobsByState, request_id_var
 from .settings import Settings
 from .store import Store
 
@@ -73,6 +74,7 @@ class Gateway:
     quota: QuotaService
     audit: AuditLog
     infra: InfraService
+    metrics: Metrics
 
     def start_background(self) -> None:
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
@@ -89,18 +91,31 @@ class Gateway:
 
 def build_gateway(settings: Settings) -> Gateway:
     settings = settings.resolved()
-    store = Store(settings.db_path, on_state_change=lambda job: events_for_change(job, settings.base_url))
+    metrics = Metrics()
+
+    def on_state_change(job):
+        metrics.transitions.labels(job["state"]).inc()
+        return events_for_change(job, settings.base_url)
+
+    store = Store(settings.db_path, on_state_change=on_state_change)
+    metrics.registry.register(JobsByState(store.count_by_state))
     condor = CondorClient(settings.condor_config)
     audit = AuditLog(store)
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds)
     service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes)
-    webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers)
-    tracker = Tracker(service, settings.tracker_interval,
-                      on_cycle=lambda report: webhooks.wake() if report.changes else None)
+    webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
+                                 on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
+
+    def on_cycle(report):
+        metrics.on_cycle(report)
+        if report.changes:
+            webhooks.wake()
+
+    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store), QuotaService(settings, store), audit, infra)
+                   TokenService(store), QuotaService(settings, store), audit, infra, metrics)
 
 
 def _providers(settings: Settings) -> dict:
@@ -122,12 +137,14 @@ class RequestContext:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header("X-Request-Id")
         req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
+        request_id_var.set(req.context.request_id)
         resp.set_header("X-Request-Id", req.context.request_id)
 
 
 def create_app(gateway: Gateway) -> falcon.App:
     app = falcon.App(middleware=[
-        RequestContext(), Authenticate(gateway.tokens, gateway.settings.auth_enabled)])
+        RequestContext(), RequestMetrics(gateway.metrics),
+        Authenticate(gateway.tokens, gateway.settings.auth_enabled)])
     multipart = falcon.media.MultipartFormHandler()
     multipart.parse_options.max_body_part_count = 16
     multipart.parse_options.max_body_part_buffer_size = 1024 * 1024
@@ -140,7 +157,12 @@ def create_app(gateway: Gateway) -> falcon.App:
 
     service = gateway.service
     app.add_route("/health", HealthResource(gateway.condor))
-    app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=lambda job: gateway.tracker.wake()))
+    app.add_route("/metrics", MetricsResource(gateway.metrics))
+    def on_submitted(created):
+        gateway.metrics.submissions.inc(created.get("count", 1))
+        gateway.tracker.wake()
+
+    app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=on_submitted))
     app.add_route("/jobs/{job_id}", JobResource(service))
     app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
     app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))

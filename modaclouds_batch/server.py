@@ -9,6 +9,7 @@ import sys
 import waitress
 
 from .app import build_gateway, create_app
+from .observability import configure_logging
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     gateway = build_gateway(settings)
     settings = gateway.settings
     app = create_app(gateway)

@@ -59,6 +59,8 @@ class Settings:
     # Infrastructure API: seconds a collector answer is reused; an operator's provider command.
     pool_cache_seconds: float = 3.0
     worker_provider_command: str | None = None
+    # Log lines as JSON (default) or plain text.
+    log_format: str = "json"
     # Seconds between two tracker cycles.
     tracker_interval: float = 2.0
     # Absolute base URL used in links sent to webhook receivers; derived when empty.

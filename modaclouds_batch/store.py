@@ -580,6 +580,11 @@ class Store:
         with self._lock:
             return {r["job_dir"] for r in self.db.query("select job_dir from jobs") if r["job_dir"]}
 
+    def count_by_state(self) -> dict[str, int]:
+        with self._lock:
+            return {state: n for state, n in self.db.execute(
+                "select state, count(*) from jobs where expired_at is null group by state")}
+
     def count_jobs(self) -> int:
         with self._lock:
             return self.db.execute("select count(*) from jobs").fetchone()[0]

@@ -111,6 +111,7 @@ class CycleReport:
     changes: int = 0
     retrieved: int = 0
     orphans_removed: int = 0
+    duration: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
@@ -159,6 +160,12 @@ class Tracker:
     # --- one cycle -------------------------------------------------------------------
 
     def run_cycle(self) -> CycleReport:
+        started = time.perf_counter()
+        report = self._cycle()
+        report.duration = time.perf_counter() - started
+        return report
+
+    def _cycle(self) -> CycleReport:
         report = CycleReport()
         start_trips = self.condor.round_trips
         instance = self.store.instance_id

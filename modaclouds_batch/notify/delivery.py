@@ -58,7 +58,9 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class WebhookDispatcher:
-    def __init__(self, store: Store, settings, session: requests.Session | None = None, workers: int = 4):
+    def __init__(self, store: Store, settings, session: requests.Session | None = None, workers: int = 4,
+                 on_attempt=None):
+        self.on_attempt = on_attempt
         self.store = store
         self.timeout = settings.webhook_timeout
         self.give_up_after = settings.webhook_give_up_after
@@ -180,6 +182,8 @@ class WebhookDispatcher:
             event["id"], at=at, status_code=status_code, error=error, duration_ms=duration_ms,
             outcome=outcome, next_attempt_at=next_at,
         )
+        if self.on_attempt:
+            self.on_attempt(outcome)
         return outcome
 
     def _expired(self, event: dict[str, Any], moment: datetime) -> bool:
