@@ -9,6 +9,7 @@ from ..access.identity import LOCAL_ACTOR, check_user_name
 from ..access.quota import QuotaService
 from ..access.tokens import TokenService
 from ..errors import InvalidRequest, Unauthorized
+from .bodies import json_object
 from ..timefmt import parse_iso, to_iso
 
 # Routes anyone may call: liveness and the API description.
@@ -33,11 +34,6 @@ class Authenticate:
         req.context.actor = self.tokens.authenticate(token.strip())
 
 
-def _json_body(req: falcon.Request) -> dict:
-    body = req.get_media(default_when_empty={})
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
 
 
 class TokensResource:
@@ -51,7 +47,7 @@ class TokensResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
         actor.require_admin("creating API tokens")
-        body = _json_body(req)
+        body = json_object(req)
         expires_in = body.get("expires_in")
         if expires_in is not None and not isinstance(expires_in, (int, float)):
             raise InvalidRequest("expires_in must be a number of seconds", field="expires_in")
@@ -101,7 +97,7 @@ class UserLimitsResource:
     def on_put(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
         actor = req.context.actor
         actor.require_admin("setting limits")
-        limits = self.quota.set_limits(check_user_name(user), _json_body(req))
+        limits = self.quota.set_limits(check_user_name(user), json_object(req))
         self.audit.record(actor, "limits.set", user, detail=limits, request_id=req.context.request_id)
         resp.media = {"user": user, "limits": limits}
 

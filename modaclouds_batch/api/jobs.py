@@ -7,7 +7,7 @@ from urllib.parse import urlencode
 import falcon
 
 from ..errors import InvalidRequest
-from ..jobs.service import JobService, SubmitRequest
+from ..jobs.service import JobService
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso

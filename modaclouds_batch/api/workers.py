@@ -5,14 +5,10 @@ from __future__ import annotations
 import falcon
 
 from ..errors import InvalidRequest
+from .bodies import json_object
 from ..infra.service import InfraService
 
 
-def _body(req: falcon.Request) -> dict:
-    body = req.get_media(default_when_empty={})
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
 
 
 class PoolResource:
@@ -31,7 +27,7 @@ class WorkersResource:
         resp.media = self.infra.workers(req.context.actor)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = _body(req)
+        body = json_object(req)
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise InvalidRequest("params must be a JSON object", field="params")
@@ -68,7 +64,7 @@ class WorkerDrainResource:
         self.infra = infra
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        how = _body(req).get("how") or req.get_param("how") or "graceful"
+        how = json_object(req).get("how") or req.get_param("how") or "graceful"
         resp.status = falcon.HTTP_202
         resp.media = self.infra.drain(req.context.actor, name, how, req.context.request_id)
 

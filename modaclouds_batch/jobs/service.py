@@ -27,7 +27,7 @@ from ..access.identity import Actor
 from ..data.service import DataService, link_or_copy, receive_stream
 from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, TooLarge
 from ..settings import Settings
-from ..store import JobChange, JobFilter, Store
+from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
 from . import bundles
 from .states import FINAL_STATES, JobAction, JobState, action_conflict

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import tarfile
-import time
 import uuid
 
 import pytest

@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import pytest
 
 from modaclouds_batch.condor import submit_description as sd
 
