@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +119,23 @@ def test_the_startd_advertises_the_runtimes_jobs_may_require(pool):
 
     assert slots
     assert {ad["GatewayRuntimes"] for ad in slots} == {"bash,python3"}
+
+
+def test_a_client_without_the_gateways_token_is_refused(pool, tmp_path):
+    (tmp_path / "tokens.d").mkdir(mode=0o700)
+    config = tmp_path / "condor_config"
+    config.write_text(pool.condor_config.read_text().replace(
+        f"SEC_TOKEN_DIRECTORY = {pool.condor_config.parent / 'tokens.d'}",
+        f"SEC_TOKEN_DIRECTORY = {tmp_path / 'tokens.d'}"))
+    assert str(tmp_path / "tokens.d") in config.read_text()
+
+    # A child process: this one holds security sessions made with the token.
+    answer = subprocess.run(
+        [sys.executable, "-c", "import htcondor2; htcondor2.Collector().query(htcondor2.AdType.Schedd)"],
+        env={**os.environ, "CONDOR_CONFIG": str(config)}, capture_output=True, text=True, timeout=60)
+
+    assert answer.returncode != 0
+    assert "HTCondorException" in answer.stderr
 
 
 def test_status_reports_a_running_pool_with_its_slots(pool):

@@ -59,6 +59,14 @@ def test_the_installations_config_is_read_first_so_ours_overrides_it():
     assert "include" not in render_daemon_config(node(base_config=None))
 
 
+def test_the_installations_local_config_files_cannot_override_ours():
+    # HTCondor reads LOCAL_CONFIG_DIR/FILE after the top-level file: Debian's config.d
+    # would otherwise reset ALLOW_WRITE and ALLOW_READ to "*".
+    cfg = knobs(render_daemon_config(node(base_config=Path("/etc/condor/condor_config"))))
+
+    assert cfg["LOCAL_CONFIG_DIR"] == "" and cfg["LOCAL_CONFIG_FILE"] == ""
+
+
 def test_jobs_can_start_where_unshare_is_forbidden():
     cfg = knobs(render_daemon_config(node()))
 
@@ -74,6 +82,7 @@ def test_jobs_run_at_once_and_are_never_preempted_but_can_be_suspended():
     assert cfg["WANT_SUSPEND"] == "True"
     assert cfg["NEGOTIATOR_CONSIDER_PREEMPTION"] == "False"
     assert int(cfg["NEGOTIATOR_INTERVAL"]) <= 2 and int(cfg["SCHEDD_INTERVAL"]) <= 2
+    assert cfg["RUNBENCHMARKS"] == "False" and cfg["BENCHMARKS_JOBLIST"] == ""
 
 
 def test_eight_cores_in_one_partitionable_slot_and_the_runtimes_are_advertised():

@@ -178,6 +178,12 @@ def _start(runtime, settings, layout: PoolLayout, say: Say) -> int:
     """Prepare folders, mounts and config of the main node, then start its master."""
     layout.pool_dir.mkdir(parents=True, exist_ok=True)
     host.require_free_space(layout.pool_dir, POOL_DIR_BYTES, "for the pool's logs and jobs")
+    # A master that died without its daemons (SIGKILL, OOM) leaves them holding the ports.
+    daemons.kill_leftovers(runtime, say)
+    for what, port in (("collector", settings.collector_port), ("schedd", settings.schedd_port)):
+        if host.port_in_use(port):
+            raise PoolError(f"port {port} (the {what}'s) is taken by another process on 127.0.0.1; "
+                            f"stop it or choose another port (collector_port / schedd_port)")
     runtime.prepare(settings.pool_identity, say)
     for private in (layout.password_dir, layout.system_token_dir):
         private.mkdir(parents=True, exist_ok=True)

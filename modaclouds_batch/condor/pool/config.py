@@ -69,8 +69,16 @@ def render_daemon_config(cfg: NodeConfig) -> str:
     ident = lambda user: f"{user}@$(UID_DOMAIN)/{LOOPBACK}"  # noqa: E731
     lines = [f"# {cfg.header}", ""]
     if cfg.base_config is not None:
-        lines += ["# Paths of the installation (binaries, libexec) come from its own config.",
-                  f"include : {cfg.base_config}", ""]
+        lines += [
+            "# Paths of the installation (binaries, libexec) come from its own main file. Its",
+            "# local config files are read after the whole of this file would be, overriding",
+            "# it (the packages' config.d sets ALLOW_WRITE = *): they are not read at all.",
+            f"include : {cfg.base_config}",
+            "LOCAL_CONFIG_DIR =",
+            "LOCAL_CONFIG_FILE =",
+            "REQUIRE_LOCAL_CONFIG_FILE = False",
+            "",
+        ]
     lines += [
         "## Network: one machine, loopback only, fixed ports, no shared port.",
         f"CONDOR_HOST = {LOOPBACK}",
@@ -125,6 +133,10 @@ def render_daemon_config(cfg: NodeConfig) -> str:
         "STARTER_UPDATE_INTERVAL = 5",
         "SHADOW_QUEUE_UPDATE_INTERVAL = 5",
         "JOB_START_DELAY = 0",
+        "# No CPU benchmarks at startd start: ~10 s of both cores for numbers nobody reads,",
+        "# and a startd that is benchmarking delays a fast shutdown until they finish.",
+        "RunBenchmarks = False",
+        "BENCHMARKS_JOBLIST =",
         "",
         "## Policy: run whatever matches, never preempt or kill. The startd never suspends on",
         "## its own (SUSPEND = False); WANT_SUSPEND = True makes a future SUSPEND policy suspend",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from .errors import PoolError
@@ -50,3 +52,14 @@ def pid_alive(pid: int) -> bool:
 
 def hostname() -> str:
     return os.uname().nodename
+
+
+def port_in_use(port: int, address: str = "127.0.0.1") -> bool:
+    """Does some process listen on ``address:port``? (A daemon could not bind it.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
