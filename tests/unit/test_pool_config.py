@@ -243,3 +243,45 @@ def test_mount_points_with_blanks_are_read_back_exactly():
                  "99 27 0:50 / /var/lib/my\\040pool/root rw - overlay overlay rw\n")
 
     assert mount_points(mountinfo) == [Path("/proc"), Path("/var/lib/my pool/root")]
+
+
+# --- what `up` refuses, before touching anything --------------------------------------------
+
+
+def test_too_little_disk_space_is_said_with_the_numbers(tmp_path):
+    from modaclouds_batch.condor.pool.host import require_free_space
+
+    with pytest.raises(PoolError, match=r"not enough disk space to build it: .* MB free, needs about"):
+        require_free_space(tmp_path / "not-yet" / "there", 1 << 60, "to build it")
+
+
+def test_without_debootstrap_and_apt_get_the_error_says_what_to_install(monkeypatch):
+    from modaclouds_batch.condor.pool import rootfs
+
+    monkeypatch.setattr(rootfs.shutil, "which", lambda name, path=None: None)
+
+    with pytest.raises(PoolError, match="debootstrap is not installed and there is no apt-get"):
+        rootfs._ensure_debootstrap(say=lambda line: None)
+
+
+def test_a_half_built_or_foreign_tree_at_the_cache_path_is_never_used(tmp_path):
+    from modaclouds_batch.condor.pool import rootfs
+
+    (tmp_path / "rootfs-trixie" / "etc").mkdir(parents=True)
+
+    with pytest.raises(PoolError, match="not a complete root filesystem"):
+        rootfs.ensure_rootfs(tmp_path / "rootfs-trixie", None, say=lambda line: None)
+
+
+def test_the_mirror_comes_from_the_hosts_apt_files_unless_overridden(tmp_path):
+    from modaclouds_batch.condor.pool.rootfs import choose_mirror
+
+    (tmp_path / "etc" / "apt" / "sources.list.d").mkdir(parents=True)
+    (tmp_path / "etc" / "apt" / "sources.list.d" / "debian.sources").write_text(BOOKWORM_SOURCES)
+    (tmp_path / "etc" / "apt" / "sources.list.d" / "nodesource.sources.disabled").write_text("junk")
+    (tmp_path / "etc" / "os-release").write_text('ID=debian\nVERSION_CODENAME=bookworm\n')
+
+    assert choose_mirror(None, root=tmp_path) == "http://mirror.example.org/debian"
+    assert choose_mirror("http://other.example/debian/", root=tmp_path) == "http://other.example/debian"
+    with pytest.raises(PoolError, match="--mirror"):
+        choose_mirror(None, root=tmp_path / "empty")
