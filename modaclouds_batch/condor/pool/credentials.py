@@ -2,12 +2,15 @@
 
 The token names the pool identity (``batch@gateway.local``) and is signed with the key
 the collector creates at its first start, so it can only be made once the pool has run.
-It is limited to READ and WRITE: enough to submit, spool, act on, query and retrieve
-jobs, nothing administrative.
+It is limited to READ, WRITE and ADMINISTRATOR: submit, spool, act on, query and retrieve
+jobs, and (for the infrastructure API, which admins use through the gateway) drain and
+undrain startds; no DAEMON or NEGOTIATOR rights.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import time
@@ -20,7 +23,7 @@ from .layout import MAIN_NODE, PoolLayout
 
 log = logging.getLogger(__name__)
 
-TOKEN_AUTHZ = ("READ", "WRITE")
+TOKEN_AUTHZ = ("READ", "WRITE", "ADMINISTRATOR")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -49,12 +52,24 @@ def read_token(layout: PoolLayout) -> str | None:
     return text or None
 
 
-def token_is_current(layout: PoolLayout) -> bool:
-    """A token exists and was made after the signing key (a new key voids old tokens)."""
+def token_scopes(text: str) -> set[str]:
+    """The authorizations an IDTOKEN (a JWT) carries, from its ``scope`` claim."""
     try:
-        return layout.client_token.stat().st_mtime >= layout.signing_key.stat().st_mtime
+        payload = text.strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return set()
+    return {s.removeprefix("condor:/") for s in str(claims.get("scope", "")).split()}
+
+
+def token_is_current(layout: PoolLayout) -> bool:
+    """A token exists, was made after the signing key (a new key voids old tokens), and
+    carries every authorization the gateway needs now."""
+    try:
+        fresh = layout.client_token.stat().st_mtime >= layout.signing_key.stat().st_mtime
     except FileNotFoundError:
         return False
+    return fresh and set(TOKEN_AUTHZ) <= token_scopes(read_token(layout) or "")
 
 
 def wait_for_signing_key(layout: PoolLayout, timeout: float) -> None:

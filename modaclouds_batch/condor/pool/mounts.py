@@ -60,7 +60,7 @@ def mount(args: list[str], target: Path, what: str) -> None:
     run(["mount", *args, target], what)
 
 
-def unmount_all_under(path: Path, logger=None) -> list[Path]:
+def unmount_all_under(path: Path) -> list[Path]:
     """Unmount everything at or below ``path``, deepest first; return what was unmounted.
 
     A busy mount (some process still inside) raises PoolError naming it: lazily detaching
@@ -69,7 +69,5 @@ def unmount_all_under(path: Path, logger=None) -> list[Path]:
     done = []
     for point in mounts_under(path):
         run(["umount", point], f"unmounting {point}")
-        if logger:
-            logger(f"unmounted {point}")
         done.append(point)
     return done

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -171,5 +172,11 @@ def _discard(path: Path, say) -> None:
         say(f"cannot remove {path}: {exc}")
         log.warning("leaving half-built root filesystem %s: %s", path, exc)
         return
-    shutil.rmtree(path, ignore_errors=False, onerror=lambda fn, p, exc: log.warning(
-        "removing %s: %s failed on %s: %s", path, fn.__name__, p, exc[1]))
+    def report(fn, where, exc):
+        error = exc[1] if isinstance(exc, tuple) else exc
+        log.warning("removing %s: %s failed on %s: %s", path, fn.__name__, where, error)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=report)
+    else:
+        shutil.rmtree(path, onerror=report)

@@ -1,0 +1,61 @@
+"""Extra execute nodes in the managed pool: another condor_master + startd on this machine.
+
+Each node has its own name (``STARTD_NAME``), folders and config under the pool folder
+and shares the pool-wide key and tokens; `pool down` stops them with the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+from . import _load_state, _node_config, _runtime, daemons
+from .config import render_daemon_config
+from .errors import PoolError
+from .layout import MAIN_NODE, PoolLayout
+from .locking import exclusive
+
+
+def add_execute_node(settings, node: str, *, num_cpus: int, runtimes: tuple[str, ...], log=print) -> int:
+    """Start an execute-only node named ``node``; returns its condor_master's pid."""
+    if node == MAIN_NODE:
+        raise PoolError(f"'{MAIN_NODE}' is the all-in-one node's name")
+    layout = PoolLayout.from_settings(settings)
+    with exclusive(layout.lock_file):
+        state = _load_state(layout)
+        if not state.get("mode") or not daemons.running_master(layout):
+            raise PoolError("the pool is not running; `modaclouds-batch pool up` first")
+        if daemons.running_master(layout, node):
+            raise PoolError(f"execute node {node} already runs")
+        runtime = _runtime(state["mode"], settings, layout, build=False, say=log)
+        folders = list(layout.runtime_dirs(node).values())
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+        runtime.chown_to_condor(folders)
+        config = dataclasses.replace(
+            _node_config(settings, layout, runtime, role="execute", node=node),
+            num_cpus=num_cpus, runtimes=tuple(runtimes))
+        layout.daemon_config(node).write_text(render_daemon_config(config), encoding="utf-8")
+        pid = daemons.start_master(runtime, layout, node)
+        log(f"started execute node {node} (condor_master pid {pid}); logs in {layout.log_dir(node)}")
+        return pid
+
+
+def remove_execute_node(settings, node: str, log=print) -> None:
+    """Stop node ``node``'s master (fast shutdown) and delete its folders and config."""
+    if node == MAIN_NODE:
+        raise PoolError(f"'{MAIN_NODE}' is the pool itself; use `pool down`")
+    layout = PoolLayout.from_settings(settings)
+    with exclusive(layout.lock_file):
+        pid = daemons.running_master(layout, node)
+        if pid:
+            daemons.stop_master(pid, log)
+        shutil.rmtree(layout.node_dir(node), ignore_errors=True)
+        layout.daemon_config(node).unlink(missing_ok=True)
+
+
+def execute_nodes(settings) -> list[str]:
+    """Names of the extra execute nodes that run now."""
+    layout = PoolLayout.from_settings(settings)
+    names = [p.name.split(".", 1)[1] for p in layout.state_dir.glob("condor_config.*")]
+    return sorted(n for n in names if n != MAIN_NODE and daemons.running_master(layout, n))
