@@ -55,6 +55,7 @@ from .notify.events import events_for_change
 from .observability import Metrics, MetricsResource, RequestMetrics, JobsByState, request_id_var
 from .settings import Settings
 from .store import Store
+from .timefmt import now_iso
 
 log = logging.getLogger(__name__)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -80,6 +81,9 @@ class Gateway:
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
+        stale = self.store.fail_unfinished_worker_requests(now_iso())
+        if stale:
+            log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
         self.tracker.start()
         self.webhooks.start()
 

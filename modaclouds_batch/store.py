@@ -506,6 +506,14 @@ class Store:
             row["params"] = json.loads(row["params"] or "{}")
         return rows
 
+    def fail_unfinished_worker_requests(self, at: str) -> int:
+        """Requests a stopped gateway left running: their outcome is unknown, say so."""
+        with self.transaction() as db:
+            return db.execute(
+                "update worker_requests set status = 'failed', finished_at = ?,"
+                " error = 'the gateway stopped before the request finished; check /workers and retry'"
+                " where status = 'running'", [at]).rowcount
+
     def provisioned_worker(self, worker: str) -> dict[str, Any] | None:
         """The request that started ``worker``, if the gateway started it and has not retired it."""
         with self._lock:

@@ -7,6 +7,7 @@ in /workers as ``<node>@<host>``.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -14,10 +15,12 @@ import uuid
 from typing import Any
 
 from ..condor import pool as pool_tooling
+from ..condor.pool import nodes as pool_nodes
 from ..condor.collector import CollectorClient, worker_name
 from ..condor.schedd import CondorUnavailable
 from ..errors import BackendRefused, InvalidRequest
 
+log = logging.getLogger(__name__)
 APPEAR_TIMEOUT = 60.0
 MAX_CPUS = 64
 _RUNTIME_RE = re.compile(r"^[A-Za-z0-9._+-]{1,64}$")
@@ -48,10 +51,20 @@ class LocalProvider:
         node = f"exec-{uuid.uuid4().hex[:8]}"
         with self._lock:
             try:
-                pool_tooling.add_execute_node(self.settings, node, num_cpus=cpus, runtimes=runtimes)
+                pool_nodes.add_execute_node(self.settings, node, num_cpus=cpus, runtimes=runtimes, log=log.info)
             except pool_tooling.PoolError as exc:
                 raise BackendRefused(f"could not start a local execute node: {exc}") from exc
-        return self._wait_for(node)
+        try:
+            return self._wait_for(node)
+        except BackendRefused:
+            self._stop_quietly(node)  # a node that never joined is not left running
+            raise
+
+    def _stop_quietly(self, node: str) -> None:
+        try:
+            pool_nodes.remove_execute_node(self.settings, node, log=log.info)
+        except pool_tooling.PoolError as exc:
+            log.warning("could not stop execute node %s after it failed to join: %s", node, exc)
 
     def _wait_for(self, node: str) -> str:
         """The worker's name once its startd has joined the collector."""
@@ -73,6 +86,6 @@ class LocalProvider:
         node = worker.split("@", 1)[0]
         with self._lock:
             try:
-                pool_tooling.remove_execute_node(self.settings, node)
+                pool_nodes.remove_execute_node(self.settings, node, log=log.info)
             except pool_tooling.PoolError as exc:
                 raise BackendRefused(f"could not stop execute node {node}: {exc}") from exc

@@ -31,7 +31,7 @@ def test_pool_summary_and_workers_come_from_the_collector(client):
     assert summary["workers"] >= 1 and summary["cpus"]["total"] >= 1
     assert {"bash", "python3"} <= set(summary["runtimes"])
     workers = client.get("/workers").json()
-    main = workers[0]
+    main = next(w for w in workers if not w["managed_by_gateway"])
     assert main["slots"] and {"bash", "python3"} <= set(main["runtimes"])
     one = client.get(f"/workers/{main['name']}")
     assert one.status_code == 200 and one.json()["name"] == main["name"]
@@ -100,6 +100,6 @@ def test_retiring_an_added_worker_removes_it(client, gateway):
     retire = client.http.delete(f"{client.url}/workers/{name}")
     assert retire.status_code == 202
     wait(lambda: client.get(f"/workers/{name}").status_code == 404, 90, "worker to leave the pool")
-    main = client.get("/workers").json()[0]["name"]
+    main = next(w["name"] for w in client.get("/workers").json() if not w["managed_by_gateway"])
     refused = client.http.delete(f"{client.url}/workers/{main}")
     assert refused.status_code == 409 and "not started by the gateway" in refused.json()["error"]
