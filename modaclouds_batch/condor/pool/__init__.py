@@ -95,6 +95,11 @@ def down(settings, log: Say = print) -> None:
         state = _load_state(layout)
         mode = state.get("mode") or _guess_mode()
         runtime = _runtime(mode, settings, layout, build=False, say=log)
+        for node in _extra_nodes(layout):
+            node_pid = daemons.running_master(layout, node)
+            if node_pid:
+                log(f"stopping execute node {node} (condor_master pid {node_pid})")
+                daemons.stop_master(node_pid, log)
         pid = daemons.running_master(layout)
         if pid:
             log(f"stopping condor_master pid {pid} (fast shutdown)")
@@ -138,6 +143,12 @@ def token(settings, log: Say = _to_stderr) -> str:
 
 
 # --- the steps ----------------------------------------------------------------------------
+
+
+def _extra_nodes(layout: PoolLayout) -> list[str]:
+    """Execute nodes added beside the main one (each has a condor_config.<node>)."""
+    names = (p.name.split(".", 1)[1] for p in layout.state_dir.glob("condor_config.*"))
+    return sorted(n for n in names if n != MAIN_NODE)
 
 
 def _identity(settings) -> str:

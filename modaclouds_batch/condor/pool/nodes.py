@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-from . import _load_state, _node_config, _runtime, daemons
+from . import _extra_nodes, _load_state, _node_config, _runtime, daemons
 from .config import render_daemon_config
 from .errors import PoolError
 from .layout import MAIN_NODE, PoolLayout
@@ -57,5 +57,4 @@ def remove_execute_node(settings, node: str, log=print) -> None:
 def execute_nodes(settings) -> list[str]:
     """Names of the extra execute nodes that run now."""
     layout = PoolLayout.from_settings(settings)
-    names = [p.name.split(".", 1)[1] for p in layout.state_dir.glob("condor_config.*")]
-    return sorted(n for n in names if n != MAIN_NODE and daemons.running_master(layout, n))
+    return [n for n in _extra_nodes(layout) if daemons.running_master(layout, n)]
