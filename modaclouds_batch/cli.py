@@ -24,12 +24,16 @@ def _settings(ctx: click.Context, **overrides):
     help="TOML file with settings (see docs/configuration.md).",
 )
 @click.option("--home", type=click.Path(path_type=Path), help="State folder (db, jobs, pool).")
+@click.option("--url", envvar="MODACLOUDS_BATCH_URL", default="http://127.0.0.1:5000", show_default=True,
+              help="The gateway the client commands (submit, jobs, status, ...) talk to; "
+                   "env MODACLOUDS_BATCH_URL. The API token comes from MODACLOUDS_BATCH_TOKEN.")
 @click.pass_context
-def main(ctx: click.Context, config: Path | None, home: Path | None) -> None:
+def main(ctx: click.Context, config: Path | None, home: Path | None, url: str) -> None:
     """HTCondor batch-submission gateway."""
     ctx.ensure_object(dict)
     ctx.obj["config"] = config
     ctx.obj["home"] = home
+    ctx.obj["url"] = url
 
 
 @main.group()
@@ -173,3 +177,10 @@ def token_revoke(ctx, token_id) -> None:
     except GatewayError as exc:
         _fail(exc.message)
     click.echo(f"revoked {token_id}")
+
+
+# The HTTP client's commands (submit, jobs, status, logs, download, hold, ...): docs/client.md.
+from .client_cli import COMMANDS as _CLIENT_COMMANDS  # noqa: E402
+
+for _command in _CLIENT_COMMANDS:
+    main.add_command(_command)
