@@ -43,7 +43,7 @@ def run(settings: Settings) -> None:
     try:
         server.run()
     except OSError as exc:  # waitress raises EBADF from its loop after close()
-        if server.socket.fileno() != -1:
+        if server.socket is not None and server.socket.fileno() != -1:
             raise
         log.debug("server loop ended: %s", exc)
     finally:

@@ -89,26 +89,43 @@ class CondorClient:
         self._lock = threading.RLock()
         self._schedd: htcondor2.Schedd | None = None
         self.round_trips = 0
+        self._mine = threading.local()
+
+    def _count_trip(self) -> None:
+        self.round_trips += 1
+        self._mine.trips = getattr(self._mine, "trips", 0) + 1
+
+    def thread_round_trips(self) -> int:
+        """Round trips made by the calling thread (the tracker's own, not the API's)."""
+        return getattr(self._mine, "trips", 0)
 
     # --- plumbing ---------------------------------------------------------------
 
     def _schedd_handle(self) -> htcondor2.Schedd:
         if self._schedd is None:
             configure(self.condor_config)
-            self.round_trips += 1
+            self._count_trip()
             self._schedd = htcondor2.Schedd(locate_schedd())
         return self._schedd
 
-    def _call(self, what: str, fn: Callable[[htcondor2.Schedd], T]) -> T:
+    def _call(self, what: str, fn: Callable[[htcondor2.Schedd], T], retry: bool = True) -> T:
+        """One schedd call. After a pool restart the first call fails once on a stale
+        security session, so a failed call is retried once on a freshly located schedd
+        (not a submit, which might then be queued twice)."""
         with self._lock:
-            try:
-                schedd = self._schedd_handle()
-                self.round_trips += 1
-                return fn(schedd)
-            except htcondor2.HTCondorException as exc:
-                # Relocate next time: the schedd may have restarted on a new address.
-                self._schedd = None
-                raise CondorUnavailable(f"{what}: {exc}") from exc
+            attempts = 2 if retry else 1
+            for attempt in range(attempts):
+                try:
+                    schedd = self._schedd_handle()
+                    self._count_trip()
+                    return fn(schedd)
+                except htcondor2.HTCondorException as exc:
+                    # Relocate: the schedd may have restarted on a new address.
+                    self._schedd = None
+                    if attempt == attempts - 1:
+                        raise CondorUnavailable(f"{what}: {exc}") from exc
+                    log.info("%s failed (%s); retrying once on a fresh connection", what, exc)
+            raise AssertionError("unreachable")
 
     # --- operations ---------------------------------------------------------------
 
@@ -122,9 +139,10 @@ class CondorClient:
         with self._lock:
             try:
                 if itemdata:
-                    result = self._call("submit", lambda s: s.submit(description, spool=True, itemdata=iter(itemdata)))
+                    result = self._call("submit", lambda s: s.submit(description, spool=True, itemdata=iter(itemdata)),
+                                        retry=False)
                 else:
-                    result = self._call("submit", lambda s: s.submit(description, count=1, spool=True))
+                    result = self._call("submit", lambda s: s.submit(description, count=1, spool=True), retry=False)
             except CondorUnavailable as exc:
                 if self._answers():
                     raise CondorRefused(str(exc)) from exc
@@ -176,7 +194,7 @@ class CondorClient:
         with self._lock:
             configure(self.condor_config)
             try:
-                self.round_trips += 1
+                self._count_trip()
                 ad = locate_schedd()
                 report["collector"] = {"ok": True}
             except htcondor2.HTCondorException as exc:
@@ -185,7 +203,7 @@ class CondorClient:
                 self._schedd = None
                 return report
             try:
-                self.round_trips += 1
+                self._count_trip()
                 htcondor2.Schedd(ad).query("false", ["ClusterId"], limit=1)
                 report["schedd"] = {"ok": True, "name": ad.get("Name")}
             except htcondor2.HTCondorException as exc:

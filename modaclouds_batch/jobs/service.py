@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import threading
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,12 +31,14 @@ from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
 from . import bundles
-from .states import FINAL_STATES, JobAction, JobState, action_conflict
+from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FILES = {"output": sd.OUTPUT_FILE, "stdout": sd.STDOUT_FILE, "stderr": sd.STDERR_FILE}
 MAX_NAME_LENGTH = 200
+# Seconds an action waits for a just-submitted job's input spooling hold to end.
+SPOOLING_WAIT = 10.0
 MAX_ARGUMENTS_LENGTH = 64 * 1024
 MAX_SCRIPT_BYTES = 1024 * 1024
 COPY_CHUNK = 1024 * 1024
@@ -506,8 +509,15 @@ class JobService:
         if conflict:
             raise Conflict(conflict, job_status=job["state"])
         constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
+        reason = f"{action.value} requested by {actor.user} through the gateway"
         try:
-            result = self.condor.act(action.value, constraint, f"{action.value} requested by {actor.user} through the gateway")
+            result = self.condor.act(action.value, constraint, reason)
+            # Just after submission the schedd still holds the job while its input files
+            # settle ("Spooling input data files"); act again once that hold is over.
+            deadline = time.monotonic() + SPOOLING_WAIT
+            while result.get("TotalSuccess", 0) < 1 and time.monotonic() < deadline and self._spooling(constraint):
+                time.sleep(0.25)
+                result = self.condor.act(action.value, constraint, reason)
         except CondorUnavailable as exc:
             raise BackendUnavailable(f"HTCondor does not answer; retry the {action.value} later ({exc})") from exc
         if result.get("TotalSuccess", 0) < 1:
@@ -518,6 +528,10 @@ class JobService:
         self.audit.record(actor, f"job.{action.value}", job["id"], request_id=request_id)
         self.refresh([job])
         return self.get(job["id"], actor)
+
+    def _spooling(self, constraint: str) -> bool:
+        ads = self.condor.query(constraint, ["JobStatus", "HoldReasonCode"])
+        return bool(ads) and ads[0].get("JobStatus") == 5 and ads[0].get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT
 
     def refresh(self, jobs: list[dict[str, Any]]) -> None:
         """Bring a few jobs' states up to date at once (after an action), without retrieval."""

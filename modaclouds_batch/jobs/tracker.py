@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # A finished job whose outputs cannot be retrieved this many times is closed without them.
 MAX_RETRIEVE_ATTEMPTS = 5
+# Least seconds between two cycles, however often the tracker is woken.
+MIN_GAP = 0.5
 # Seconds between two expiry sweeps.
 SWEEP_INTERVAL = 15.0
 # A job missing from both queue and history this many cycles is recorded as lost.
@@ -148,6 +150,7 @@ class Tracker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 report = self.run_cycle()
                 if self.on_cycle:
@@ -156,6 +159,10 @@ class Tracker:
                 log.exception("tracker cycle failed")
             self._wake.wait(self.interval)
             self._wake.clear()
+            # Wakes (one per submission) are coalesced: at most one cycle per MIN_GAP.
+            rest = MIN_GAP - (time.monotonic() - started)
+            if rest > 0:
+                self._stop.wait(rest)
 
     # --- one cycle -------------------------------------------------------------------
 
@@ -167,7 +174,7 @@ class Tracker:
 
     def _cycle(self) -> CycleReport:
         report = CycleReport()
-        start_trips = self.condor.round_trips
+        start_trips = self.condor.thread_round_trips()
         instance = self.store.instance_id
         active = {job["id"]: job for job in self.store.active_jobs(s.value for s in ACTIVE_STATES)}
         report.jobs_tracked = len(active)
@@ -219,7 +226,7 @@ class Tracker:
             self._remove_orphans(instance, unknown, report)
         if self.sweep_expired:
             self._sweep(report)
-        report.round_trips = self.condor.round_trips - start_trips
+        report.round_trips = self.condor.thread_round_trips() - start_trips
         return report
 
     def _collect_outputs(self, instance: str, finished: dict[str, tuple[dict, dict]], report: CycleReport) -> None:

@@ -168,3 +168,27 @@ def test_schedd_unreachable_means_503_with_retry_after_and_reads_still_work(tmp_
         assert sorted(p.name for p in (down.home / "jobs").iterdir()) == [job_id]
     finally:
         down.stop()
+
+
+def test_a_pool_restart_loses_no_queued_job(client, pool):
+    """The schedd keeps its queue across a restart and the gateway reconnects to it.
+
+    (A job *running* during a fast shutdown stays Running while the schedd tries to
+    reconnect to it for the job lease, by HTCondor's design; so this holds the job.)
+    """
+    from modaclouds_batch.condor import pool as pool_tooling
+
+    job_id = client.submit(pack_bundle("sleeper"), name="survives-schedd-restart", arguments="3").json()["job_id"]
+    assert client.post(f"/jobs/{job_id}/hold").status_code == 202
+    client.wait_for(job_id, "held", timeout=60)
+    pool_tooling.down(pool, log=lambda line: None)
+    assert client.get("/health").status_code == 503
+    assert client.get(f"/jobs/{job_id}").json()["job_status"] == "held"  # reads come from the store
+    pool_tooling.up(pool, log=lambda line: None)
+    assert client.get("/health").status_code == 200
+    assert client.post(f"/jobs/{job_id}/release").status_code == 202
+    job = client.wait_for(job_id, {"completed", "failed"}, timeout=180)
+    assert job["job_status"] == "completed", job
+    output = client.get(f"/jobs/{job_id}/artifacts/output")
+    with tarfile.open(fileobj=io.BytesIO(output.content), mode="r:gz") as tar:
+        assert tar.extractfile("./slept.txt").read().decode().strip() == "slept 3 seconds"

@@ -22,6 +22,9 @@ class FakeCondor:
         self.calls: list[tuple[str, str]] = []
         self.fail: set[str] = set()
 
+    def thread_round_trips(self) -> int:
+        return self.round_trips
+
     def _trip(self, name: str, constraint: str) -> None:
         self.round_trips += 1
         self.calls.append((name, constraint))
