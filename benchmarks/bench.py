@@ -12,10 +12,13 @@ Three figures:
    (``schedd.submit(spool=True)`` + ``schedd.spool``) of the same job, and a raw cluster;
 2. ``GET /jobs/{id}`` and ``GET /jobs`` latency with many jobs in the store, against a raw
    ``schedd.query`` of one job by constraint;
-3. schedd round trips and duration of one real ``Tracker.run_cycle()`` at 10 and 1,000 jobs.
+3. schedd round trips and duration of one real ``Tracker.run_cycle()`` at 10 and 1,000 jobs;
+4. the delay from the schedd recording a job's completion (``CompletionDate``) to its
+   webhook arriving at a receiver, over jobs that really run (median and p95).
 
-Every job the benchmark queues asks for a runtime no worker offers, so none ever runs: the
-figures measure the gateway and the schedd, not jobs competing with them for the 2 cores.
+Except in 4, every job the benchmark queues asks for a runtime no worker offers, so none
+ever runs: the figures measure the gateway and the schedd, not jobs competing with them
+for the 2 cores.
 All of them are removed at the end, and the temporary gateway homes deleted.
 """
 
@@ -54,6 +57,7 @@ from modaclouds_batch.settings import Settings, load_settings  # noqa: E402
 from modaclouds_batch.store import Store  # noqa: E402
 from modaclouds_batch.timefmt import to_iso  # noqa: E402
 from tests.integration.gateway import GatewayProcess, pack_bundle  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
 
 # A runtime no worker offers: the job matches no slot and stays idle (see the module doc).
 NEVER_RUNTIME = "bench-never-matches"
@@ -509,6 +513,40 @@ def bench_tracker(args, pool: Pool, work: Path, bundle: bytes, size: int) -> dic
 # --- the run ----------------------------------------------------------------------------------------
 
 
+# --- 4. webhook delay ------------------------------------------------------------------------
+
+
+def bench_webhooks(args, pool: Pool, work: Path, bundle: bytes, stack: ExitStack) -> dict:
+    """Jobs that really run; each one's webhook arrival minus the schedd's CompletionDate."""
+    receiver = Receiver()
+    stack.callback(receiver.close)
+    gateway = start_gateway(work / "webhooks", pool, stack)
+    http = requests.Session()
+    ids = []
+    for i in range(args.webhook_jobs):
+        resp = http.post(f"{gateway.url}/jobs", files={"job-bundle": ("hello.tar.gz", bundle)},
+                         data={"job-name": f"bench-webhook-{i}", "job-notification": f"{receiver.url}/hook"},
+                         timeout=60)
+        resp.raise_for_status()
+        ids.append(resp.json()["job_id"])
+    arrivals = {r["json"]["job-uuid"]: r["at"] for r in receiver.wait_for(len(ids), timeout=args.webhook_timeout)}
+    quoted = ", ".join(classad2.quote(j) for j in ids)
+    constraint = f"member({sd.GATEWAY_JOB_ID}, {{{quoted}}}) && CompletionDate > 0"
+    projection = [sd.GATEWAY_JOB_ID, "CompletionDate"]
+    # A notified job may still be in the queue (leaving it) or already in the history.
+    ads = list(pool.schedd.query(constraint, projection)) + list(pool.schedd.history(constraint, projection, match=len(ids)))
+    completed = {str(ad[sd.GATEWAY_JOB_ID]): int(ad["CompletionDate"]) for ad in ads}
+    delays = sorted(arrivals[j] - completed[j] for j in ids if j in completed and j in arrivals)
+    return {
+        "n": len(delays),
+        "median_s": round(statistics.median(delays), 2),
+        "p95_s": round(percentile(delays, 95) / 1000, 2),
+        "max_s": round(max(delays), 2),
+        "tracker_interval_s": float(GATEWAY_ENV["MODACLOUDS_BATCH_TRACKER_INTERVAL"]),
+        "note": "CompletionDate has 1 s resolution, so each delay is known to within 1 s",
+    }
+
+
 def run(args) -> dict:
     condor_config = Path(args.condor_config or load_settings().condor_config)
     if not condor_config.is_file():
@@ -531,6 +569,9 @@ def run(args) -> dict:
             results["submit"], raw_ids = bench_submissions(args, pool, work, bundle, stack)
             results["read"] = bench_reads(args, pool, work, stack, raw_ids)
         results["tracker"] = [bench_tracker(args, pool, work, bundle, size) for size in args.tracker_sizes]
+        if args.webhook_jobs:
+            with ExitStack() as stack:
+                results["webhooks"] = bench_webhooks(args, pool, work, bundle, stack)
     finally:
         say("cleaning up: removing the benchmark's jobs and its temporary homes")
         try:
@@ -601,6 +642,11 @@ def table(results: dict) -> str:
             trips = ",".join(str(n) for n in c["round_trips"])
             lines.append(f"   {t['jobs']:>6}  {label + ' x' + str(c['cycles']):14}{trips:>12}{c['changes']:>9}"
                          f"{c['duration_ms_median']:>11.1f}{c['duration_ms_max']:>9.1f}")
+    if "webhooks" in results:
+        w = results["webhooks"]
+        lines += ["", f"4. webhook delay after the schedd records completion ({w['n']} jobs that ran, "
+                      f"tracker every {w['tracker_interval_s']:.0f} s)",
+                  f"   median {w['median_s']:.2f} s, p95 {w['p95_s']:.2f} s, max {w['max_s']:.2f} s ({w['note']})"]
     lines += ["", f"removed {results['cleanup_removed_jobs']} benchmark jobs; total {results['total_seconds']} s"]
     return "\n".join(lines)
 
@@ -627,6 +673,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-homes", action="store_true",
                         help="keep the temporary gateway homes (databases, gateway.log) for inspection")
     parser.add_argument("--tracker-cycles", type=int, default=5, help="steady cycles timed per size (default 5)")
+    parser.add_argument("--webhook-jobs", type=int, default=50,
+                        help="jobs that run for the webhook delay figure (default 50; 0 skips)")
+    parser.add_argument("--webhook-timeout", type=float, default=600.0,
+                        help="seconds to wait for all their webhooks (default 600)")
     args = parser.parse_args(argv)
     if min(args.submits, args.clients, args.rounds, args.jobs_in_store, args.gets, args.list_gets, args.raw_queries,
            args.tracker_cycles, *args.tracker_sizes) < 1 or args.warmup < 1 or args.busy_jobs < 0:
