@@ -299,7 +299,7 @@ def _action_command(action: str) -> click.Command:
         if as_json:
             _echo_json(answer)
         else:
-            click.echo(f"{action}: job {job_id} is now {answer['job_status']}")
+            click.echo(f"{action} accepted for job {job_id} (now {answer['job_status']})")
 
     return command
 
