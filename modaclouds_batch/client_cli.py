@@ -154,10 +154,11 @@ def _follow(client: BatchClient, display: Display, job_id: str) -> Job:
 
 
 def _write_artifact(client: BatchClient, job_id: str, name: str, *, err: bool = False) -> None:
-    stream = click.get_binary_stream("stderr" if err else "stdout")
+    text = sys.stderr if err else sys.stdout
+    text.flush()  # what was echoed before comes first
     for chunk in client.iter_artifact(job_id, name):
-        stream.write(chunk)
-    stream.flush()
+        text.buffer.write(chunk)
+    text.buffer.flush()
 
 
 def _download(client: BatchClient, display: Display, job_id: str, directory: Path) -> list[Path]:
