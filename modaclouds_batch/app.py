@@ -23,6 +23,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
+from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.jobs import (
     ArrayResource,
@@ -162,6 +163,9 @@ def create_app(gateway: Gateway) -> falcon.App:
     service = gateway.service
     app.add_route("/health", HealthResource(gateway.condor))
     app.add_route("/metrics", MetricsResource(gateway.metrics))
+    app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/docs", DocsPageResource())
+    app.add_route("/docs/{asset}", DocsAssetResource())
     def on_submitted(created):
         gateway.metrics.submissions.inc(created.get("count", 1))
         gateway.tracker.wake()
