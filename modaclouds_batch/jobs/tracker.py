@@ -311,8 +311,8 @@ class Tracker:
             if cycles >= MAX_MISSING_CYCLES:
                 self._missing_cycles.pop(job["id"], None)
                 changes.append(JobChange(
-                    job["id"], {"completed_at": now_iso()}, JobState.REMOVED.value,
-                    "the job vanished from the schedd's queue and history",
+                    job["id"], {"completed_at": now_iso()}, JobState.SUBMISSION_ERROR.value,
+                    "HTCondor lost the job: it is in neither the schedd's queue nor its history; submit it again",
                 ))
         if changes:
             self.store.apply_job_changes(changes)

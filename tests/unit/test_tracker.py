@@ -83,14 +83,15 @@ def test_job_that_left_the_queue_is_closed_from_history(world):
     assert (job["state"], job["state_reason"]) == ("removed", "by admin")
 
 
-def test_job_missing_everywhere_is_closed_after_a_few_cycles(world):
+def test_job_lost_by_htcondor_is_a_submission_error_after_a_few_cycles(world):
     job_id = add_job(world, status=1)
     del world.condor.queue[job_id]
     world.tracker.run_cycle()
     assert world.store.get_job(job_id)["state"] == "idle"
     world.tracker.run_cycle()
     world.tracker.run_cycle()
-    assert world.store.get_job(job_id)["state"] == "removed"
+    job = world.store.get_job(job_id)
+    assert job["state"] == "submission_error" and "lost the job" in job["state_reason"]
 
 
 def test_orphan_in_the_queue_is_removed(world):
