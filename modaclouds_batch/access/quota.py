@@ -16,6 +16,8 @@ LIMIT_NAMES = ("max_active_jobs", "max_upload_bytes", "submissions_per_minute")
 WINDOW = timedelta(minutes=1)
 # How long to suggest waiting when the active-jobs limit is hit: jobs end at their own pace.
 ACTIVE_JOBS_RETRY_AFTER = 30
+# The largest value SQLite stores as an integer.
+MAX_LIMIT = 2**63 - 1
 
 
 class QuotaService:
@@ -36,8 +38,10 @@ class QuotaService:
         if unknown:
             raise InvalidRequest(f"unknown limits {sorted(unknown)}; limits are {', '.join(LIMIT_NAMES)}")
         for name, value in values.items():
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise InvalidRequest(f"{name} must be a positive integer (or null for the default)", field=name)
+            if value is not None and (
+                    not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIMIT):
+                raise InvalidRequest(f"{name} must be an integer from 1 to {MAX_LIMIT} (or null for the default)",
+                                     field=name)
         self.store.set_user_limits(user, {name: values.get(name) for name in LIMIT_NAMES if name in values})
         return self.limits_for(user)
 

@@ -14,6 +14,8 @@ from ..timefmt import parse_iso, to_iso
 
 # Routes anyone may call: liveness and the API description.
 PUBLIC_PATHS = ("/health", "/openapi.json", "/docs")
+# A token lives at most a century (longer overflows the calendar).
+MAX_TOKEN_SECONDS = 100 * 365 * 24 * 3600
 
 
 class Authenticate:
@@ -49,8 +51,13 @@ class TokensResource:
         actor.require_admin("creating API tokens")
         body = json_object(req)
         expires_in = body.get("expires_in")
-        if expires_in is not None and not isinstance(expires_in, (int, float)):
-            raise InvalidRequest("expires_in must be a number of seconds", field="expires_in")
+        if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))
+                                       or not 0 < expires_in <= MAX_TOKEN_SECONDS):  # NaN fails too
+            raise InvalidRequest(f"expires_in must be a number of seconds, 0 < expires_in <= {MAX_TOKEN_SECONDS}",
+                                 field="expires_in")
+        for key in ("expires_at", "label"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise InvalidRequest(f"{key} must be a string", field=key)
         token, record = self.tokens.create(
             body.get("owner"), body.get("role", "user"), expires_in=expires_in,
             expires_at=body.get("expires_at"), label=body.get("label"),

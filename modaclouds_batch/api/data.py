@@ -12,6 +12,7 @@ from .views import data_view
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
 
 
 class _Bounded(io.RawIOBase):
@@ -82,7 +83,7 @@ class DataCollectionResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
-        offset = req.get_param_as_int("offset", min_value=0, default=0)
+        offset = req.get_param_as_int("offset", min_value=0, max_value=MAX_OFFSET, default=0)
         rows, total = self.data.list(req.context.actor, req.get_param("owner"), limit, offset)
         resp.set_header("X-Total-Count", str(total))
         resp.media = [data_view(r) for r in rows]

@@ -43,7 +43,8 @@ class JobsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
-        states = tuple(req.get_param_as_list("status") or ())
+        # One state, a comma-separated list, or the parameter repeated (falcon 4 does not split commas).
+        states = tuple(s for value in req.get_param_as_list("status") or () for s in value.split(","))
         valid = {s.value for s in JobState}
         bad = [s for s in states if s not in valid]
         if bad:

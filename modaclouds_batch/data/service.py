@@ -25,6 +25,8 @@ from ..store import Store
 from ..timefmt import now_iso, to_iso
 
 COPY_CHUNK = 1024 * 1024
+# The longest ttl of a job or data object: a century (much longer overflows the calendar).
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
 
 
@@ -113,8 +115,8 @@ class DataService:
 
     def _row(self, data_id, owner, filename, content_type, received: Received, ttl=None, source_job_id=None):
         now = now_iso()
-        if ttl is not None and ttl <= 0:
-            raise InvalidRequest("ttl must be a positive number of seconds", field="ttl")
+        if ttl is not None and not 0 < ttl <= MAX_TTL_SECONDS:
+            raise InvalidRequest(f"ttl must be a positive number of seconds, at most {MAX_TTL_SECONDS}", field="ttl")
         return {
             "id": data_id, "owner": owner, "filename": filename,
             "content_type": content_type or mimetypes.guess_type(filename)[0] or "application/octet-stream",

@@ -25,7 +25,7 @@ from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
 from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
-from ..data.service import DataService, link_or_copy, receive_stream
+from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
 from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, TooLarge
 from ..settings import Settings
 from ..store import JobFilter, Store
@@ -558,8 +558,8 @@ def _check_ttl(ttl: Any) -> int | None:
         value = int(ttl)
     except (TypeError, ValueError):
         raise InvalidRequest("ttl must be a whole number of seconds", field="ttl") from None
-    if value <= 0:
-        raise InvalidRequest("ttl must be a positive number of seconds", field="ttl")
+    if not 0 < value <= MAX_TTL_SECONDS:
+        raise InvalidRequest(f"ttl must be a positive number of seconds, at most {MAX_TTL_SECONDS}", field="ttl")
     return value
 
 
