@@ -31,8 +31,10 @@ class WorkersResource:
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise InvalidRequest("params must be a JSON object", field="params")
-        record = self.infra.provision(req.context.actor, body.get("provider") or "local", params,
-                                      req.context.request_id)
+        provider = body.get("provider") or "local"
+        if not isinstance(provider, str):
+            raise InvalidRequest("provider must be a provider's name, such as local", field="provider")
+        record = self.infra.provision(req.context.actor, provider, params, req.context.request_id)
         resp.status = falcon.HTTP_202
         resp.location = "/workers/requests"
         resp.media = record

@@ -83,3 +83,9 @@ def test_a_job_ttl_past_the_calendar_is_refused_before_anything_is_queued(client
 def test_a_data_offset_too_large_to_query_is_refused(client):
     resp = client.simulate_get("/data", query_string="offset=10000000000000000001")
     assert resp.status_code == 400, resp.text
+
+
+def test_a_provider_that_is_not_a_name_is_refused(client):
+    resp = client.simulate_post("/workers", json={"provider": [""], "params": {}})
+    assert resp.status_code == 400, resp.text
+    assert resp.json["field"] == "provider"
