@@ -43,7 +43,16 @@ PAGE = """<!DOCTYPE html>
       deepLinking: true,
       persistAuthorization: true,
       displayRequestDuration: true,
-      validatorUrl: null
+      validatorUrl: null,
+      // "Try it out" sends every form field, an unchosen file as an empty blob: send only what was filled in.
+      requestInterceptor: (request) => {
+        if (request.body instanceof FormData) {
+          for (const [name, value] of [...request.body.entries()]) {
+            if (value === "" || (value instanceof Blob && value.size === 0)) request.body.delete(name);
+          }
+        }
+        return request;
+      }
     });
   </script>
 </body>
