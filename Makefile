@@ -6,7 +6,7 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 
-.PHONY: install run pool test unit integration bench clean
+.PHONY: install run pool chromium test unit integration bench clean
 
 $(BIN)/modaclouds-batch: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ pool: install
 run: pool
 	$(BIN)/modaclouds-batch serve --host $(HOST) --port $(PORT)
 
+# Debian's chromium for the browser test of /docs (which skips without it); about 20 s, once, as root.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test of /docs will skip"
+
 # The whole test suite: unit tests, then integration tests against the real pool.
-test: pool
+test: pool chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
