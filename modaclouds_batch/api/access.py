@@ -38,6 +38,9 @@ class Authenticate:
 
 
 
+TOKEN_FIELDS = {"owner", "role", "expires_in", "expires_at", "label"}
+
+
 class TokensResource:
     def __init__(self, tokens: TokenService, audit: AuditLog):
         self.tokens = tokens
@@ -50,6 +53,12 @@ class TokensResource:
         actor = req.context.actor
         actor.require_admin("creating API tokens")
         body = json_object(req)
+        unknown = sorted(set(body) - TOKEN_FIELDS)
+        if unknown:
+            raise InvalidRequest(f"unknown field '{unknown[0]}'; POST /tokens takes {', '.join(sorted(TOKEN_FIELDS))}",
+                                 field=unknown[0])
+        if body.get("expires_in") is not None and body.get("expires_at") is not None:
+            raise InvalidRequest("give expires_in or expires_at, not both", field="expires_at")
         expires_in = body.get("expires_in")
         if expires_in is not None and (isinstance(expires_in, bool) or not isinstance(expires_in, (int, float))
                                        or not 0 < expires_in <= MAX_TOKEN_SECONDS):  # NaN fails too
