@@ -64,8 +64,12 @@ def test_receiver_down_then_up_still_gets_it_even_across_a_gateway_kill(tmp_path
             gateway.start()
             [request] = receiver.wait_for(1, timeout=60)
             assert Webhook(WEBHOOK_SECRET).verify(request["body"], request["headers"])["job-uuid"] == job_id
-            note = Client(gateway.url).get(f"/jobs/{job_id}/notifications").json()[0]
-            assert note["status"] == "delivered"
+            # The receiver has the request; the gateway records it once the answer is back.
+            after = Client(gateway.url)
+            deadline = time.monotonic() + 15
+            while (note := after.get(f"/jobs/{job_id}/notifications").json()[0])["status"] != "delivered":
+                assert time.monotonic() < deadline, note
+                time.sleep(0.2)
             assert note["attempts_log"][0]["status_code"] is None and note["attempts_log"][0]["error"]
         finally:
             receiver.close()
