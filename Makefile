@@ -29,7 +29,7 @@ chromium:
 		apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test of /docs will skip"
 
 # The whole test suite: unit tests, then integration tests against the real pool.
-test: pool chromium
+test: install chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install
