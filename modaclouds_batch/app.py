@@ -25,17 +25,7 @@ from .api.access import (
 )
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
-from .api.jobs import (
-    ArrayResource,
-    ArtifactResource,
-    JobActionResource,
-    JobEventsResource,
-    JobResource,
-    JobsResource,
-    NotificationResendResource,
-    NotificationsResource,
-)
-from .api.data import DataCollectionResource, DataMetadataResource, DataObjectResource
+from .api.index import IndexResource
 from .api.workers import (
     PoolResource,
     WorkerDrainResource,
@@ -49,6 +39,7 @@ from .infra.providers import CommandProvider
 from .infra.service import InfraService
 from .condor.schedd import CondorClient
 from .data.service import DataService
+from .dialects import all_dialects
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
@@ -160,28 +151,15 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_error_handler(errors.GatewayError, api_errors.handle_gateway_error)
     app.set_error_serializer(api_errors.serialize_http_error)
 
-    service = gateway.service
+    dialects = all_dialects()
+    app.add_route("/", IndexResource(dialects))
     app.add_route("/health", HealthResource(gateway.condor))
     app.add_route("/metrics", MetricsResource(gateway.metrics))
-    app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/openapi.json", OpenAPIResource(dialects))
     app.add_route("/docs", DocsPageResource())
     app.add_route("/docs/{asset}", DocsAssetResource())
-    def on_submitted(created):
-        gateway.metrics.submissions.inc(created.get("count", 1))
-        gateway.tracker.wake()
-
-    app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=on_submitted))
-    app.add_route("/jobs/{job_id}", JobResource(service))
-    app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
-    app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))
-    app.add_route("/jobs/{job_id}/notifications", NotificationsResource(service))
-    app.add_route("/jobs/{job_id}/notifications/{event_id}/resend",
-                  NotificationResendResource(service, on_resend=gateway.webhooks.wake))
-    app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))
-    app.add_route("/arrays/{array_id}", ArrayResource(service))
-    app.add_route("/data", DataCollectionResource(service.data, gateway.quota))
-    app.add_route("/data/{data_id}", DataObjectResource(service.data, gateway.quota))
-    app.add_route("/data/{data_id}/metadata", DataMetadataResource(service.data))
+    for dialect in dialects:
+        dialect.register(app, gateway)
     app.add_route("/pool", PoolResource(gateway.infra))
     app.add_route("/workers", WorkersResource(gateway.infra))
     app.add_route("/workers/requests", WorkerRequestsResource(gateway.infra))

@@ -13,7 +13,7 @@ from .bodies import json_object
 from ..timefmt import parse_iso, to_iso
 
 # Routes anyone may call: liveness and the API description.
-PUBLIC_PATHS = ("/health", "/openapi.json", "/docs")
+PUBLIC_PATHS = ("/", "/health", "/openapi.json", "/docs")
 # A token lives at most a century (longer overflows the calendar).
 MAX_TOKEN_SECONDS = 100 * 365 * 24 * 3600
 

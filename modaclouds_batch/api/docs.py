@@ -8,6 +8,7 @@ installed ``swagger-ui-bundle-v2`` package, so the page works with no internet a
 from __future__ import annotations
 
 import importlib.resources
+import json
 
 import falcon
 
@@ -67,9 +68,17 @@ def swagger_ui_dir():
     return swagger_ui_path
 
 
+def openapi_description(dialects) -> dict:
+    """The served description: the core file with every dialect's fragment merged in."""
+    from ..dialects import merged_openapi
+
+    core = json.loads(importlib.resources.files(__package__).joinpath("openapi.json").read_text(encoding="utf-8"))
+    return merged_openapi(core, dialects)
+
+
 class OpenAPIResource:
-    def __init__(self):
-        self.body = importlib.resources.files(__package__).joinpath("openapi.json").read_bytes()
+    def __init__(self, dialects):
+        self.body = json.dumps(openapi_description(dialects), indent=1).encode()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON

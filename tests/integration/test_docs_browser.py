@@ -10,9 +10,11 @@ import json
 import os
 import re
 import shutil
-from importlib.resources import files
 
 import pytest
+
+from modaclouds_batch.api.docs import openapi_description
+from modaclouds_batch.dialects import all_dialects
 
 from . import browser
 from .gateway import REPO, pack
@@ -24,7 +26,7 @@ pytestmark = [
                               "the browser test of /docs needs it"),
 ]
 
-SPEC = json.loads(files("modaclouds_batch.api").joinpath("openapi.json").read_text())
+SPEC = openapi_description(all_dialects())
 SUBMIT = "#operations-jobs-submitJob"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-from importlib.resources import files
 
 import hypothesis
 import hypothesis.strategies as st
@@ -35,12 +34,15 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from modaclouds_batch.api.docs import openapi_description
+from modaclouds_batch.dialects import all_dialects
+
 from .fixtures import GATEWAY_ENV
 from .gateway import Client, GatewayProcess, pack_bundle
 
 pytestmark = pytest.mark.integration
 
-SPEC = json.loads(files("modaclouds_batch.api").joinpath("openapi.json").read_text())
+SPEC = openapi_description(all_dialects())
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance, negative_data_rejection]
 # Examples per operation and mode; POST /jobs queues real jobs when a case happens to be valid.

@@ -1,0 +1,53 @@
+"""Seed 004, the MODAClouds batch API: the gateway's core dialect, at the root.
+
+Its resources live in ``api/`` (it is the house's own vocabulary, described in
+``api/openapi.json``); this module only says which routes it serves, as every door does.
+"""
+
+from __future__ import annotations
+
+from ..api.data import DataCollectionResource, DataMetadataResource, DataObjectResource
+from ..api.jobs import (
+    ArrayResource,
+    ArtifactResource,
+    JobActionResource,
+    JobEventsResource,
+    JobResource,
+    JobsResource,
+    NotificationResendResource,
+    NotificationsResource,
+)
+from ..jobs.states import JobState
+from . import Dialect
+
+
+def register(app, gateway) -> None:
+    service = gateway.service
+
+    def on_submitted(created):
+        gateway.metrics.submissions.inc(created.get("count", 1))
+        gateway.tracker.wake()
+
+    app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=on_submitted))
+    app.add_route("/jobs/{job_id}", JobResource(service))
+    app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
+    app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))
+    app.add_route("/jobs/{job_id}/notifications", NotificationsResource(service))
+    app.add_route("/jobs/{job_id}/notifications/{event_id}/resend",
+                  NotificationResendResource(service, on_resend=gateway.webhooks.wake))
+    app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))
+    app.add_route("/arrays/{array_id}", ArrayResource(service))
+    app.add_route("/data", DataCollectionResource(service.data, gateway.quota))
+    app.add_route("/data/{data_id}", DataObjectResource(service.data, gateway.quota))
+    app.add_route("/data/{data_id}/metadata", DataMetadataResource(service.data))
+
+
+DIALECT = Dialect(
+    name="MODAClouds batch API",
+    seed="004",
+    base="/",
+    docs="docs/api.md",
+    register=register,
+    # The core vocabulary is this dialect's own.
+    states={state: state.value for state in JobState},
+)
