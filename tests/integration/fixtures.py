@@ -27,8 +27,11 @@ def condor_config(pool):
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory, condor_config, pool):
-    # The pool folder tells the gateway that it manages this pool (so it may add workers).
-    env = {**GATEWAY_ENV, "MODACLOUDS_BATCH_POOL_DIR": str(pool.pool_dir)}
+    # The pool folder tells the gateway that it manages this pool (so it may add workers), and
+    # the pool's ports are where the execute nodes it adds must find the collector.
+    env = {**GATEWAY_ENV, "MODACLOUDS_BATCH_POOL_DIR": str(pool.pool_dir),
+           "MODACLOUDS_BATCH_COLLECTOR_PORT": str(pool.collector_port),
+           "MODACLOUDS_BATCH_SCHEDD_PORT": str(pool.schedd_port)}
     process = GatewayProcess(tmp_path_factory.mktemp("gateway"), condor_config, env=env).start()
     yield process
     process.stop()
