@@ -100,7 +100,7 @@ def build_gateway(settings: Settings) -> Gateway:
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds)
-    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes)
+    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
                                  on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
 

@@ -166,6 +166,12 @@ def m005_worker_requests(db: Database) -> None:
     db["jobs"].add_column("runtime", str)
 
 
+@migrations()
+def m006_job_resources(db: Database) -> None:
+    for column in ("request_cpus", "request_memory_mb", "request_disk_mb", "time_limit"):
+        db["jobs"].add_column(column, int)
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 

@@ -29,6 +29,11 @@ FORM_FIELDS = {
     "job-count": "count",
     "job-runtime": "runtime",
     "job-runtime-wait": "runtime_wait",
+    "job-cpus": "cpus",
+    "job-memory": "memory",
+    "job-disk": "disk",
+    "job-time-limit": "time_limit",
+    "job-resources-wait": "resources_wait",
 }
 # JSON key -> SubmitRequest attribute (form names are accepted in JSON too).
 JSON_FIELDS = {
@@ -47,6 +52,11 @@ JSON_FIELDS = {
     "count": "count",
     "runtime": "runtime",
     "runtime_wait": "runtime_wait",
+    "cpus": "cpus",
+    "memory": "memory",
+    "disk": "disk",
+    "time_limit": "time_limit",
+    "resources_wait": "resources_wait",
 }
 NOTIFICATION_EVENTS = ("final", "all")
 _ID_SPLIT = re.compile(r"[,\s]+")
@@ -90,6 +100,11 @@ def _build(values: dict[str, Any], actor, request_id: str | None) -> SubmitReque
         count=_count(values.get("count")),
         runtime=_text(values, "runtime"),
         runtime_wait=_flag(values.get("runtime_wait"), "job-runtime-wait"),
+        cpus=values.get("cpus"),
+        memory=values.get("memory"),
+        disk=values.get("disk"),
+        time_limit=values.get("time_limit"),
+        resources_wait=_flag(values.get("resources_wait"), "job-resources-wait"),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ..jobs.resources import DEFAULT_CPUS, DEFAULT_DISK_MB, DEFAULT_MEMORY_MB
 from ..jobs.states import ACTION_ALLOWED_FROM, JobAction, JobState
 
 UNIVERSES = {5: "vanilla", 7: "scheduler", 9: "grid", 10: "java", 11: "parallel", 12: "local", 13: "vm"}
@@ -64,6 +65,10 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
         "array_id": job.get("array_id"),
         "ttl": job.get("ttl"),
         "runtime": job.get("runtime"),
+        "resources": {"cpus": job.get("request_cpus") or DEFAULT_CPUS,
+                      "memory_mb": job.get("request_memory_mb") or DEFAULT_MEMORY_MB,
+                      "disk_mb": job.get("request_disk_mb") or DEFAULT_DISK_MB},
+        "time_limit": job.get("time_limit"),
         "expires_at": job.get("expires_at"),
         "history": events,
         "links": {

@@ -21,6 +21,7 @@ SLOT_PROJECTION = [
     "SlotType", "PartitionableSlot", "DynamicSlot", "LoadAvg", "TotalLoadAvg", "GatewayRuntimes",
     "GatewayWorker", "Draining", "DrainReason", "RemoteOwner", "JobId", "Start", "MyAddress",
     "CondorVersion", "OpSys", "Arch", "EnteredCurrentState", "DaemonStartTime",
+    "TotalSlotCpus", "TotalSlotMemory", "TotalSlotDisk",
 ]
 SCHEDD_PROJECTION = ["TotalIdleJobs", "TotalRunningJobs", "TotalHeldJobs"]
 DRAIN_TYPES = {

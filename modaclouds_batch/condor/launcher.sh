@@ -17,7 +17,11 @@
 #   5. always packs output/ into output.tar.gz, which HTCondor brings back, even when
 #      run.sh failed or was killed;
 #   6. exits with run.sh's status: 128+N when run.sh was killed by signal N (said on
-#      stderr), 1 when the bundle cannot be unpacked or has no run.sh.
+#      stderr), 1 when the bundle cannot be unpacked or has no run.sh;
+#   7. with MODACLOUDS_BATCH_TIME_LIMIT=N (the job's wall-time limit), stops run.sh
+#      after N seconds as HTCondor would remove it (SIGTERM to its group, SIGKILL to
+#      run.sh 10 s later if it is still there), packs the output as always, says so on
+#      stderr and exits 124 (as coreutils' timeout does).
 #
 # Signals: HTCondor suspends a job by stopping all its processes and resumes them with
 # SIGCONT, which needs nothing from us. It removes a job with SIGTERM to this process;
@@ -145,6 +149,30 @@ fi
 child=$!
 [ -n "$caught" ] && forward "$caught"  # a signal that came before run.sh started
 
+# The wall-time limit: a watchdog that ignores the signals it sends to the group and
+# sleeps a second at a time, so it leaves no sleeper behind once run.sh has ended.
+watchdog=
+timed_out=$sandbox/.time-limit-exceeded
+case "${MODACLOUDS_BATCH_TIME_LIMIT:-}" in
+    ''|*[!0-9]*) ;;
+    *)
+        (
+            trap '' TERM INT HUP QUIT
+            waited=0
+            while [ "$waited" -lt "$MODACLOUDS_BATCH_TIME_LIMIT" ]; do
+                sleep 1
+                kill -0 "$child" 2>/dev/null || exit 0
+                waited=$((waited + 1))
+            done
+            : > "$timed_out"
+            kill -s TERM $$ 2>/dev/null
+            sleep 10
+            kill -s KILL "$child" 2>/dev/null
+        ) &
+        watchdog=$!
+        ;;
+esac
+
 # wait returns early (status > 128) when a trapped signal arrives: keep waiting until
 # run.sh itself has ended, then take its status.
 while :; do
@@ -161,6 +189,12 @@ while :; do
     break
 done
 
+[ -n "$watchdog" ] && kill -s KILL "$watchdog" 2>/dev/null
+if [ -f "$timed_out" ]; then
+    rm -f "$timed_out"
+    say "run.sh exceeded its time limit of $MODACLOUDS_BATCH_TIME_LIMIT s and was stopped (exit status 124)"
+    finish 124
+fi
 if [ "$status" -gt 128 ] && [ "$status" -lt 192 ]; then
     say "run.sh ended by signal $((status - 128)) ($(kill -l "$status" 2>/dev/null || echo '?')): exit status $status"
 fi

@@ -18,6 +18,13 @@ GATEWAY_INSTANCE = "GatewayInstance"
 GATEWAY_OWNER = "GatewayOwner"
 GATEWAY_JOB_NAME = "GatewayJobName"
 GATEWAY_REQUEST_ID = "GatewayRequestId"
+# Seconds run.sh may run; the launcher stops it then and exits TIME_LIMIT_EXIT_CODE.
+GATEWAY_TIME_LIMIT = "GatewayTimeLimit"
+TIME_LIMIT_EXIT_CODE = 124  # as coreutils' `timeout` says it
+TIME_LIMIT_ENV = "MODACLOUDS_BATCH_TIME_LIMIT"
+# HTCondor's own limit (allowed_job_duration holds the job) comes this much later, as a
+# backstop for a launcher that could not stop run.sh (unpacking and packing included).
+TIME_LIMIT_BACKSTOP_SECONDS = 300
 
 LAUNCHER = Path(__file__).with_name("launcher.sh")
 BUNDLE_FILE = "bundle.tar.gz"
@@ -59,6 +66,8 @@ JOB_PROJECTION = [
     "RemoteHost",
     "LastRemoteHost",
     "QDate",
+    GATEWAY_TIME_LIMIT,
+    "RemoteWallClockTime",
 ]
 
 
@@ -78,6 +87,8 @@ class JobSpec:
     request_cpus: int = 1
     request_memory_mb: int = 128
     request_disk_kb: int = 1024 * 1024
+    # Seconds run.sh may run (None: no limit).
+    time_limit: int | None = None
 
 
 def submit_string(text: str) -> str:
@@ -134,6 +145,10 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
     }
     if spec.request_id:
         description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
+    if spec.time_limit:
+        description[f"My.{GATEWAY_TIME_LIMIT}"] = str(int(spec.time_limit))
+        description["environment"] = f"{TIME_LIMIT_ENV}={int(spec.time_limit)}"
+        description["allowed_job_duration"] = str(int(spec.time_limit) + TIME_LIMIT_BACKSTOP_SECONDS)
     if spec.runtime:
         description["requirements"] = f"stringListMember({classad2.quote(spec.runtime)}, {RUNTIMES_ATTR} ?: \"\")"
     if per_item:

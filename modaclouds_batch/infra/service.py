@@ -71,6 +71,10 @@ class InfraService:
         """Runtimes some worker offers now (for checking a job's requested runtime)."""
         return {r for w in workers_from_slots(self._ads()[0]).values() for r in w["runtimes"]}
 
+    def offers(self) -> list[dict[str, int]]:
+        """The largest slot each worker could give one job (for checking resource requests)."""
+        return [w["largest_slot"] for w in workers_from_slots(self._ads()[0]).values()]
+
     # --- draining ------------------------------------------------------------------------
 
     def drain(self, actor: Actor, name: str, how: str = "graceful", request_id: str | None = None) -> dict[str, Any]:

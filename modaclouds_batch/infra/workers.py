@@ -12,6 +12,17 @@ def _runtimes(value: Any) -> list[str]:
     return sorted({r.strip() for r in str(value or "").split(",") if r.strip()})
 
 
+def _grow_largest(largest: dict[str, int], slot: dict[str, Any]) -> None:
+    """The most one job could get from this slot: a partitionable slot's whole size."""
+    offer = {
+        "cpus": int(slot.get("TotalSlotCpus") or slot.get("Cpus") or 0),
+        "memory_mb": int(slot.get("TotalSlotMemory") or slot.get("Memory") or 0),
+        "disk_mb": int(slot.get("TotalSlotDisk") or slot.get("Disk") or 0) // 1024,  # KiB in the ad
+    }
+    if (offer["cpus"], offer["memory_mb"]) > (largest["cpus"], largest["memory_mb"]):
+        largest.update(offer)
+
+
 def workers_from_slots(slots: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """One entry per startd, with its slots, capacity, activity, drain state and runtimes."""
     workers: dict[str, dict[str, Any]] = {}
@@ -22,6 +33,7 @@ def workers_from_slots(slots: Iterable[dict[str, Any]]) -> dict[str, dict[str, A
             "cpus_total": 0, "cpus_free": 0, "memory_total_mb": 0, "memory_free_mb": 0,
             "load": slot.get("TotalLoadAvg", slot.get("LoadAvg")), "draining": False, "drain_reason": None,
             "condor_version": slot.get("CondorVersion"), "started_at": epoch_to_iso(slot.get("DaemonStartTime")),
+            "largest_slot": {"cpus": 0, "memory_mb": 0, "disk_mb": 0},
         })
         worker["runtimes"].update(_runtimes(slot.get("GatewayRuntimes")))
         if slot.get("Draining"):
@@ -30,6 +42,7 @@ def workers_from_slots(slots: Iterable[dict[str, Any]]) -> dict[str, dict[str, A
         cpus, memory = int(slot.get("Cpus") or 0), int(slot.get("Memory") or 0)
         dynamic = bool(slot.get("DynamicSlot"))
         if not dynamic:  # dynamic slots are carved out of a partitionable slot's totals
+            _grow_largest(worker["largest_slot"], slot)
             worker["cpus_total"] += int(slot.get("TotalCpus") or cpus) if slot.get("PartitionableSlot") else cpus
             worker["memory_total_mb"] += int(slot.get("TotalMemory") or memory) if slot.get("PartitionableSlot") else memory
         if slot.get("State") == "Unclaimed" and not slot.get("Draining"):

@@ -30,7 +30,7 @@ from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Go
 from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
-from . import bundles
+from . import bundles, resources
 from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,13 @@ class SubmitRequest:
     # A runtime some worker must offer (GatewayRuntimes); with runtime_wait, queue anyway.
     runtime: str | None = None
     runtime_wait: bool = False
+    # What one item asks of its worker, as the user typed it (see jobs/resources.py);
+    # with resources_wait, a request no worker can satisfy today is queued anyway.
+    cpus: Any = None
+    memory: Any = None
+    disk: Any = None
+    time_limit: Any = None
+    resources_wait: bool = False
     # An array: one item per argument set, or ``count`` items with the same arguments.
     array: list[str | list[str]] | None = None
     count: int | None = None
@@ -163,8 +170,11 @@ class Staging:
 
 class JobService:
     def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService,
-                 runtimes: Callable[[], set[str]] | None = None):
+                 runtimes: Callable[[], set[str]] | None = None,
+                 offers: Callable[[], list[dict[str, int]]] | None = None):
         self.runtimes = runtimes
+        # The largest slot each worker could give one job, from the collector.
+        self.offers = offers
         self.settings = settings
         self.store = store
         self.condor = condor
@@ -213,6 +223,7 @@ class JobService:
         notification_url = self._check_notification_url(request.notification_url)
         ttl = _check_ttl(request.ttl)
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
+        wanted = self._check_resources(request)
         item_arguments = self._item_arguments(request)
         self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
         for path, data_id in [(staging.input_path, refs.get("input"))] + [
@@ -224,7 +235,8 @@ class JobService:
         spec = sd.JobSpec(
             job_id=items[0][0], instance_id=self.store.instance_id, owner=actor.user, name=name,
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
-            runtime=runtime,
+            runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
+            request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
         )
         try:
             if request.is_array:
@@ -251,6 +263,8 @@ class JobService:
             "job_dir": str(job_dir), "request_id": request.request_id, "created_at": now, "updated_at": now,
             "array_id": array_id, "kind": "command" if request.command else "bundle",
             "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
+            "request_cpus": wanted.cpus, "request_memory_mb": wanted.memory_mb,
+            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit,
         } for index, (job_id, job_dir, arguments) in enumerate(items)]
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
@@ -271,6 +285,23 @@ class JobService:
         if array_id:
             return self.get_array(array_id, actor)
         return self.get(items[0][0], actor)
+
+    def _check_resources(self, request: SubmitRequest) -> resources.Resources:
+        """A request no worker could ever satisfy is refused with the largest offer,
+        unless asked to wait (a bigger worker may join)."""
+        wanted = resources.resources_from(request.cpus, request.memory, request.disk, request.time_limit)
+        if request.resources_wait or self.offers is None:
+            return wanted
+        try:
+            offers = self.offers()
+        except Exception as exc:  # the collector is down: HTCondor's matchmaking still decides
+            log.warning("could not check the resource request against the workers: %s", exc)
+            return wanted
+        refusal = resources.unsatisfiable_reason(wanted, offers)
+        if refusal:
+            message, field_name, largest = refusal
+            raise InvalidRequest(message, field=field_name, largest_offer=largest)
+        return wanted
 
     def _check_runtime(self, runtime: str | None, wait: bool) -> str | None:
         """A runtime no worker offers is refused (listing what exists) unless asked to wait."""

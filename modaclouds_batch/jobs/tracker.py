@@ -74,6 +74,10 @@ def state_reason(state: JobState, ad: Mapping[str, Any]) -> str | None:
     if state is JobState.REMOVED:
         return ad.get("RemoveReason")
     if state is JobState.FAILED:
+        limit = ad.get(sd.GATEWAY_TIME_LIMIT)
+        if limit and not ad.get("ExitBySignal") and ad.get("ExitCode") == sd.TIME_LIMIT_EXIT_CODE \
+                and float(ad.get("RemoteWallClockTime") or 0) >= float(limit):
+            return f"exceeded its time limit of {limit} s: run.sh was stopped; its output so far is kept"
         if ad.get("ExitBySignal"):
             return f"run.sh was killed by signal {ad.get('ExitSignal')}"
         return f"run.sh exited with status {ad.get('ExitCode')}"

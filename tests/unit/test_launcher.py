@@ -261,3 +261,40 @@ def test_suspend_and_continue_of_the_whole_group_only_delays_the_job(tmp_path):
         proc.kill()
     assert status == 0, (box / "stderr.txt").read_text()
     assert output_files(box) == {"slept.txt": b"slept 2 seconds\n"}
+
+
+def _launch_with_time_limit(box: Path, seconds: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODACLOUDS_BATCH_")}
+    env["MODACLOUDS_BATCH_TIME_LIMIT"] = str(seconds)
+    return subprocess.Popen([str(LAUNCHER)], cwd=box, env=env, start_new_session=True,
+                            stdout=open(box / "stdout.txt", "wb"), stderr=open(box / "stderr.txt", "wb"))
+
+
+def test_a_job_over_its_time_limit_is_stopped_exits_124_and_keeps_its_output(tmp_path):
+    script = (b"#!/bin/sh\necho started; echo partial > \"$MODACLOUDS_BATCH_OUTPUT/partial.txt\"\n"
+              b"i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done\n")
+    box = sandbox_with(tmp_path, {"run.sh": (script, 0o755)})
+    status = _launch_with_time_limit(box, 2).wait(30)
+    out, err = (box / "stdout.txt").read_text(), (box / "stderr.txt").read_text()
+    assert status == 124, err
+    assert "started" in out and "tick 3" in out
+    assert "exceeded its time limit of 2 s" in err
+    assert output_files(box) == {"partial.txt": b"partial\n"}
+    assert not (box / ".time-limit-exceeded").exists()
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
+    script = b"#!/bin/sh\ntrap '' TERM\necho stubborn\nwhile :; do sleep 1; done\n"
+    box = sandbox_with(tmp_path, {"run.sh": (script, 0o755)})
+    status = _launch_with_time_limit(box, 1).wait(60)
+    assert status == 124
+    assert "stubborn" in (box / "stdout.txt").read_text()
+
+
+def test_a_job_within_its_time_limit_keeps_its_own_status(tmp_path):
+    box = sandbox_with(tmp_path, {"run.sh": (b"#!/bin/sh\necho quick\nexit 3\n", 0o755)})
+    started = time.monotonic()
+    status = _launch_with_time_limit(box, 30).wait(30)
+    assert status == 3
+    assert time.monotonic() - started < 20  # the watchdog does not keep the launcher waiting
+    assert "time limit" not in (box / "stderr.txt").read_text()
