@@ -1,0 +1,70 @@
+"""A scientist's first hour: resources, a wall-time limit, mistakes caught at submission."""
+
+import io
+import tarfile
+import time
+
+import pytest
+
+from .gateway import pack, pack_bundle
+
+pytestmark = pytest.mark.integration
+
+TICKER = (b"#!/bin/sh\necho \"started\"\necho partial > \"$MODACLOUDS_BATCH_OUTPUT/partial.txt\"\n"
+          b"i=0; while :; do i=$((i+1)); echo \"tick $i\"; sleep 1; done\n")
+
+
+def test_a_job_asking_two_cpus_runs_in_a_two_cpu_slot(client, schedd):
+    resp = client.submit(pack_bundle("hello"), name="two-cpus", **{"job-cpus": "2", "job-memory": "256MB"})
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["job_id"]
+    assert resp.json()["resources"] == {"cpus": 2, "memory_mb": 256, "disk_mb": 1024}
+    client.wait_for(job_id, "completed", timeout=180)
+    ad = _job_ad(schedd, job_id, ["RequestCpus", "CpusProvisioned", "RequestMemory"])
+    assert ad["RequestCpus"] == 2 and ad["CpusProvisioned"] == 2 and ad["RequestMemory"] == 256
+
+
+def _job_ad(schedd, job_id, projection, timeout=60.0):
+    """The job's ad from the queue or, once it has left, from the history (written a moment later)."""
+    constraint = f'GatewayJobId == "{job_id}"'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ad in [*schedd.query(constraint, projection), *schedd.history(constraint, projection, match=1)]:
+            return ad
+        time.sleep(1)
+    raise AssertionError(f"no ad for job {job_id} in the queue or the history after {timeout}s")
+
+
+def test_a_request_larger_than_any_worker_is_refused_with_the_largest_offer(client):
+    resp = client.submit(pack_bundle("hello"), name="too-big", **{"job-memory": "64TB"})
+    assert resp.status_code == 400, resp.text
+    body = resp.json()
+    assert body["field"] == "job-memory"
+    assert body["largest_offer"]["memory_mb"] > 0 and "largest offer" in body["error"]
+    waiting = client.post("/jobs", json={"command": "true", "memory": "64TB", "resources_wait": True})
+    assert waiting.status_code == 201, waiting.text
+    assert waiting.json()["resources"]["memory_mb"] == 64 * 1024 * 1024
+    assert client.post(f"/jobs/{waiting.json()['job_id']}/remove").status_code == 202
+
+
+def test_a_job_over_its_time_limit_fails_with_the_reason_and_keeps_what_it_printed(client):
+    resp = client.submit(pack(None, {"run.sh": TICKER}), name="over-time", **{"job-time-limit": "4s"})
+    assert resp.status_code == 201, resp.text
+    job_id = resp.json()["job_id"]
+    assert resp.json()["time_limit"] == 4
+    job = client.wait_for(job_id, {"completed", "failed"}, timeout=180)
+    assert job["job_status"] == "failed", job
+    assert job["state_reason"].startswith("exceeded its time limit of 4 s"), job
+    stdout = client.get(f"/jobs/{job_id}/artifacts/stdout").text
+    assert "started" in stdout and "tick 2" in stdout
+    assert "exceeded its time limit" in client.get(f"/jobs/{job_id}/artifacts/stderr").text
+    output = client.get(f"/jobs/{job_id}/artifacts/output")
+    with tarfile.open(fileobj=io.BytesIO(output.content), mode="r:gz") as tar:
+        assert tar.extractfile("./partial.txt").read() == b"partial\n"
+
+
+@pytest.mark.parametrize("field, value", [("job-cpus", "lots"), ("job-memory", "8XB"), ("job-time-limit", "1.5h")])
+def test_malformed_requests_name_the_field(client, field, value):
+    resp = client.submit(pack_bundle("hello"), name="malformed", **{field: value})
+    assert resp.status_code == 400, resp.text
+    assert field in resp.json()["error"]
