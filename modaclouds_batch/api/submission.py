@@ -6,6 +6,7 @@ short ones of seed 001 (``command``, ``binary``, ``input_files``, ``ttl``).
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from typing import Any
@@ -173,7 +174,9 @@ def _count(value: Any) -> int | None:
 
 
 def _unknown(name: str, known) -> InvalidRequest:
-    return InvalidRequest(f"unknown field '{name}'; POST /jobs takes {', '.join(sorted(known))}", field=name)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return InvalidRequest(f"unknown field '{name}'; {hint}POST /jobs takes {', '.join(sorted(known))}", field=name)
 
 
 def _multipart(req: falcon.Request, staging: Staging) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import shlex
 import tarfile
 import time
 import zlib
@@ -54,6 +55,8 @@ from pathlib import Path
 from typing import Callable
 
 RUN_SH = "run.sh"
+# Enough of run.sh to see its first line (a #! line is far shorter).
+RUN_SH_HEAD_BYTES = 4096
 BLOCK = tarfile.BLOCKSIZE
 READ_CHUNK = 1024 * 1024
 # A pax extended header or GNU long name/link bigger than this is refused before it is
@@ -360,6 +363,8 @@ class _Validation:
         self.unpacked = 0
         self.special_bits = 0
         self.run_sh: int | None = None
+        # A run.sh one folder down (``myjob/run.sh``): the usual packing mistake.
+        self.nested_run_sh: str | None = None
 
     def check(self, member: tarfile.TarInfo, global_pax: dict[str, str]) -> None:
         shown = _show(member.name)
@@ -410,6 +415,8 @@ class _Validation:
                 what = "a symlink" if kind == "symlink" else "a folder"
                 raise _Refused(f"has {RUN_SH} as {what}; {RUN_SH} must be a regular file at the root")
             self.run_sh = node
+        elif len(parts) == 2 and parts[1] == RUN_SH and kind == "file" and self.nested_run_sh is None:
+            self.nested_run_sh = parts[0]
         if member.type == tarfile.SYMTYPE:
             self._check_symlink(member, shown, parts, node)
 
@@ -458,6 +465,19 @@ class _Validation:
         if problem:
             raise _Refused(f"symlink {shown} points to {_show(target)}, which {problem}; links must stay inside")
 
+    def wants_head(self, member: tarfile.TarInfo) -> bool:
+        """run.sh's first bytes are read (once) to catch Windows line endings."""
+        return self.require_run_sh and member.isfile() and member.size > 0 and _split_name(
+            member.name, "member", _show(member.name)) == [RUN_SH]
+
+    def check_head(self, head: bytes) -> None:
+        first_line = head.split(b"\n", 1)[0]
+        if first_line.endswith(b"\r"):
+            raise _Refused(
+                f"has a {RUN_SH} with Windows line endings (its first line ends in \\r), which the shell "
+                f"cannot run; fix it with: sed -i 's/\\r$//' {RUN_SH} and pack again"
+            )
+
     def finish(self) -> None:
         """Checks that need the whole archive: link chains, and run.sh."""
         for node, (shown, parts, target) in self.tree.symlinks.items():
@@ -467,6 +487,14 @@ class _Validation:
                     f"symlink {shown} points to {_show(target)}, which {problem} "
                     "when followed through the archive's other links"
                 )
+        if self.require_run_sh and self.run_sh is None and self.nested_run_sh is not None:
+            name = self.nested_run_sh
+            # As the user would type it in a shell (quoted when it needs to be).
+            folder = shlex.quote(name) if name.isprintable() and len(name) <= 100 else _show(name)
+            raise _Refused(
+                f"has no {RUN_SH} at its root, but found {folder}/{RUN_SH}: pack the folder's contents, "
+                f"not the folder, with: tar czf bundle.tar.gz -C {folder} ."
+            )
         if self.require_run_sh and self.run_sh is None:
             raise _Refused(
                 f"has no {RUN_SH} at its root; the bundle's entry point must be ./{RUN_SH} "
@@ -532,6 +560,8 @@ def _walk(reader: _InflatingReader, validation: _Validation) -> None:
             if member is None:
                 break
             validation.check(member, tar.pax_headers)
+            if validation.wants_head(member):
+                validation.check_head(tar.extractfile(member).read(RUN_SH_HEAD_BYTES))
             tar.members.clear()  # tarfile keeps every member otherwise; we need none of them
 
     # tarfile stops at the first all-zero block, or quietly at a broken or missing one.

@@ -52,6 +52,10 @@ def check_job_id(job_id: str) -> str:
     return job_id.lower()
 
 
+# A plain-text job-bundle that is only an archive's name: curl's -F without the @.
+_LOOKS_LIKE_A_FILE_NAME = re.compile(r"^\s*[^\s'\"]+\.(?:tar\.gz|tgz|zip|tar)\s*$", re.IGNORECASE)
+
+
 @dataclass
 class SubmitRequest:
     actor: Actor
@@ -131,6 +135,11 @@ class Staging:
         """The seed's form: the text of one script, which becomes run.sh."""
         if len(script.encode()) > MAX_SCRIPT_BYTES:
             raise TooLarge(f"job-bundle script is larger than {MAX_SCRIPT_BYTES} bytes", field="job-bundle")
+        if _LOOKS_LIKE_A_FILE_NAME.match(script):
+            name = script.strip()
+            raise InvalidRequest(
+                f"job-bundle is the text {name!r}, not a file: did you mean -F job-bundle=@{name} "
+                "(with the @, curl sends the file's contents)?", field="job-bundle")
         bundles.write_script_bundle(script, self.bundle_path)
         self.has_bundle = True
 

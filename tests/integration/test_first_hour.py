@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from .gateway import pack, pack_bundle
+from .gateway import Client, pack, pack_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -68,3 +68,38 @@ def test_malformed_requests_name_the_field(client, field, value):
     resp = client.submit(pack_bundle("hello"), name="malformed", **{field: value})
     assert resp.status_code == 400, resp.text
     assert field in resp.json()["error"]
+
+
+def _refused_leaving_nothing(gateway, send, expected: str) -> None:
+    """``send()`` answers 400 with the fix, and no job folder or job is left behind."""
+    jobs_dir = gateway.home / "jobs"
+    before = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
+    total = Client(gateway.url).get("/jobs").headers["X-Total-Count"]
+    resp = send()
+    assert resp.status_code == 400, resp.text
+    assert expected in resp.json()["error"], resp.json()
+    assert resp.json()["field"] == "job-bundle"
+    assert (set(jobs_dir.iterdir()) if jobs_dir.exists() else set()) == before
+    assert Client(gateway.url).get("/jobs").headers["X-Total-Count"] == total
+
+
+def test_windows_line_endings_are_refused_with_the_sed_fix(gateway, client):
+    _refused_leaving_nothing(gateway, lambda: client.submit(pack(None, {"run.sh": b"#!/bin/sh\r\necho hi\r\n"}),
+                                                            name="crlf"), "sed -i 's/\\r$//' run.sh")
+
+
+def test_a_forgotten_at_sign_is_refused_with_the_right_curl(gateway, client):
+    _refused_leaving_nothing(gateway, lambda: client.post(
+        "/jobs", files={"job-bundle": (None, "myjob.tar.gz")}, data={"job-name": "no-at"}),
+        "-F job-bundle=@myjob.tar.gz")
+
+
+def test_a_bundle_packed_one_folder_too_deep_is_refused_with_the_tar_command(gateway, client):
+    _refused_leaving_nothing(gateway, lambda: client.submit(pack(None, {"myjob/run.sh": b"#!/bin/sh\necho hi\n"}),
+                                                            name="deep"), "tar czf bundle.tar.gz -C myjob .")
+
+
+def test_a_misspelt_field_gets_a_suggestion(client):
+    resp = client.submit(pack_bundle("hello"), name="typo", **{"job-argumets": "-x"})
+    assert resp.status_code == 400
+    assert "did you mean 'job-arguments'?" in resp.json()["error"]

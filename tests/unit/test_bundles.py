@@ -623,3 +623,29 @@ def test_limits_must_not_be_negative():
     with pytest.raises(ValueError):
         ArchiveLimits(max_members=-1)
 
+
+
+# --- packing mistakes caught with their fix -----------------------------------------------
+
+
+def test_run_sh_with_windows_line_endings_is_refused_with_the_fix(tmp_path):
+    path = archive(tmp_path, entry("run.sh", data=b"#!/bin/sh\r\necho hi\r\n", mode=0o755))
+    exc = refused(path)
+    assert "Windows line endings" in exc.reason and "sed -i 's/\\r$//' run.sh" in exc.reason
+
+
+def test_crlf_further_down_a_data_file_is_not_run_sh_and_stays_allowed(tmp_path):
+    path = archive(tmp_path, run_sh(), entry("data.csv", data=b"a,b\r\n1,2\r\n"))
+    assert validate(path).has_run_sh
+    assert validate(archive(tmp_path, entry("run.sh", data=b"\r\n", mode=0o644)), require_run_sh=False)
+
+
+def test_run_sh_one_folder_down_is_refused_naming_the_tar_command(tmp_path):
+    path = archive(tmp_path, entry("myjob", kind=tarfile.DIRTYPE), entry("myjob/run.sh", data=SCRIPT, mode=0o755))
+    exc = refused(path)
+    assert "found myjob/run.sh" in exc.reason and "tar czf bundle.tar.gz -C myjob ." in exc.reason
+
+
+def test_an_input_archive_with_a_folder_holding_run_sh_is_fine(tmp_path):
+    path = archive(tmp_path, entry("myjob/run.sh", data=SCRIPT))
+    assert validate(path, require_run_sh=False, field="job-input").members == 1
