@@ -167,6 +167,11 @@ def _download(client: BatchClient, display: Display, job_id: str, directory: Pat
     return files
 
 
+def _submit_fields(**options: str | None) -> dict[str, str]:
+    """CLI options -> POST /jobs form fields (``time_limit`` -> ``job-time-limit``); unset ones dropped."""
+    return {"job-" + key.replace("_", "-"): value for key, value in options.items() if value not in (None, "")}
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--input", "input_", type=click.Path(exists=True, path_type=Path),
@@ -174,13 +179,20 @@ def _download(client: BatchClient, display: Display, job_id: str, directory: Pat
 @click.option("--args", "args", help="Arguments for run.sh, split like a shell would: --args \"-n 3 'two words'\".")
 @click.option("--name", help="Job name (default: the bundle's name).")
 @click.option("--notify", help="URL the gateway POSTs to when the job ends (see docs/webhooks.md).")
+@click.option("--cpus", help="CPUs the job needs on one worker (default 1).")
+@click.option("--memory", help="Memory the job needs: 512MB, 8GB (default 128MB).")
+@click.option("--disk", help="Scratch disk the job needs: 2GB (default 1GB).")
+@click.option("--time-limit", help="Stop run.sh after this long: seconds or 1h30m; its output so far is kept.")
+@click.option("--runtime", help="A runtime some worker must offer, e.g. python3.")
+@click.option("--ttl", help="Seconds after which the job is removed and cleaned up (not a time limit).")
 @click.option("--wait", is_flag=True, help="Follow the job until it ends, then print its stdout.")
 @click.option("--download", type=click.Path(file_okay=False, path_type=Path),
               help="Once the job ends, unpack its outputs into this folder (implies --wait).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (the final view with --wait).")
 @click.pass_context
 @reports_errors
-def submit(ctx, bundle: Path, input_: Path | None, args, name, notify, wait, download, as_json) -> None:
+def submit(ctx, bundle: Path, input_: Path | None, args, name, notify, cpus, memory, disk, time_limit,
+           runtime, ttl, wait, download, as_json) -> None:
     """Submit BUNDLE (a folder holding run.sh, or a .tar.gz) as a job.
 
     Prints the job id (or the job as JSON). With --wait, follows the state until the job
@@ -188,7 +200,9 @@ def submit(ctx, bundle: Path, input_: Path | None, args, name, notify, wait, dow
     """
     client, display = _client(ctx), Display()
     with display.upload(f"uploading {bundle.name}") as progress:
-        job = client.submit(bundle, input=input_, args=args, name=name, notify=notify, progress=progress)
+        job = client.submit(bundle, input=input_, args=args, name=name, notify=notify, progress=progress,
+                            fields=_submit_fields(cpus=cpus, memory=memory, disk=disk, time_limit=time_limit,
+                                                  runtime=runtime, ttl=ttl))
     display.line(f"submitted job {job['id']} ({job['name']}, backend id {job['backend_id']})")
     if not (wait or download):
         _echo_json(job) if as_json else click.echo(job["id"])

@@ -103,3 +103,28 @@ def test_a_misspelt_field_gets_a_suggestion(client):
     resp = client.submit(pack_bundle("hello"), name="typo", **{"job-argumets": "-x"})
     assert resp.status_code == 400
     assert "did you mean 'job-arguments'?" in resp.json()["error"]
+
+
+def test_the_cli_submits_resources_and_a_time_limit(gateway, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    bundle = tmp_path / "ticker"
+    bundle.mkdir()
+    (bundle / "run.sh").write_bytes(TICKER)
+    (bundle / "run.sh").chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "modaclouds_batch", "--url", gateway.url, "submit", str(bundle),
+         "--cpus", "2", "--memory", "300MB", "--time-limit", "3s", "--wait", "--json"],
+        capture_output=True, text=True, timeout=240, env=_cli_env())
+    assert result.returncode == 3, result.stderr  # failed
+    job = json.loads(result.stdout)
+    assert job["resources"]["cpus"] == 2 and job["resources"]["memory_mb"] == 300
+    assert job["time_limit"] == 3 and job["state_reason"].startswith("exceeded its time limit of 3 s")
+
+
+def _cli_env():
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("MODACLOUDS_BATCH_URL", "MODACLOUDS_BATCH_TOKEN")}
