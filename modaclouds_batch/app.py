@@ -109,7 +109,7 @@ def build_gateway(settings: Settings) -> Gateway:
         if report.changes:
             webhooks.wake()
 
-    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle)
+    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity)
     return Gateway(settings, store, condor, service, tracker, webhooks,
                    TokenService(store), QuotaService(settings, store), audit, infra, metrics)
 

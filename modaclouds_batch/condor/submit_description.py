@@ -68,6 +68,9 @@ JOB_PROJECTION = [
     "QDate",
     GATEWAY_TIME_LIMIT,
     "RemoteWallClockTime",
+    "RequestCpus",
+    "RequestMemory",
+    "RequestDisk",
 ]
 
 

@@ -71,9 +71,14 @@ class InfraService:
         """Runtimes some worker offers now (for checking a job's requested runtime)."""
         return {r for w in workers_from_slots(self._ads()[0]).values() for r in w["runtimes"]}
 
+    def capacity(self) -> list[dict[str, Any]]:
+        """Every worker as the collector last said (cached for pool_cache_seconds): for
+        explaining why jobs wait, with no actor and no provider annotations."""
+        return list(workers_from_slots(self._ads()[0]).values())
+
     def offers(self) -> list[dict[str, int]]:
         """The largest slot each worker could give one job (for checking resource requests)."""
-        return [w["largest_slot"] for w in workers_from_slots(self._ads()[0]).values()]
+        return [w["largest_slot"] for w in self.capacity()]
 
     # --- draining ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ..condor.schedd import CondorUnavailable
 from ..store import JobChange
 from ..timefmt import epoch_to_iso, now_iso
 from .states import ACTIVE_STATES, CONDOR_STATUS_NAMES, JobState, state_from_ad
+from .waiting import wait_reasons
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,9 @@ class CycleReport:
 
 class Tracker:
     def __init__(self, service, interval: float, on_cycle: Callable[[CycleReport], None] | None = None,
-                 sweep_expired: bool = True):
+                 sweep_expired: bool = True, workers: Callable[[], list[dict[str, Any]]] | None = None):
+        # The pool's workers (one cached collector query), to say why idle jobs wait.
+        self.workers = workers
         self.sweep_expired = sweep_expired
         self._last_sweep = float("-inf")
         self.service = service
@@ -219,6 +222,10 @@ class Tracker:
         if changes:
             self.store.apply_job_changes(changes)
             report.changes += len(changes)
+        idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
+                if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE]
+        if idle and self.workers is not None:
+            self._explain_waits(idle, active, {c.job_id for c in changes if c.new_state}, report)
         if finished:
             self._collect_outputs(instance, finished, report)
         if leftovers:
@@ -232,6 +239,20 @@ class Tracker:
             self._sweep(report)
         report.round_trips = self.condor.thread_round_trips() - start_trips
         return report
+
+    def _explain_waits(self, idle, active: dict[str, dict], restated: set[str], report: CycleReport) -> None:
+        """Record why each idle job waits (state_reason), where that changed."""
+        try:
+            workers = self.workers()
+        except Exception as exc:  # the collector is down: the reasons wait for the next cycle
+            log.warning("tracker: could not read the workers to explain waiting jobs: %s", exc)
+            return
+        updates = [JobChange(job_id, {"state_reason": reason})
+                   for job_id, reason in wait_reasons(idle, workers).items()
+                   if job_id in restated or active[job_id].get("state_reason") != reason]
+        if updates:
+            self.store.apply_job_changes(updates)
+            report.changes += len(updates)
 
     def _collect_outputs(self, instance: str, finished: dict[str, tuple[dict, dict]], report: CycleReport) -> None:
         """Retrieve all finished jobs' outputs in one call, then record their final states."""

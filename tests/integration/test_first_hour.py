@@ -128,3 +128,44 @@ def _cli_env():
     import os
 
     return {k: v for k, v in os.environ.items() if k not in ("MODACLOUDS_BATCH_URL", "MODACLOUDS_BATCH_TOKEN")}
+
+
+def test_an_idle_job_says_why_it_waits(client):
+    runtime = client.submit(pack_bundle("hello"), name="wants-fortran",
+                            **{"job-runtime": "fortran77", "job-runtime-wait": "true"}).json()["job_id"]
+    huge = client.post("/jobs", json={"command": "true", "cpus": 1000, "resources_wait": True}).json()["job_id"]
+    try:
+        job = client.wait_until(runtime, lambda j: (j["state_reason"] or "").startswith("no worker that takes jobs"),
+                                timeout=30, what="the runtime reason")
+        assert job["job_status"] == "idle" and "fortran77" in job["state_reason"]
+        job = client.wait_until(huge, lambda j: "large enough for 1000 CPUs" in (j["state_reason"] or ""),
+                                timeout=30, what="the size reason")
+    finally:
+        for job_id in (runtime, huge):
+            client.post(f"/jobs/{job_id}/remove")
+
+
+def test_an_idle_job_on_a_drained_pool_says_so_and_starts_once_undrained(client):
+    worker = next(w for w in client.get("/workers").json() if not w["managed_by_gateway"])["name"]
+    drained = client.post(f"/workers/{worker}/drain", json={"how": "graceful"})
+    assert drained.status_code == 202, drained.text
+    try:
+        job_id = client.submit(pack_bundle("hello"), name="waits-for-undrain").json()["job_id"]
+        job = client.wait_until(job_id, lambda j: "every worker is draining" in (j["state_reason"] or ""),
+                                timeout=30, what="the drained reason")
+        assert job["job_status"] == "idle"
+    finally:
+        _undrain(client, worker)
+    job = client.wait_for(job_id, "completed", timeout=180)
+    assert job["state_reason"] == "run.sh exited with status 0"
+
+
+def _undrain(client, worker: str) -> None:
+    """Undrain, retrying while the collector still shows the drain as not started."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = client.post(f"/workers/{worker}/undrain")
+        if resp.status_code in (200, 202) or time.monotonic() > deadline:
+            assert resp.status_code in (200, 202), resp.text
+            return
+        time.sleep(1)
