@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shlex
 import tarfile
 import tempfile
@@ -188,7 +189,8 @@ class BatchClient:
         try:
             resp = self.http.request(method, self.url + path, timeout=timeout or self.timeout, **kw)
         except requests.ConnectionError as exc:
-            raise BatchError(None, f"cannot reach the gateway at {self.url}: {_root_cause(exc)}") from None
+            raise BatchError(None, f"cannot reach the gateway at {self.url}: {_root_cause(exc)}; is it "
+                             f"running there? Point at another one with --url or {URL_ENV}") from None
         except requests.Timeout:
             raise BatchError(None, f"the gateway at {self.url} did not answer {method} {path} in time") from None
         if not resp.ok:
@@ -302,6 +304,28 @@ class BatchClient:
 
     def job(self, job_id: str) -> Job:
         return self._json("GET", f"/jobs/{job_id}")
+
+    def resolve(self, ref: str) -> str:
+        """A job id from what a user types: the full id, a unique prefix of it (4+
+        characters), or the backend id (the HTCondor cluster id) of one of their jobs."""
+        ref = ref.strip().lower()
+        if _FULL_ID.match(ref):
+            return ref
+        if ref.isdigit():
+            matches = [job["id"] for job in self.iter_jobs(page_size=500) if str(job.get("backend_id")) == ref]
+            what = f"backend id {ref}"
+        elif _ID_PREFIX.match(ref):
+            matches = [job["id"] for job in self.iter_jobs(page_size=500) if job["id"].startswith(ref)]
+            what = f"an id starting with {ref}"
+        else:
+            raise BatchError(400, f"'{ref}' is not a job id: give the id, 4 or more of its first characters, "
+                                  "or the backend id")
+        if not matches:
+            raise BatchError(404, f"none of your jobs has {what}")
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+            raise BatchError(400, f"{len(matches)} of your jobs have {what} ({shown}): give more of the id")
+        return matches[0]
 
     def wait(self, job_id: str, on_change: Callable[[Job], None] | None = None, timeout: float | None = None,
              interval: float = 1.0, patience: float = 60.0) -> Job:
@@ -424,6 +448,10 @@ class BatchClient:
 
     def health(self) -> dict[str, Any]:
         return self._json("GET", "/health")
+
+
+_FULL_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_ID_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{3,35}$")
 
 
 def _root_cause(exc: BaseException) -> str:

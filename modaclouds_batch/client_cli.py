@@ -26,6 +26,7 @@ from .client import ACTIONS, TOKEN_ENV, BatchClient, BatchError, Job
 EXIT_ERROR = 1
 EXIT_JOB_FAILED = 3
 EXIT_JOB_DID_NOT_RUN = 4
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C
 EXIT_CODES = {"completed": 0, "failed": EXIT_JOB_FAILED, "removed": EXIT_JOB_DID_NOT_RUN,
               "submission_error": EXIT_JOB_DID_NOT_RUN}
 # Plain (non-terminal) upload progress: one line each time another quarter is sent.
@@ -149,8 +150,14 @@ class Display:
 
 
 def _follow(client: BatchClient, display: Display, job_id: str) -> Job:
-    with display.following(job_id) as on_change:
-        return client.wait(job_id, on_change=on_change)
+    """Follow a job to its end; Ctrl-C stops following (the job goes on) and says how to resume."""
+    try:
+        with display.following(job_id) as on_change:
+            return client.wait(job_id, on_change=on_change)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped following job {job_id}; it goes on in the pool. Follow it again with: "
+                   f"modaclouds-batch wait {job_id}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _write_artifact(client: BatchClient, job_id: str, name: str, *, err: bool = False) -> None:
@@ -248,8 +255,11 @@ def jobs(ctx, status, name, limit, all_, as_json) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx, job_id, as_json) -> None:
-    """Show one job: its state, why, when, and what can be done with it."""
-    job = _client(ctx).job(job_id)
+    """Show one job: its state, why, when, and what can be done with it.
+
+    JOB_ID is the job's id, 4 or more of its first characters, or its backend id."""
+    client = _client(ctx)
+    job = client.job(client.resolve(job_id))
     if as_json:
         _echo_json(job)
         return
@@ -278,6 +288,7 @@ def status(ctx, job_id, as_json) -> None:
 def logs(ctx, job_id, which, follow) -> None:
     """Print a job's stdout (or stderr): available once the job has ended."""
     client = _client(ctx)
+    job_id = client.resolve(job_id)
     if follow:
         job = _follow(client, Display(), job_id)
         if not job["outputs_ready"]:
@@ -294,8 +305,10 @@ def logs(ctx, job_id, which, follow) -> None:
 @reports_errors
 def download(ctx, job_id, directory, as_json) -> None:
     """Unpack a finished job's outputs into a folder; prints the files written."""
+    client = _client(ctx)
+    job_id = client.resolve(job_id)
     directory = directory or Path(f"{job_id}-output")
-    files = _download(_client(ctx), Display(), job_id, directory)
+    files = _download(client, Display(), job_id, directory)
     if as_json:
         _echo_json({"job_id": job_id, "dir": str(directory), "files": [str(f) for f in files]})
     else:
@@ -310,7 +323,9 @@ def _action_command(action: str) -> click.Command:
     @click.pass_context
     @reports_errors
     def command(ctx, job_id, as_json) -> None:
-        answer = _client(ctx).act(job_id, action)
+        client = _client(ctx)
+        job_id = client.resolve(job_id)
+        answer = client.act(job_id, action)
         if as_json:
             _echo_json(answer)
         else:
@@ -319,4 +334,23 @@ def _action_command(action: str) -> click.Command:
     return command
 
 
-COMMANDS = (submit, jobs, status, logs, download, *(_action_command(action) for action in ACTIONS))
+@click.command("wait")
+@click.argument("job_ids", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the final views as a JSON array.")
+@click.pass_context
+@reports_errors
+def wait(ctx, job_ids, as_json) -> None:
+    """Wait for jobs already submitted to end, showing their state changes.
+
+    Exits with the worst outcome: 0 all completed, 3 one failed, 4 one was removed or never ran."""
+    client, display = _client(ctx), Display()
+    finished = [_follow(client, display, client.resolve(ref)) for ref in job_ids]
+    if as_json:
+        _echo_json(finished)
+    else:
+        for job in finished:
+            click.echo(f"{job['id']} {job['job_status']}")
+    sys.exit(max(EXIT_CODES.get(job["job_status"], EXIT_ERROR) for job in finished))
+
+
+COMMANDS = (submit, wait, jobs, status, logs, download, *(_action_command(action) for action in ACTIONS))

@@ -356,3 +356,43 @@ def test_cli_download_writes_files_and_lists_them(stub, tmp_path):
     assert result.exit_code == 0
     assert json.loads(result.stdout)["files"] == [str(tmp_path / "d" / "hello.txt")]
     assert os.path.exists(tmp_path / "d" / "hello.txt")
+
+
+OTHER_ID = "e0e7e44a-0000-4000-8000-000000000000"
+
+
+def test_resolve_takes_the_full_id_a_unique_prefix_or_the_backend_id(stub, client):
+    stub.on("GET", "/jobs", [job("completed"), {**job("idle"), "id": OTHER_ID, "backend_id": 8}])
+    assert client.resolve(JOB_ID.upper()) == JOB_ID
+    assert client.resolve("e0e7e44a-6c") == JOB_ID
+    assert client.resolve("8") == OTHER_ID
+    with pytest.raises(BatchError, match="2 of your jobs have an id starting with e0e7"):
+        client.resolve("e0e7")
+    with pytest.raises(BatchError, match="none of your jobs has backend id 99"):
+        client.resolve("99")
+    with pytest.raises(BatchError, match="not a job id"):
+        client.resolve("e0e")
+
+
+def test_a_refused_connection_points_at_url_and_the_environment(monkeypatch):
+    port = free_loopback_port()
+    with pytest.raises(BatchError) as caught:
+        BatchClient(f"http://127.0.0.1:{port}", timeout=2).health()
+    assert "--url or MODACLOUDS_BATCH_URL" in str(caught.value)
+
+
+def test_wait_follows_several_jobs_and_exits_with_the_worst(stub, monkeypatch):
+    stub.on("GET", "/jobs", [job("completed"), {**job("failed"), "id": OTHER_ID, "backend_id": 8}])
+    stub.on("GET", f"/jobs/{JOB_ID}", job("completed"))
+    stub.on("GET", f"/jobs/{OTHER_ID}", {**job("failed"), "id": OTHER_ID})
+    result = run_cli(stub, "wait", JOB_ID, "8")
+    assert result.exit_code == 3, result.output
+    assert f"{JOB_ID} completed" in result.stdout and f"{OTHER_ID} failed" in result.stdout
+
+
+def free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
