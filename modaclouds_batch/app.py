@@ -39,7 +39,7 @@ from .infra.providers import CommandProvider
 from .infra.service import InfraService
 from .condor.schedd import CondorClient
 from .data.service import DataService
-from .dialects import all_dialects
+from .dialects import all_dialects, openapi_description
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
@@ -155,7 +155,7 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/", IndexResource(dialects))
     app.add_route("/health", HealthResource(gateway.condor))
     app.add_route("/metrics", MetricsResource(gateway.metrics))
-    app.add_route("/openapi.json", OpenAPIResource(dialects))
+    app.add_route("/openapi.json", OpenAPIResource(openapi_description(dialects)))
     app.add_route("/docs", DocsPageResource())
     app.add_route("/docs/{asset}", DocsAssetResource())
     for dialect in dialects:

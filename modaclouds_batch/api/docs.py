@@ -68,17 +68,14 @@ def swagger_ui_dir():
     return swagger_ui_path
 
 
-def openapi_description(dialects) -> dict:
-    """The served description: the core file with every dialect's fragment merged in."""
-    from ..dialects import merged_openapi
-
-    core = json.loads(importlib.resources.files(__package__).joinpath("openapi.json").read_text(encoding="utf-8"))
-    return merged_openapi(core, dialects)
+def core_description() -> dict:
+    """The hand-kept description of the core (MODAClouds) routes; dialects add theirs."""
+    return json.loads(importlib.resources.files(__package__).joinpath("openapi.json").read_text(encoding="utf-8"))
 
 
 class OpenAPIResource:
-    def __init__(self, dialects):
-        self.body = json.dumps(openapi_description(dialects), indent=1).encode()
+    def __init__(self, description: dict):
+        self.body = json.dumps(description, indent=1).encode()
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON

@@ -55,6 +55,13 @@ def all_dialects() -> list[Dialect]:
     return [importlib.import_module(f"{__name__}.{name}").DIALECT for name in MODULES]
 
 
+def openapi_description(dialects: list[Dialect]) -> dict:
+    """The served description: the core file with every dialect's fragment merged in."""
+    from ..api.docs import core_description
+
+    return merged_openapi(core_description(), dialects)
+
+
 def merged_openapi(core: dict, dialects: list[Dialect]) -> dict:
     """The core description with every dialect's paths and component schemas added.
 

@@ -13,8 +13,7 @@ import shutil
 
 import pytest
 
-from modaclouds_batch.api.docs import openapi_description
-from modaclouds_batch.dialects import all_dialects
+from modaclouds_batch.dialects import all_dialects, openapi_description
 
 from . import browser
 from .gateway import REPO, pack

@@ -34,8 +34,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from modaclouds_batch.api.docs import openapi_description
-from modaclouds_batch.dialects import all_dialects
+from modaclouds_batch.dialects import all_dialects, openapi_description
 
 from .fixtures import GATEWAY_ENV
 from .gateway import Client, GatewayProcess, pack_bundle

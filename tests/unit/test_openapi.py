@@ -9,9 +9,8 @@ import falcon.testing
 import pytest
 from openapi_spec_validator import validate
 
-from modaclouds_batch.api.docs import openapi_description
 from modaclouds_batch.app import build_gateway, create_app
-from modaclouds_batch.dialects import all_dialects
+from modaclouds_batch.dialects import all_dialects, openapi_description
 from modaclouds_batch.settings import load_settings
 
 SPEC_FILE = "modaclouds_batch/api/openapi.json"
