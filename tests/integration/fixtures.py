@@ -62,7 +62,32 @@ def schedd(condor_config):
 
     os.environ["CONDOR_CONFIG"] = str(condor_config)
     htcondor2.reload_config()
-    return htcondor2.Schedd(locate_schedd())
+    return RetriedOnce(htcondor2.Schedd(locate_schedd()))
+
+
+class RetriedOnce:
+    """The raw schedd, each call made a second time when the first fails.
+
+    After a test restarts the pool, this process's first call to the new schedd fails once
+    ("Server rejected our session id": the bindings cache the security session with the old
+    daemon, drop it, and negotiate anew on the next call). htcondor2 has no call to drop the
+    cache up front, so the fixture does what the gateway does: retry once.
+    """
+
+    def __init__(self, schedd: htcondor2.Schedd):
+        self._schedd = schedd
+
+    def __getattr__(self, name):
+        attr = getattr(self._schedd, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except htcondor2.HTCondorException:
+                return attr(*args, **kwargs)
+        return call
 
 
 @pytest.fixture
