@@ -45,17 +45,20 @@ class JobChangesResource:
         resp.content_type = "text/event-stream"
         resp.cache_control = ["no-cache"]
         resp.set_header("X-Accel-Buffering", "no")
-        resp.stream = _Stream(self, checked, after)
+        resp.stream = _Stream(self, checked, after, req.env.get("waitress.client_disconnected"))
 
 
 class _Stream:
     """The answer's body: an iterable whose close() (called by the server on every ending,
     a client gone included) gives the stream's slot back, even if it never started."""
 
-    def __init__(self, resource: JobChangesResource, checked, after: int):
+    def __init__(self, resource: JobChangesResource, checked, after: int, client_gone=None):
         self.resource = resource
         self.checked = checked
         self.after = after
+        # waitress's check for a client that hung up; without it (other servers) a vanished
+        # client is noticed at the next write, a keep-alive at the latest.
+        self.client_gone = client_gone or (lambda: False)
         self._closed = False
 
     def __iter__(self):
@@ -72,7 +75,7 @@ class _Stream:
                 if len(changes) == PAGE:
                     continue
             now = time.monotonic()
-            if now - started >= resource.max_seconds:
+            if now - started >= resource.max_seconds or self.client_gone():
                 return
             if now - last_sent >= resource.heartbeat_seconds:
                 # A comment line: keeps proxies from closing an idle stream, and lets the server
