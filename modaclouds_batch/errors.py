@@ -20,6 +20,14 @@ class NotFound(GatewayError):
     """No such job, data object or artifact (404)."""
 
 
+class NotYet(NotFound):
+    """Not there yet, but it will be: 404 with ``Retry-After``, so a script knows to ask again."""
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
 class Gone(GatewayError):
     """It existed but has expired (410)."""
 

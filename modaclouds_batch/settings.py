@@ -74,6 +74,10 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # Live stdout/stderr of running jobs (HTCondor streams them into the schedd's spool, which
+    # the gateway reads). None: on when the gateway runs the pool `pool up` made (its spool is
+    # on this host); false for a schedd whose spool the gateway cannot read.
+    live_output: bool | None = None
     # GET /jobs/events: open streams at once (each holds a request thread), seconds between
     # keep-alive comments, and seconds before a stream ends (clients resume with Last-Event-ID;
     # 0: send what is there and end).
@@ -116,6 +120,10 @@ class Settings:
     def manages_pool(self) -> bool:
         """True when the gateway talks to the pool `pool up` made (not an external one)."""
         return Path(self.condor_config) == Path(self.pool_dir) / "client" / "condor_config"
+
+    @property
+    def live_output_enabled(self) -> bool:
+        return self.live_output if self.live_output is not None else self.manages_pool
 
     @property
     def auth_enabled(self) -> bool:

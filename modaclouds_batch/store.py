@@ -191,6 +191,12 @@ def m014_job_events_never_reuse_ids(db: Database) -> None:
     db["job_events"].create_index(["job_id", "id"])
 
 
+@migrations()
+def m015_live_output(db: Database) -> None:
+    # The spool folder where a running job's stdout and stderr grow (live output).
+    db["jobs"].add_column("live_dir", str)
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 

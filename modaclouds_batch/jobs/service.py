@@ -26,11 +26,12 @@ from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
-from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, TooLarge
+from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYet,
+                      TooLarge)
 from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
-from . import bundles, resources
+from . import bundles, live_output, resources
 from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,7 @@ class JobService:
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
+            stream_output=self.settings.live_output_enabled,
         )
         try:
             if request.is_array:
@@ -515,15 +517,21 @@ class JobService:
         if name not in ARTIFACT_FILES:
             raise NotFound(f"no artifact '{name}'; artifacts are {', '.join(ARTIFACT_FILES)}")
         path = Path(job["job_dir"]) / ARTIFACT_FILES[name]
-        if job["outputs_retrieved_at"] and path.is_file():
-            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
-            return path
         state = JobState(job["state"])
+        found = path if path.is_file() and (job["outputs_retrieved_at"] or state is JobState.REMOVED) else None
+        if found is None and name != "output" and not state.is_final:
+            found = live_output.live_file(job.get("live_dir"), ARTIFACT_FILES[name])
+        if found is not None:
+            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
+            return found
         if state is JobState.REMOVED or state is JobState.SUBMISSION_ERROR:
-            raise NotFound(f"the job is {state.value} and produced no {name}")
+            raise NotFound(f"the job is {state.value} and produced no {name}", job_status=state.value)
         if state.is_final:
-            raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}")
-        raise NotFound(f"the job is {state.value}; its {name} is available once it ends")
+            raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}",
+                           job_status=state.value)
+        when = "once it ends" if name == "output" or not self.settings.live_output_enabled else "once it starts"
+        raise NotYet(f"the job is {state.value}; its {name} is available {when}",
+                     retry_after=max(1, round(self.settings.tracker_interval)), job_status=state.value)
 
     def notifications(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:
         return self.store.job_notifications(self.get(job_id, actor)["id"])
@@ -550,6 +558,9 @@ class JobService:
             raise Conflict(conflict, job_status=job["state"])
         constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
         reason = f"{action.value} requested by {actor.user} through the gateway"
+        if action is JobAction.REMOVE:
+            # What it printed so far, in case its spool is gone before the tracker sees it removed.
+            live_output.keep(job.get("live_dir"), job["job_dir"])
         try:
             result = self.condor.act(action.value, constraint, reason)
             # Just after submission the schedd still holds the job while its input files
@@ -575,7 +586,7 @@ class JobService:
 
     def refresh(self, jobs: list[dict[str, Any]]) -> None:
         """Bring a few jobs' states up to date at once (after an action), without retrieval."""
-        from .tracker import changes_from_ads
+        from .tracker import changes_from_ads, keep_output_of_removed
 
         constraint = sd.jobs_constraint(self.store.instance_id, [j["id"] for j in jobs])
         try:
@@ -584,10 +595,13 @@ class JobService:
             log.warning("could not refresh jobs after an action: %s", exc)
             return
         by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
-        changes = [
-            change for job in jobs if (ad := by_id.get(job["id"])) is not None
-            for change in [changes_from_ads(job, ad, final_allowed=False)] if change
-        ]
+        changes = []
+        for job in jobs:
+            ad = by_id.get(job["id"])
+            change = changes_from_ads(job, ad, final_allowed=False) if ad is not None else None
+            if change:
+                keep_output_of_removed(job, ad, change)
+                changes.append(change)
         self.store.apply_job_changes(changes)
 
 

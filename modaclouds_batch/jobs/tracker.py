@@ -20,6 +20,7 @@ from ..condor import submit_description as sd
 from ..condor.schedd import CondorUnavailable
 from ..store import JobChange
 from ..timefmt import epoch_to_iso, now_iso
+from . import live_output
 from .states import ACTIVE_STATES, CONDOR_STATUS_NAMES, JobState, state_from_ad
 from .waiting import wait_reasons
 
@@ -48,6 +49,7 @@ def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
         "cpu_user_seconds": ad.get("RemoteUserCpu"),
         "cpu_system_seconds": ad.get("RemoteSysCpu"),
         "remote_host": ad.get("RemoteHost") or ad.get("LastRemoteHost"),
+        "live_dir": live_output.live_dir_of(ad),
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -109,6 +111,12 @@ def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowe
     if change.new_state is None and not change.fields:
         return None
     return change
+
+
+def keep_output_of_removed(job: Mapping[str, Any], ad: Mapping[str, Any], change: JobChange) -> None:
+    """A job seen removed keeps what it printed: its spool goes when it leaves the queue."""
+    if change.new_state == JobState.REMOVED.value and job.get("job_dir"):
+        live_output.keep(live_output.live_dir_of(ad), job["job_dir"])
 
 
 @dataclass
@@ -217,6 +225,7 @@ class Tracker:
                 finished[job_id] = (job, ad)
             change = changes_from_ads(job, ad, final_allowed=False)
             if change:
+                keep_output_of_removed(job, ad, change)
                 changes.append(change)
 
         if changes:
@@ -277,6 +286,7 @@ class Tracker:
         retrieved_at = now_iso()
         answers = []
         for job, ad in finished.values():
+            live_output.keep(live_output.live_dir_of(ad), job["job_dir"])
             change = changes_from_ads(job, ad, final_allowed=True)
             change.fields["outputs_retrieved_at"] = retrieved_at
             answer = self._register_answer(job)
