@@ -74,6 +74,9 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # Seconds a queued job of this gateway with neither a job row nor a submission intent is
+    # left alone before the tracker removes it as an orphan.
+    orphan_grace_seconds: float = 120.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -8,6 +8,7 @@ import falcon
 
 from ..data.service import DataService
 from ..errors import InvalidRequest
+from .bodies import json_object
 from .views import data_view
 
 DEFAULT_PAGE = 100
@@ -148,3 +149,13 @@ class DataMetadataResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
         resp.media = data_view(self.data.get(req.context.actor, data_id))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        """``{"ttl": seconds}`` or ``{"ttl": null}`` (keep): the only metadata one changes."""
+        body = json_object(req)
+        unknown = sorted(set(body) - {"ttl"})
+        if unknown or "ttl" not in body:
+            raise InvalidRequest(f"send {{\"ttl\": seconds}} or {{\"ttl\": null}}; unexpected keys {unknown}"
+                                 if unknown else "send {\"ttl\": seconds} or {\"ttl\": null}", field="ttl")
+        resp.media = data_view(self.data.set_ttl(req.context.actor, data_id, body["ttl"],
+                                                 request_id=req.context.request_id))
