@@ -7,8 +7,8 @@ EX_TEMPFAIL) naming the pid that holds the lock. The kernel drops a lock when it
 dies, so a ``kill -9`` never leaves the state locked.
 
 Everything the gateway creates is private whatever the umask: folders 0700, files 0600.
-The one exception is the home itself when the managed pool lives inside it (the default
-``<home>/pool``): it is 0711, so that HTCondor's daemons, which run as the ``condor``
+The one exception is the home itself when the gateway manages a pool that lives inside it
+(the default ``<home>/pool``): it is 0711, so that HTCondor's daemons, which run as the ``condor``
 user when the pool uses a local HTCondor, can traverse it to their own folders; 0711
 lets them pass through without listing it, and every folder below is 0700 again.
 
@@ -110,10 +110,11 @@ def restrict_tree(path: Path) -> None:
 
 
 def home_mode(settings) -> int:
-    """0711 when the managed pool lives inside the home (see the module's docstring), else 0700."""
+    """0711 when the gateway manages a pool that lives inside the home (see the module's
+    docstring), else 0700."""
     home = Path(settings.home).resolve()
     pool = Path(settings.pool_dir).resolve()
-    return TRAVERSABLE_DIR if home in pool.parents else PRIVATE_DIR
+    return TRAVERSABLE_DIR if settings.manages_pool and home in pool.parents else PRIVATE_DIR
 
 
 def prepare(settings) -> None:

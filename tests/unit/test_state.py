@@ -347,10 +347,13 @@ def test_home_folders_and_database_are_private_under_umask_0(tmp_path, open_umas
 
 
 def test_the_home_is_traversable_only_when_the_managed_pool_lives_inside_it(tmp_path, open_umask):
-    settings = settings_for(tmp_path)  # pool_dir defaults to <home>/pool
+    settings = settings_for(tmp_path)  # pool_dir defaults to <home>/pool, and is managed
     home.prepare(settings)
     assert mode(settings.home) == 0o711
     assert mode(settings.jobs_dir) == 0o700
+    external = settings_for(tmp_path, condor_config=tmp_path / "their" / "condor_config")
+    home.prepare(external)  # another pool's config: nothing of the pool inside the home
+    assert mode(external.home) == 0o700
 
 
 def test_an_existing_loose_home_is_tightened(tmp_path, open_umask):
