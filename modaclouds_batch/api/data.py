@@ -152,6 +152,9 @@ class DataMetadataResource:
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
         """``{"ttl": seconds}`` or ``{"ttl": null}`` (keep): the only metadata one changes."""
+        if (req.content_type or "").split(";")[0].strip().lower() != falcon.MEDIA_JSON:
+            raise falcon.HTTPUnsupportedMediaType(
+                description="PATCH /data/{id}/metadata takes application/json: {\"ttl\": seconds} or {\"ttl\": null}")
         body = json_object(req)
         unknown = sorted(set(body) - {"ttl"})
         if unknown or "ttl" not in body:

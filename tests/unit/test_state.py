@@ -319,6 +319,9 @@ def test_an_answer_is_kept_explicitly_by_patching_its_ttl(tmp_path):
         assert kept.json["expires_at"] is None and gw.store.get_data(row["id"])["expires_at"] is None
         later = client.simulate_patch(f"/data/{row['id']}/metadata", json={"ttl": 60})
         assert later.status_code == 200 and later.json["expires_at"] > now_iso()
+        form = client.simulate_patch(f"/data/{row['id']}/metadata", body='{"ttl": 5}',
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert form.status_code == 415 and "application/json" in form.json["error"]
         for body in ({"ttl": 0}, {"ttl": True}, {"ttl": "60"}, {"ttl": 1.5}, {}, {"ttl": 5, "owner": "x"}):
             bad = client.simulate_patch(f"/data/{row['id']}/metadata", json=body)
             assert bad.status_code == 400 and bad.json["field"] == "ttl", (body, bad.text)
