@@ -84,6 +84,9 @@ class Settings:
     max_event_streams: int = 4
     event_stream_heartbeat_seconds: float = 15.0
     event_stream_max_seconds: float = 300.0
+    # Seconds a queued job of this gateway with neither a job row nor a submission intent is
+    # left alone before the tracker removes it as an orphan.
+    orphan_grace_seconds: float = 120.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

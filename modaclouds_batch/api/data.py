@@ -6,6 +6,7 @@ import falcon
 
 from ..data.service import DataService
 from ..errors import InvalidRequest
+from .bodies import json_object
 from .ranges import send_file
 from .views import data_view
 
@@ -107,3 +108,16 @@ class DataMetadataResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
         resp.media = data_view(self.data.get(req.context.actor, data_id))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        """``{"ttl": seconds}`` or ``{"ttl": null}`` (keep): the only metadata one changes."""
+        if (req.content_type or "").split(";")[0].strip().lower() != falcon.MEDIA_JSON:
+            raise falcon.HTTPUnsupportedMediaType(
+                description="PATCH /data/{id}/metadata takes application/json: {\"ttl\": seconds} or {\"ttl\": null}")
+        body = json_object(req)
+        unknown = sorted(set(body) - {"ttl"})
+        if unknown or "ttl" not in body:
+            raise InvalidRequest(f"send {{\"ttl\": seconds}} or {{\"ttl\": null}}; unexpected keys {unknown}"
+                                 if unknown else "send {\"ttl\": seconds} or {\"ttl\": null}", field="ttl")
+        resp.media = data_view(self.data.set_ttl(req.context.actor, data_id, body["ttl"],
+                                                 request_id=req.context.request_id))

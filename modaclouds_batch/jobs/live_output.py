@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..condor import submit_description as sd
+from ..home import open_private
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def keep(live_dir: str | None, job_dir: str | Path) -> int:
         target = Path(job_dir) / filename
         partial = target.with_name(f".{filename}.part")
         try:
-            with open(source, "rb") as src, open(partial, "wb") as dst:
+            with open(source, "rb") as src, open_private(partial) as dst:
                 while chunk := src.read(1 << 20):
                     dst.write(chunk)
             os.replace(partial, target)

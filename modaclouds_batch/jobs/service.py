@@ -9,6 +9,7 @@ import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -26,6 +27,7 @@ from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
+from ..home import make_private_dir, mark_job_dir, private_dir, restrict_tree, write_private
 from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYet,
                       TooLarge)
 from ..settings import Settings
@@ -156,15 +158,14 @@ class Staging:
 
     def add_file_link(self, src: Path, filename: str, executable: bool, field_name: str) -> None:
         """A data object placed, by its file name, in the job's working directory."""
-        folder = self.path / sd.FILES_DIR
-        folder.mkdir(exist_ok=True)
+        folder = private_dir(self.path / sd.FILES_DIR)
         dest = folder / filename
         if dest.exists() or filename in (bundles.RUN_SH,):
             raise InvalidRequest(f"{field_name}: two files named {filename!r} would land in the job's working directory",
                                  field=field_name)
         shutil.copyfile(src, dest) if executable else link_or_copy(src, dest)
-        if executable:
-            dest.chmod(0o755)
+        # Private like every file of the job folder; the launcher copies it into work/.
+        dest.chmod(0o700 if executable else 0o600)
         self.has_files = True
 
     def sources(self) -> list[str]:
@@ -204,7 +205,9 @@ class JobService:
     def staging(self, max_upload_bytes: int | None = None) -> Iterator[Staging]:
         job_id = str(uuid.uuid4())
         path = Path(self.settings.jobs_dir) / job_id
-        path.mkdir(parents=True)
+        private_dir(path.parent)
+        make_private_dir(path)
+        mark_job_dir(path, self.store.instance_id)
         limit = min(max_upload_bytes or self.settings.max_upload_bytes, self.settings.max_upload_bytes)
         staging = Staging(job_id, path, limit)
         with self._in_flight_lock:
@@ -249,6 +252,8 @@ class JobService:
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
             stream_output=self.settings.live_output_enabled,
         )
+        # Durably before the submit: whoever tracks this database sees these jobs are ours.
+        self.store.add_intents((job_id for job_id, _, _ in items), os.getpid())
         try:
             if request.is_array:
                 description = sd.render_submit(spec, per_item=True)
@@ -391,8 +396,9 @@ class JobService:
     def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
                        is_array: bool) -> list[tuple[str, Path, list[str]]]:
         """One folder per item: the staging folder for a lone job, linked copies for an array."""
+        restrict_tree(staging.path)  # copies and a command's bundle were made under the umask
         if not is_array:
-            (staging.path / sd.ARGUMENTS_FILE).write_text(sd.arguments_script(item_arguments[0]))
+            write_private(staging.path / sd.ARGUMENTS_FILE, sd.arguments_script(item_arguments[0]))
             return [(staging.job_id, staging.path, item_arguments[0])]
         items = []
         sources = staging.sources()
@@ -403,17 +409,20 @@ class JobService:
                 with self._in_flight_lock:
                     self._in_flight.add(job_id)
                 items.append((job_id, job_dir, arguments))
-                job_dir.mkdir()
+                make_private_dir(job_dir)
+                mark_job_dir(job_dir, self.store.instance_id)
                 for name in sources:
                     _link_tree(staging.path / name, job_dir / name)
-                (job_dir / sd.ARGUMENTS_FILE).write_text(
-                    sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
+                write_private(job_dir / sd.ARGUMENTS_FILE,
+                              sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
         except BaseException:
             self._discard_items(staging, items)
             raise
         return items
 
     def _discard_items(self, staging: Staging, items) -> None:
+        """A submission that failed: its folders, in-flight marks and intents go."""
+        self.store.drop_intents(job_id for job_id, _, _ in items)
         for job_id, job_dir, _ in items:
             if job_dir != staging.path:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -619,7 +628,7 @@ def _check_ttl(ttl: Any) -> int | None:
 
 def _link_tree(src: Path, dest: Path) -> None:
     if src.is_dir():
-        dest.mkdir()
+        make_private_dir(dest)
         for child in src.iterdir():
             _link_tree(child, dest / child.name)
     else:

@@ -112,6 +112,7 @@ def test_a_removed_job_keeps_what_it_printed(client, gateway, tmp_path):
     assert resp.status_code == 200 and resp.text == "tick 1\ntick 2\n"
     assert client.simulate_get(f"/jobs/{job_id}/artifacts/output").status_code == 404
     assert sorted(p.name for p in job_dir.iterdir()) == ["stderr.txt", "stdout.txt"]  # no .part left
+    assert {p.stat().st_mode & 0o777 for p in job_dir.iterdir()} == {0o600}
 
 
 def test_a_job_that_does_not_stream_has_no_live_folder():
