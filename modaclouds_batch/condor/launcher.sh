@@ -24,8 +24,9 @@
 #      stderr and exits 124 (as coreutils' timeout does);
 #   8. with MODACLOUDS_BATCH_DEDICATED_ACCOUNT=1 (the pool runs each slot's jobs as an
 #      account of its own, see condor/pool/config.py), sets TMPDIR to scratch/ and
-#      deletes whatever that account owns in /tmp, /var/tmp and /dev/shm before run.sh
-#      starts and after it ends, so no file passes from one job (one user) to the next.
+#      deletes whatever that account owns in /tmp, /var/tmp, /dev/shm and /run/lock
+#      before run.sh starts and after it ends, so no file passes from one job (one
+#      user) to the next.
 #
 # Signals: HTCondor suspends a job by stopping all its processes and resumes them with
 # SIGCONT, which needs nothing from us. It removes a job with SIGTERM to this process;
@@ -82,7 +83,7 @@ clear_shared_tmp() {
     [ "${MODACLOUDS_BATCH_DEDICATED_ACCOUNT:-}" = 1 ] || return 0
     me=$(id -u)
     [ "$me" != 0 ] || return 0  # never as root: those files are not the job's alone
-    for shared in /tmp /var/tmp /dev/shm; do
+    for shared in /tmp /var/tmp /dev/shm /run/lock; do
         [ -d "$shared" ] || continue
         find "$shared" -mindepth 1 -xdev -user "$me" -type d -exec chmod u+rwx {} + 2>/dev/null
         find "$shared" -mindepth 1 -xdev -user "$me" -delete 2>/dev/null

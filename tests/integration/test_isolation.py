@@ -47,6 +47,13 @@ for d in "$state"/*/execute/dir_*; do
     (printf 'alice was here\n' > "$d/work/secret.txt") 2>/dev/null && echo "WROTE $d/work/secret.txt"
     touch "$d/planted-by-alice" 2>/dev/null && echo "WROTE $d/planted-by-alice"
 done
+# The pool's own tools, as the job's account (FS authentication on loopback).
+cfg=$(ls "$state"/condor_config.* | head -n 1)
+CONDOR_CONFIG=$cfg condor_q -allusers -af GatewayOwner JobBatchName 2>/dev/null | sed 's/^/LEAK queue /'
+CONDOR_CONFIG=$cfg condor_hold -all >/dev/null 2>&1 && echo "WROTE queue: held every job"
+# Other jobs' processes: their command lines, environments, open files.
+mine=$(id -un)
+for p in /proc/[0-9]*; do stat -c %U "$p" 2>/dev/null; done | sort -u | grep -vx "$mine" | sed 's/^/LEAK process of /'
 echo "attack done"
 """
 
@@ -109,6 +116,7 @@ def test_alice_can_neither_read_nor_write_bobs_queued_and_running_jobs(two_users
     assert "attack done" in report, report
     assert report.count("spool-dir ") >= 2, report  # Bob's two jobs' folders were there to try
     assert report.count("sandbox ") >= 1, report  # and Bob's running sandbox
+    assert "LEAK queue" not in report and "LEAK process" not in report, report
     refused = [line for line in report.splitlines() if line.split(" ", 1)[0] in ("LISTED", "READ", "WROTE", "LEAK")]
     assert refused == [], report
     assert queued_secret not in report and running_secret not in report

@@ -348,3 +348,12 @@ def test_execute_uids_of_two_running_pools_never_meet():
 
     assert first + EXECUTE_IDS_PER_POOL <= second
     assert first > 60000  # above every ordinary and Debian-reserved id
+
+
+def test_jobs_cannot_read_the_queue_as_their_execute_account():
+    with_accounts = knobs(render_daemon_config(node(num_cpus=2, execute_accounts=execute_accounts("batch", "main", 2))))
+    without = knobs(render_daemon_config(node(execute_accounts=())))
+
+    assert with_accounts["ALLOW_READ"] == "$(ALLOW_WRITE)"
+    assert "batch-main" not in with_accounts["ALLOW_WRITE"] and "*" not in with_accounts["ALLOW_WRITE"]
+    assert without["ALLOW_READ"] == "*@$(UID_DOMAIN)/127.0.0.1"

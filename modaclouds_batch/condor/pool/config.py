@@ -118,7 +118,7 @@ def _execute_account_lines(cfg: NodeConfig) -> list[str]:
         "# process they own, so nothing a job left running meets the slot's next job.",
         f"DEDICATED_EXECUTE_ACCOUNT_REGEXP = {re.escape(prefix)}-[0-9]+",
         "# The launcher, told so, removes what the previous job of its account left in the",
-        "# shared temporary folders (/tmp, /var/tmp, /dev/shm) before the job starts.",
+        "# shared temporary folders (/tmp, /var/tmp, /dev/shm, /run/lock) before the job starts.",
         f'STARTER_JOB_ENVIRONMENT = "{DEDICATED_ACCOUNT_ENV}=1"',
         "",
     ]
@@ -252,10 +252,20 @@ def render_daemon_config(cfg: NodeConfig) -> str:
         f"ALLOW_DAEMON = {ident('condor')} {ident('root')}",
         f"ALLOW_NEGOTIATOR = {ident('condor')}",
         f"ALLOW_WRITE = $(ALLOW_DAEMON) {ident(cfg.pool_identity)}",
-        f"ALLOW_READ = *@$(UID_DOMAIN)/{LOOPBACK}",
+        *_read_lines(cfg),
         "",
     ]
     return "\n".join(lines)
+
+
+def _read_lines(cfg: NodeConfig) -> list[str]:
+    if not cfg.execute_accounts:
+        return [f"ALLOW_READ = *@$(UID_DOMAIN)/{LOOPBACK}"]
+    return [
+        "# Not the execute accounts: a job authenticates as its account (FS) on loopback,",
+        "# and the queue's job ads (every user's job names, owners, folders) are not its own.",
+        "ALLOW_READ = $(ALLOW_WRITE)",
+    ]
 
 
 def render_client_config(*, collector_port: int, token_dir: Path) -> str:

@@ -141,7 +141,11 @@ class ChrootRuntime:
             mount(["-t", "overlay", "overlay", "-o", options], root,
                   f"mounting the pool's overlay of {self.rootfs}")
             say(f"mounted {root} (overlay of {self.rootfs})")
-        mount(["-t", "proc", "proc"], root / "proc", "mounting proc in the chroot")
+        # hidepid: a job sees only its own account's processes (not another job's command
+        # line, environment or open files); the daemons (root, or the condor group) see all.
+        condor_gid = _group_id(_inside(root, Path("/etc/group")), "condor")
+        mount(["-t", "proc", "-o", f"hidepid=invisible,gid={condor_gid}", "proc"], root / "proc",
+              "mounting proc in the chroot")
         # Jobs (Python multiprocessing, for one) expect a writable /dev/shm.
         mount(["-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs"], root / "dev" / "shm",
               "mounting /dev/shm in the chroot")
@@ -234,6 +238,15 @@ def free_id(taken: set[int], start: int = FIRST_JOB_ID) -> int:
     while candidate in taken:
         candidate += 1
     return candidate
+
+
+def _group_id(group_file: Path, name: str) -> int:
+    """The gid of group ``name`` in a group(5) file."""
+    for line in group_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    raise PoolError(f"no group {name} in {group_file}")
 
 
 def _ids_in(*roots: Path) -> set[int]:
