@@ -36,9 +36,24 @@ def lenient_json_object(req: falcon.Request, example: str) -> dict:
     if not text.strip():
         return {}
     try:
-        body = json5.loads(text)
+        body = _joined_surrogates(json5.loads(text))
+    except UnicodeError:
+        raise InvalidRequest("the request body holds a \\u escape of half a UTF-16 surrogate pair") from None
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"the request body is not JSON ({exc}); send a JSON object such as {example}") from None
     if not isinstance(body, dict):
         raise InvalidRequest(f"the request body must be a JSON object such as {example}")
     return body
+
+
+def _joined_surrogates(value):
+    """json5 leaves a \\uD83D\\uDE00 escape as two surrogates; join them as JSON does (a lone one raises)."""
+    if isinstance(value, str):
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        return value
+    if isinstance(value, list):
+        return [_joined_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_joined_surrogates(k): _joined_surrogates(v) for k, v in value.items()}
+    return value

@@ -70,7 +70,7 @@ def word_filter(states: Mapping[JobState, str], words: list[str], field_name: st
     known = list(dict.fromkeys([*states.values(), *vocabulary]))
     unknown = [w for w in words if w not in known]
     if unknown:
-        raise InvalidRequest(f"unknown {field_name} {', '.join(unknown)}; {field_name}s are {', '.join(known)}",
+        raise InvalidRequest(f"unknown {field_name} {', '.join(unknown)}; the {field_name} words are {', '.join(known)}",
                              field=field_name)
     return tuple(state.value for state, word in states.items() if word in words)
 

@@ -148,6 +148,17 @@ def test_a_body_that_is_not_a_json_object_says_so(world, body):
     assert world.nothing_left()
 
 
+def test_escaped_surrogate_pairs_are_joined_and_a_lone_half_is_400(world):
+    """json5 keeps \\uD83D\\uDE00 as two surrogates, which no answer could encode (the fuzzer's 500)."""
+    resp = world.run(r'{"command": "echo \ud83d\ude00", "\ud83d\ude00": 1}')
+    assert resp.status_code == 400 and "unknown field '\U0001f600'" in resp.json["error"]
+    resp = world.run(r'{"command": "echo \ud83d\ude00"}')
+    assert resp.status_code == 201, resp.text
+    assert world.store.get_job(resp.json["job_id"])["command"] == "echo \U0001f600"
+    resp = world.run(r'{"command": "echo \ud83d"}')
+    assert resp.status_code == 400 and "surrogate" in resp.json["error"]
+
+
 # --- seed 001: job_info, list_jobs -----------------------------------------------------------
 
 @pytest.mark.parametrize("status, ad, word", [
@@ -391,3 +402,11 @@ def test_a_job_from_one_door_is_seen_through_every_other_in_its_words(world):
     assert world.http.simulate_get(f"/async/jobs/{job_id}/status").json["status"] == "complete"
     assert world.http.simulate_get(f"/jobs/{job_id}").json["job_status"] == "completed"
     assert world.http.simulate_get(f"/api/job/job_info/{job_id}").json["state"] == "DONE"
+
+
+@pytest.mark.parametrize("dialect", [job_manager.DIALECT, long_running.DIALECT], ids=lambda d: d.seed)
+def test_the_docs_page_the_index_points_at_exists_with_every_state_word(dialect):
+    page = Path(__file__).resolve().parents[2] / dialect.docs
+    text = page.read_text(encoding="utf-8")
+    for state, word in dialect.states.items():
+        assert f"| `{state.value}` | `{word}` |" in text, f"{dialect.docs}: no table row for {state.value}"
