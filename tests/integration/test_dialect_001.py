@@ -9,6 +9,7 @@ import time
 import pytest
 
 from .fixtures import GATEWAY_ENV
+from .docs_examples import run_page
 from .gateway import Client, GatewayProcess
 from .test_access import AuthedClient, cli_token
 
@@ -181,3 +182,8 @@ def test_users_list_their_own_jobs_and_get_403_for_anothers(two_users):
     assert info(bob, job_id).status_code == 404  # another user's job is not found, so ids do not leak
     status, _ = curl(bob, *sample(CANCEL_SAMPLE, bob, job_id))
     assert status == 404
+
+
+def test_the_docs_page_runs_as_printed(client, tmp_path):
+    out = run_page("docs/dialect-001-job-manager.md", client, tmp_path)
+    assert "ONE\nTWO" in out

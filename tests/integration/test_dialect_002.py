@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from .docs_examples import run_page
 from .gateway import Client, pack_bundle
 
 pytestmark = pytest.mark.integration
@@ -91,3 +92,8 @@ def test_bad_input_is_400_in_the_error_shape(client):
     assert resp.status_code == 400 and "complete" in resp.json()["error"]
     assert client.get("/async/jobs/nope/status").status_code == 400
     assert client.get("/async/jobs/0f2d3b57-9f53-4b8e-9e5a-2b8f0d2c9e11/status").status_code == 404
+
+
+def test_the_docs_page_runs_as_printed(client, tmp_path):
+    out = run_page("docs/dialect-002-long-running.md", client, tmp_path)
+    assert '"exit_status": 0' in out and out.count("42\n") >= 1
