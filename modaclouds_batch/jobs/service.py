@@ -589,6 +589,27 @@ class JobService:
         self.refresh([job])
         return self.get(job["id"], actor)
 
+    def delete(self, job_id: str, actor: Actor, request_id: str | None = None) -> dict[str, Any]:
+        """Forget a job: remove it from HTCondor if it is still active, then delete its record
+        (events, notifications), its folder (artifacts) and its answer object. Returns the job
+        as it was; afterwards its id is unknown (404), not expired (410)."""
+        job = self.store.get_job(check_job_id(job_id))
+        if job is None or not actor.may_see(job["owner"]):
+            raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
+        if not JobState(job["state"]).is_final and not job.get("expired_at"):
+            constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
+            try:
+                self.condor.act("remove", constraint, f"deleted by {actor.user} through the gateway")
+            except CondorUnavailable as exc:
+                raise BackendUnavailable(f"HTCondor does not answer, so the job was not deleted; retry later ({exc})") from exc
+        self.store.delete_job(job["id"])
+        if job.get("job_dir"):
+            shutil.rmtree(job["job_dir"], ignore_errors=True)
+        if job.get("answer_id"):
+            self.data.discard_answer(job["answer_id"], job["id"])
+        self.audit.record(actor, "job.delete", job["id"], request_id=request_id, detail={"state": job["state"]})
+        return job
+
     def _spooling(self, constraint: str) -> bool:
         ads = self.condor.query(constraint, ["JobStatus", "HoldReasonCode"])
         return bool(ads) and ads[0].get("JobStatus") == 5 and ads[0].get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT
