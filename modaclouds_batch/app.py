@@ -83,6 +83,7 @@ class Gateway:
     def shutdown(self) -> None:
         self.tracker.shutdown()
         self.webhooks.shutdown()
+        self.service.validations.shutdown()
         self.store.close()
 
 
