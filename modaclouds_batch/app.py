@@ -181,6 +181,7 @@ def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
     settings = gateway.settings
     return RequestGuard(
         gateway.tokens, auth_enabled=settings.auth_enabled, host_names=settings.host_names,
+        proxy_names=settings.proxy_names,
         check_host=on_loopback or not settings.auth_enabled,
         allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
     )

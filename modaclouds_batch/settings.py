@@ -108,8 +108,8 @@ class Settings:
     # With auth on, write a local admin token to <home>/admin-token (0600) at first start.
     local_admin_token: bool = True
     # Archive validation: threads for all users, validations one user may run at once (429 past it).
-    archive_validation_workers: int = 2
-    archive_validations_per_user: int = 1
+    archive_validation_workers: int = 4
+    archive_validations_per_user: int = 2
     # What a job bundle (code) may unpack to; inputs and data objects keep max_unpacked_bytes.
     max_bundle_unpacked_bytes: int = 1 << 28
 
@@ -159,14 +159,23 @@ class Settings:
 
     @property
     def host_names(self) -> frozenset[str]:
-        """The names a request's Host (and a browser's Origin) may carry on a loopback gateway."""
-        names = {"localhost", "127.0.0.1", "::1", *(n.strip() for n in self.allowed_hosts.split(","))}
+        """The names a request's Host may carry on a loopback gateway."""
+        names = {"localhost", "127.0.0.1", "::1", *self.proxy_names}
         if self.host not in ("0.0.0.0", "::", ""):
-            names.add(self.host)
+            names.add(self.host.lower().strip("[]"))
+        return frozenset(names)
+
+    @property
+    def proxy_names(self) -> frozenset[str]:
+        """Names the gateway is reached by through a proxy: ``allowed_hosts`` and the ``public_url``'s host.
+
+        A browser's Origin may carry them whatever its port; other origins must be the request's own.
+        """
+        names = [n.strip() for n in self.allowed_hosts.split(",")]
         if self.public_url:
             from urllib.parse import urlsplit
 
-            names.add(urlsplit(self.public_url).hostname or "")
+            names.append(urlsplit(self.public_url).hostname or "")
         return frozenset(n.lower().strip("[]") for n in names if n)
 
     @property

@@ -54,24 +54,32 @@ class Refusal:
 UNAUTHENTICATED = (("WWW-Authenticate", 'Bearer realm="modaclouds-batch"'),)
 
 
-def host_name(value: str) -> str:
-    """The name in a Host header or an origin's authority, port and brackets dropped, lower case."""
+def split_host(value: str) -> tuple[str, int | None]:
+    """(name, port) of a Host header or an authority, brackets dropped, lower case."""
     value = value.strip().lower()
     if value.startswith("["):
-        return value[1:].partition("]")[0]
-    if value.count(":") == 1:
-        return value.partition(":")[0]
-    return value
+        name, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        name, _, port = value.partition(":")
+    else:
+        name, port = value, ""
+    return name, int(port) if port.isdigit() else None
+
+
+def host_name(value: str) -> str:
+    return split_host(value)[0]
 
 
 class RequestGuard:
     """The check itself; ``headers`` are named as waitress names them (``CONTENT_LENGTH``, ``HOST``)."""
 
     def __init__(self, tokens: TokenService, *, auth_enabled: bool, host_names: frozenset[str],
-                 check_host: bool, allowance: Callable[[Actor], int]):
+                 check_host: bool, allowance: Callable[[Actor], int], proxy_names: frozenset[str] = frozenset()):
         self.tokens = tokens
         self.auth_enabled = auth_enabled
         self.host_names = host_names
+        self.proxy_names = proxy_names
         self.check_host = check_host
         self.allowance = allowance
 
@@ -86,11 +94,10 @@ class RequestGuard:
         if self.check_host and host and host not in self.host_names:
             return Refusal(403, f"this gateway does not answer to Host '{host}'; it answers to "
                                 f"{', '.join(sorted(self.host_names))} (allowed_hosts adds names)"), None
-        if method.upper() not in SAFE_METHODS and "ORIGIN" in headers:
-            origin = urlsplit(headers["ORIGIN"].strip()).hostname if headers["ORIGIN"].strip() != "null" else None
-            if origin is None or (origin not in self.host_names and (self.check_host or origin != host)):
-                return Refusal(403, f"a {method} from another site (Origin {headers['ORIGIN']!r}) is refused; "
-                                    "send it from this gateway's own pages, or without an Origin header"), None
+        if method.upper() not in SAFE_METHODS and "ORIGIN" in headers and not self._own_origin(
+                headers["ORIGIN"], headers.get("HOST", "")):
+            return Refusal(403, f"a {method} from another site (Origin {headers['ORIGIN']!r}) is refused; "
+                                "send it from this gateway's own pages, or without an Origin header"), None
         actor = LOCAL_ACTOR if not self.auth_enabled else None
         if self.auth_enabled and not is_public(path):
             scheme, _, token = (headers.get("AUTHORIZATION") or "").partition(" ")
@@ -104,6 +111,21 @@ class RequestGuard:
                 return Refusal(401, exc.message, UNAUTHENTICATED), None
         refusal = self._check_length(headers.get("CONTENT_LENGTH"), actor)
         return refusal, (None if refusal else actor)
+
+    def _own_origin(self, origin: str, host_header: str) -> bool:
+        """Same origin as the request (scheme, name and port), or a proxy name the operator listed."""
+        try:
+            parts = urlsplit(origin.strip())
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        except ValueError:
+            return False
+        if not parts.hostname:  # "null": a sandboxed page or a file
+            return False
+        if parts.hostname in self.proxy_names:
+            return True
+        host, host_port = split_host(host_header)
+        # The gateway itself speaks plain HTTP; TLS is a proxy's, whose name is in proxy_names.
+        return parts.scheme == "http" and parts.hostname == host and port == (host_port or 80)
 
     def _check_length(self, raw: str | None, actor: Actor | None) -> Refusal | None:
         if raw is None or raw.strip() == "":

@@ -80,6 +80,27 @@ def test_a_cross_site_form_post_is_refused_before_the_app_with_or_without_a_toke
     assert same_site.status_code == 201, same_site.text
 
 
+def test_a_page_of_another_local_port_is_another_site(gateway):
+    """A notebook on localhost:8888 is not the gateway on localhost:5000."""
+    client = admin_client(gateway)
+    other_port = client.simulate_post("/tokens", json={"owner": "bob"}, headers={"Origin": "http://localhost:8888"})
+    assert other_port.status_code == 403
+    https = client.simulate_post("/tokens", json={"owner": "bob"}, headers={"Origin": "https://localhost:5000"})
+    assert https.status_code == 403  # another scheme is another origin
+    assert client.simulate_get("/jobs", headers={"Origin": "http://localhost:8888"}).status_code == 200
+
+
+def test_a_proxy_name_is_an_own_origin_whatever_its_port(tmp_path):
+    gw = build_gateway(load_settings(overrides={"home": tmp_path, "public_url": "https://batch.example.org"},
+                                     environ={}))
+    try:
+        resp = admin_client(gw).simulate_post("/tokens", json={"owner": "bob"},
+                                              headers={"Origin": "https://batch.example.org"})
+        assert resp.status_code == 201, resp.text
+    finally:
+        gw.store.close()
+
+
 def test_without_a_token_the_answer_is_401_and_the_body_is_never_read(gateway):
     resp = local(gateway).simulate_post("/jobs", headers={"Content-Length": str(300 * MB)},
                                         extras={"wsgi.input": Unreadable()})
