@@ -86,3 +86,24 @@ def test_a_bundle_inflating_past_its_lower_limit_is_413_while_the_same_bytes_pas
         assert as_input.status_code == 503, as_input.text  # checked and passed; only the absent pool refuses
     finally:
         gw.store.close()
+
+
+def test_a_data_object_checked_as_an_input_does_not_pass_later_as_an_oversized_bundle(tmp_path):
+    gw = build_gateway(load_settings(overrides={"home": tmp_path, "max_bundle_unpacked_bytes": MB}, environ={}))
+    try:
+        client = admin_client(gw)
+
+        def upload(files):
+            resp = client.simulate_post("/data", params={"filename": "a.tar.gz"}, body=_archive(files),
+                                        headers={"Content-Type": "application/gzip"})
+            assert resp.status_code == 201, resp.text
+            return resp.json["id"]
+
+        big = upload({"run.sh": b"#!/bin/sh\necho hi\n", "weights.bin": bytes(2 * MB)})
+        small = upload({"run.sh": b"#!/bin/sh\necho hi\n"})
+        as_input = client.simulate_post("/jobs", json={"bundle_id": small, "input_ids": [big]})
+        assert as_input.status_code == 503, as_input.text  # the input passed its check
+        as_bundle = client.simulate_post("/jobs", json={"bundle_id": big})
+        assert as_bundle.status_code == 413 and "max_bundle_unpacked_bytes" in as_bundle.json["error"], as_bundle.text
+    finally:
+        gw.store.close()
