@@ -34,6 +34,7 @@ from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
 from . import bundles, live_output, resources
+from .validation_pool import ValidationPool
 from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,12 @@ class JobService:
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_members=settings.max_archive_members,
         )
+        # A bundle is code: it may inflate to much less than a dataset.
+        self.bundle_limits = bundles.ArchiveLimits(
+            max_unpacked_bytes=min(settings.max_bundle_unpacked_bytes, settings.max_unpacked_bytes),
+            max_members=settings.max_archive_members, setting="max_bundle_unpacked_bytes",
+        )
+        self.validations = ValidationPool(settings.archive_validation_workers, settings.archive_validations_per_user)
         # Jobs between condor submit and their row in the store: the tracker leaves them be.
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -238,11 +245,12 @@ class JobService:
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
         wanted = self._check_resources(request)
         item_arguments = self._item_arguments(request)
-        self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
+        self._validate_archive(actor, staging.bundle_path, "job-bundle", require_run_sh=True,
+                               data_id=refs.get("bundle"))
         for path, data_id in [(staging.input_path, refs.get("input"))] + [
                 (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
             if path.exists():
-                self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
+                self._validate_archive(actor, path, "job-input", require_run_sh=False, data_id=data_id)
 
         items = self._prepare_items(staging, item_arguments, request.is_array)
         spec = sd.JobSpec(
@@ -441,19 +449,24 @@ class JobService:
         except targets.UnsafeTarget as exc:
             raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
 
-    def _validate_archive(self, path: Path, field_name: str, require_run_sh: bool,
+    def _validate_archive(self, actor: Actor, path: Path, field_name: str, require_run_sh: bool,
                           data_id: dict[str, Any] | None = None) -> None:
-        """Check an archive; a data object's verdict is remembered for its exact content."""
+        """Check an archive on the validation pool; a data object's verdict is remembered for its exact content."""
         verdict = "bundle" if require_run_sh else "archive"
         if data_id and data_id.get("archive_check") in (f"bundle:{data_id['sha256']}", f"{verdict}:{data_id['sha256']}"):
             return
+        limits = self.bundle_limits if require_run_sh else self.limits
         try:
-            summary = bundles.validate_archive(path, field=field_name, limits=self.limits, require_run_sh=require_run_sh)
+            summary = self.validations.run(actor.user, lambda: bundles.validate_archive(
+                path, field=field_name, limits=limits, require_run_sh=require_run_sh))
         except bundles.ArchiveRejected as exc:
             error = TooLarge if exc.too_large else InvalidRequest
             raise error(exc.reason, field=field_name) from exc
         if data_id:
-            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if summary.has_run_sh else "archive")
+            # "bundle" only for what a bundle may hold: an input's run.sh does not make a 4 GiB bundle.
+            fits_a_bundle = summary.has_run_sh and summary.unpacked_bytes <= self.bundle_limits.max_unpacked_bytes \
+                and summary.inflated_bytes <= self.bundle_limits.max_inflated_bytes
+            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if fits_a_bundle else "archive")
 
     # --- reads ------------------------------------------------------------------
 

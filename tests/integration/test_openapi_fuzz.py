@@ -21,7 +21,6 @@ import os
 import hypothesis
 import hypothesis.strategies as st
 import pytest
-import requests
 import schemathesis
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -37,7 +36,7 @@ from schemathesis.checks import (
 from modaclouds_batch.dialects import all_dialects, openapi_description
 
 from .fixtures import GATEWAY_ENV
-from .gateway import Client, GatewayProcess, pack_bundle
+from .gateway import GatewayProcess, pack_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +75,7 @@ def fuzzed_gateway(tmp_path_factory, condor_config, request):
     process = GatewayProcess(tmp_path_factory.mktemp("fuzzed"), condor_config, env=env).start()
     yield process
     try:
-        client = Client(process.url)
+        client = process.client()
         for job in client.get("/jobs", params={"status": ACTIVE}).json():
             client.post(f"/jobs/{job['id']}/remove")
     finally:
@@ -101,7 +100,7 @@ def _report(request) -> None:
 @pytest.fixture(scope="module")
 def known_ids(fuzzed_gateway):
     """One of everything, so positive cases can name ids that exist."""
-    client = Client(fuzzed_gateway.url)
+    client = fuzzed_gateway.client()
     done = client.submit(pack_bundle("hello"), name="fuzz-done", notify="http://127.0.0.1:9/hook").json()["job_id"]
     held = client.submit(pack_bundle("sleeper"), name="fuzz-held", arguments="300").json()["job_id"]
     array = client.post("/jobs", json={"command": "true", "count": 1, "name": "fuzz-array"}).json()["id"]
@@ -136,7 +135,7 @@ def _strategy(operation, mode: GenerationMode, known_ids: dict):
 @pytest.mark.parametrize("label", sorted(set(OPERATIONS) - NOT_FUZZED))
 def test_operation_answers_as_described(fuzzed_gateway, known_ids, label, mode):
     operation = OPERATIONS[label]
-    session = requests.Session()
+    session = fuzzed_gateway.client().http
 
     @hypothesis.given(case=_strategy(operation, mode, known_ids))
     @hypothesis.settings(max_examples=FEWER_EXAMPLES.get(label, EXAMPLES), deadline=None, database=None,
