@@ -74,6 +74,9 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # Seconds a worker the gateway added may be missing from the collector before
+    # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
+    worker_lost_after: float = 120.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
