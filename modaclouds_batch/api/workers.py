@@ -65,7 +65,9 @@ class WorkerDrainResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         body = json_object(req)
-        how = body["how"] if "how" in body else req.get_param("how", default="graceful")
+        how = body.get("how")  # null or absent: the query string's, else graceful
+        if how is None:
+            how = req.get_param("how", default="graceful")
         resp.status = falcon.HTTP_202
         resp.media = self.infra.drain(req.context.actor, name, how, req.context.request_id)
 

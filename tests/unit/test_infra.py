@@ -204,7 +204,12 @@ def test_a_drain_without_a_body_is_graceful(client, pool):
     assert pool.drains == [("localhost", "graceful")]
 
 
-@pytest.mark.parametrize("how", ["bogus", [], None, "", 3])
+def test_a_null_how_takes_the_query_string_s(client, pool):
+    assert drain(client, json={"how": None}, params={"how": "fast"}).status_code == 202
+    assert pool.drains == [("localhost", "fast")]
+
+
+@pytest.mark.parametrize("how", ["bogus", [], "", 3, {"how": "fast"}])
 def test_an_unknown_how_is_a_400_naming_the_field(client, pool, how):
     resp = drain(client, json={"how": how})
 
