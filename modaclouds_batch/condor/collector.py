@@ -66,10 +66,14 @@ class CollectorClient:
 
     def _startd_ad(self, worker: str):
         """The daemon ad of the startd named exactly ``worker``, or None."""
+        try:
+            constraint = startd_constraint(worker)
+        except (UnicodeEncodeError, ValueError):  # a NUL or a lone surrogate: no startd's name
+            return None
         configure(self.condor_config)
         self.round_trips += 1
         ads = htcondor2.Collector().query(
-            htcondor2.AdType.StartDaemon, constraint=startd_constraint(worker),
+            htcondor2.AdType.StartDaemon, constraint=constraint,
             projection=["MyAddress", "Name", "Machine"])
         return ads[0] if ads else None
 

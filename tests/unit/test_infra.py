@@ -7,7 +7,7 @@ import falcon.testing
 import pytest
 
 from modaclouds_batch.app import build_gateway, create_app
-from modaclouds_batch.condor.collector import startd_constraint
+from modaclouds_batch.condor.collector import CollectorClient, startd_constraint
 from modaclouds_batch.condor.schedd import CondorUnavailable
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.timefmt import now_iso
@@ -100,6 +100,14 @@ def test_a_name_with_regex_characters_is_a_plain_name():
 
     assert classad2.ExprTree(startd_constraint("exec-.@localhost")).eval(ad) is False
     assert classad2.ExprTree(startd_constraint('a"b')).eval(classad2.ClassAd({"Name": 'a"b'})) is True
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\udc80"])
+def test_a_name_no_startd_can_have_is_no_worker_without_asking_the_pool(tmp_path, name):
+    collector = CollectorClient(tmp_path / "no-such-condor-config")
+
+    assert collector.worker_slots(name) is None
+    assert collector.round_trips == 0
 
 
 # --- answers that follow what was just accepted -----------------------------------------------
