@@ -66,11 +66,15 @@ class InfraService:
         return [self._annotate(w) for w in sorted(workers.values(), key=lambda w: w["name"])]
 
     def worker(self, actor: Actor, name: str) -> dict[str, Any]:
-        """One worker as its startd says now (asked directly, not the collector's copy)."""
+        """One worker, as /workers shows it (a drain just made included)."""
         actor.require_admin("worker details")
-        return self._annotate(self._ask_startd(name))
+        workers = self._workers()
+        if name not in workers:
+            raise NotFound(f"no worker named {name}; GET /workers lists them")
+        return self._annotate(workers[name])
 
     def _ask_startd(self, name: str) -> dict[str, Any]:
+        """The worker as its startd says now (not the collector's copy, which lags)."""
         try:
             slots = self.collector.worker_slots(name)
         except CondorUnavailable as exc:
