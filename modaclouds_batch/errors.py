@@ -40,6 +40,14 @@ class BackendUnavailable(GatewayError):
         self.retry_after = retry_after
 
 
+class Busy(GatewayError):
+    """The gateway serves as many of these as it is configured to; retry later (503)."""
+
+    def __init__(self, message: str, retry_after: int = 5, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
 class BackendRefused(GatewayError):
     """HTCondor answered but refused the request (502)."""
 

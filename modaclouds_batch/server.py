@@ -30,6 +30,9 @@ def run(settings: Settings) -> None:
         # Waitress spools large bodies to disk, so this bounds disk, not memory.
         max_request_body_size=2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
         clear_untrusted_proxy_headers=True,
+        # Lets a long answer (the change stream) ask `waitress.client_disconnected` whether its
+        # client is still there, instead of finding out at its next write.
+        channel_request_lookahead=1,
     )
 
     def stop(signum, frame):

@@ -74,6 +74,12 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # GET /jobs/events: open streams at once (each holds a request thread), seconds between
+    # keep-alive comments, and seconds before a stream ends (clients resume with Last-Event-ID;
+    # 0: send what is there and end).
+    max_event_streams: int = 4
+    event_stream_heartbeat_seconds: float = 15.0
+    event_stream_max_seconds: float = 300.0
     # Seconds a worker the gateway added may be missing from the collector before
     # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
     worker_lost_after: float = 120.0

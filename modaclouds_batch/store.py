@@ -173,6 +173,25 @@ def m006_job_resources(db: Database) -> None:
 
 
 @migrations()
+def m014_job_events_never_reuse_ids(db: Database) -> None:
+    """The change stream resumes after an event id, so no id may ever be handed out twice.
+
+    Without AUTOINCREMENT SQLite reuses the largest rowid once its row is deleted (a job
+    deleted or expired with the newest events), and a client resuming there would skip the
+    new events that took the old ids.
+    """
+    db.execute(
+        "create table job_events_new (id integer primary key autoincrement,"
+        " job_id text references jobs(id), state text, reason text, at text)"
+    )
+    db.execute("insert into job_events_new (id, job_id, state, reason, at)"
+               " select id, job_id, state, reason, at from job_events")
+    db.execute("drop table job_events")
+    db.execute("alter table job_events_new rename to job_events")
+    db["job_events"].create_index(["job_id", "id"])
+
+
+@migrations()
 def m009_worker_requests_lost(db: Database) -> None:
     # When an added worker was found gone from the pool (status 'lost').
     db["worker_requests"].add_column("lost_at", str)
@@ -200,6 +219,7 @@ class JobFilter:
     created_after: str | None = None
     created_before: str | None = None
     array_id: str | None = None
+    job_id: str | None = None
 
 
 class Store:
@@ -349,6 +369,31 @@ class Store:
                     [job_id],
                 )
             )
+
+    def changes_after(self, after: int, flt: JobFilter, limit: int) -> list[dict[str, Any]]:
+        """State changes with an id above ``after``, oldest first, of the jobs ``flt`` matches.
+
+        ``flt.states`` selects the changes' states (not the jobs' current ones). Ids grow in
+        commit order (one writer at a time), so a reader never sees a change before an older one.
+        """
+        where, params = ["e.id > ?"], [after]
+        for column, value in (("j.owner", flt.owner), ("j.array_id", flt.array_id), ("e.job_id", flt.job_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if flt.states:
+            where.append(f"e.state in ({','.join('?' * len(flt.states))})")
+            params.extend(flt.states)
+        with self._lock:
+            return list(self.db.query(
+                "select e.id, e.job_id, e.state, e.reason, e.at, j.name, j.array_id"
+                " from job_events e join jobs j on j.id = e.job_id"
+                f" where {' and '.join(where)} order by e.id limit ?", [*params, limit]))
+
+    def last_change_id(self) -> int:
+        """The newest state change's id (0 when there is none): where a new stream starts."""
+        with self._lock:
+            return self.db.execute("select coalesce(max(id), 0) from job_events").fetchone()[0]
 
     # --- notifications ---------------------------------------------------------------
 
