@@ -94,6 +94,7 @@ class Gateway:
         stale = self.store.fail_unfinished_worker_requests(now_iso())
         if stale:
             log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
+        self.infra.check_added_workers(at_start=True)
         self.tracker.start()
         self.webhooks.start()
 
@@ -118,7 +119,7 @@ def build_gateway(settings: Settings) -> Gateway:
     audit = AuditLog(store)
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
-                         cache_seconds=settings.pool_cache_seconds)
+                         cache_seconds=settings.pool_cache_seconds, lost_after=settings.worker_lost_after)
     service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
                                  on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
@@ -127,6 +128,7 @@ def build_gateway(settings: Settings) -> Gateway:
         metrics.on_cycle(report)
         if report.changes:
             webhooks.wake()
+        infra.check_added_workers()  # after the wake: a failure here must not delay webhooks
 
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds)

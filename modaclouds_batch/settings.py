@@ -125,6 +125,9 @@ class Settings:
     archive_validations_per_user: int = 2
     # What a job bundle (code) may unpack to; inputs and data objects keep max_unpacked_bytes.
     max_bundle_unpacked_bytes: int = 1 << 28
+    # Seconds a worker the gateway added may be missing from the collector before
+    # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
+    worker_lost_after: float = 120.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -205,6 +205,12 @@ def m015_live_output(db: Database) -> None:
     db["jobs"].add_column("live_dir", str)
 
 
+@migrations()
+def m009_worker_requests_lost(db: Database) -> None:
+    # When an added worker was found gone from the pool (status 'lost').
+    db["worker_requests"].add_column("lost_at", str)
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -651,12 +657,20 @@ class Store:
                 " where status = 'running'", [at]).rowcount
 
     def provisioned_worker(self, worker: str) -> dict[str, Any] | None:
-        """The request that started ``worker``, if the gateway started it and has not retired it."""
+        """The request that started ``worker``, if the gateway started it and has not retired it
+        (it may be lost: gone from the pool, still the gateway's to retire)."""
         with self._lock:
             rows = list(self.db.query(
-                "select * from worker_requests where worker = ? and action = 'provision' and status = 'ready'"
-                " order by created_at desc limit 1", [worker]))
+                "select * from worker_requests where worker = ? and action = 'provision'"
+                " and status in ('ready', 'lost') order by created_at desc limit 1", [worker]))
         return rows[0] if rows else None
+
+    def added_workers(self) -> list[dict[str, Any]]:
+        """Provision requests whose worker the gateway still holds: ready or lost."""
+        with self._lock:
+            return [dict(r) for r in self.db.query(
+                "select * from worker_requests where action = 'provision' and status in ('ready', 'lost')"
+                " order by created_at")]
 
     # --- tokens, limits, audit ------------------------------------------------------------
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import falcon
 
 from ..errors import InvalidRequest
-from .bodies import json_object
 from ..infra.service import InfraService
-
-
+from .bodies import json_object
 
 
 class PoolResource:
@@ -66,7 +64,10 @@ class WorkerDrainResource:
         self.infra = infra
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        how = json_object(req).get("how") or req.get_param("how") or "graceful"
+        body = json_object(req)
+        how = body.get("how")  # null or absent: the query string's, else graceful
+        if how is None:
+            how = req.get_param("how", default="graceful")
         resp.status = falcon.HTTP_202
         resp.media = self.infra.drain(req.context.actor, name, how, req.context.request_id)
 
