@@ -128,6 +128,10 @@ class Settings:
     # Seconds a worker the gateway added may be missing from the collector before
     # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
     worker_lost_after: float = 120.0
+    # Seed 003 (/mecrm): the largest data object its /data takes (the seed's server: 16 MiB),
+    # and how long GET /mecrm/worker/contract waits for a match before answering 204.
+    dialect_003_max_data_bytes: int = 16 * 1024 * 1024
+    dialect_003_contract_wait_seconds: float = 30.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

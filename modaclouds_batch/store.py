@@ -211,6 +211,12 @@ def m009_worker_requests_lost(db: Database) -> None:
     db["worker_requests"].add_column("lost_at", str)
 
 
+@migrations()
+def m017_dialect_003(db: Database) -> None:
+    # The data object a job's answer is written into (seed 003's data2_id), instead of a new one.
+    db["jobs"].add_column("answer_into", str)
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -593,6 +599,23 @@ class Store:
                 f" where r.data_id = ? and j.state in ({','.join('?' * len(states))})",
                 [data_id, *states])]
 
+    def job_data_refs(self, job_id: str) -> dict[str, list[str]]:
+        """The data objects a job uses, by role (bundle, input, binary, input_file, answer)."""
+        refs: dict[str, list[str]] = {}
+        with self._lock:
+            for data_id, role in self.db.execute(
+                    "select data_id, role from job_data_refs where job_id = ? order by rowid", [job_id]):
+                refs.setdefault(role, []).append(data_id)
+        return refs
+
+    def jobs_answering_into(self, states: Iterable[str]) -> list[dict[str, Any]]:
+        """Jobs in these states whose answer goes into a given data object, oldest first."""
+        states = list(states)
+        with self._lock:
+            return [_decode_job(r) for r in self.db.query(
+                "select * from jobs where answer_into is not null"
+                f" and state in ({','.join('?' * len(states))}) order by created_at, id", states)]
+
     def expired_data(self, now: str) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.db.query(
@@ -647,6 +670,13 @@ class Store:
         for row in rows:
             row["params"] = json.loads(row["params"] or "{}")
         return rows
+
+    def worker_request(self, request_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = [dict(r) for r in self.db.query("select * from worker_requests where id = ?", [request_id])]
+        for row in rows:
+            row["params"] = json.loads(row["params"] or "{}")
+        return rows[0] if rows else None
 
     def fail_unfinished_worker_requests(self, at: str) -> int:
         """Requests a stopped gateway left running: their outcome is unknown, say so."""

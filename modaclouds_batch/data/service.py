@@ -141,6 +141,25 @@ class DataService:
         os.chmod(row["path"], 0o600)
         return row
 
+    def fill_answer(self, data_id: str, src: Path, content_type: str) -> dict[str, Any] | None:
+        """A job's answer written into an existing data object (seed 003's data2_id): its content
+        becomes ``src`` (hard-linked, a new inode), its expiry stays. None when the object is gone."""
+        row = self.store.get_data(data_id)
+        if row is None:
+            return None
+        digest = hashlib.sha256()
+        with open(src, "rb") as fh:
+            while chunk := fh.read(COPY_CHUNK):
+                digest.update(chunk)
+        staged = self._staging_path()
+        link_or_copy(src, staged)
+        os.chmod(staged, 0o600)
+        os.replace(staged, row["path"])
+        values = {"size": src.stat().st_size, "sha256": digest.hexdigest(), "content_type": content_type,
+                  "updated_at": now_iso(), "archive_check": None}
+        self.store.update_data(data_id, values)
+        return {**row, **values}
+
     def _answer_expiry(self, job_expires_at: str | None) -> str | None:
         candidates = [job_expires_at] if job_expires_at else []
         if self.retention:

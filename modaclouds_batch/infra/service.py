@@ -198,6 +198,14 @@ class InfraService:
         actor.require_admin("worker requests")
         return self.store.worker_requests(limit)
 
+    def request(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """One worker request as it stands (running, ready, done, failed, lost)."""
+        actor.require_admin("worker requests")
+        record = self.store.worker_request(request_id)
+        if record is None:
+            raise NotFound(f"no worker request {request_id}; GET /workers/requests lists them")
+        return record
+
     # --- workers the gateway added that left the pool ---------------------------------------
 
     def check_added_workers(self, at_start: bool = False) -> int:

@@ -35,7 +35,7 @@ from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
 from . import bundles, live_output, resources
 from .validation_pool import ValidationPool
-from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
+from .states import ACTIVE_STATES, FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class SubmitRequest:
     # An array: one item per argument set, or ``count`` items with the same arguments.
     array: list[str | list[str]] | None = None
     count: int | None = None
+    # An existing data object of the caller that receives the answer (seed 003's data2_id).
+    answer_into: str | None = None
 
     @property
     def item_count(self) -> int:
@@ -239,6 +241,9 @@ class JobService:
         """
         actor = request.actor
         refs = self._gather_sources(staging, request)
+        answer_into = self._check_answer_target(request)
+        if answer_into:
+            refs["all"].append(("answer", answer_into))
         name = _check_name(request.name or _default_name(staging.bundle_filename, request))
         notification_url = self._check_notification_url(request.notification_url)
         ttl = _check_ttl(request.ttl)
@@ -289,6 +294,7 @@ class JobService:
             "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
             "request_cpus": wanted.cpus, "request_memory_mb": wanted.memory_mb,
             "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit,
+            "answer_into": answer_into,
         } for index, (job_id, job_dir, arguments) in enumerate(items)]
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
@@ -326,6 +332,23 @@ class JobService:
             message, field_name, largest = refusal
             raise InvalidRequest(message, field=field_name, largest_offer=largest)
         return wanted
+
+    def _check_answer_target(self, request: SubmitRequest) -> str | None:
+        """The data object the answer goes into: the caller's own, and no active job's answer already."""
+        if not request.answer_into:
+            return None
+        if request.is_array:
+            raise InvalidRequest("an array's items cannot all answer into one data object", field="answer_into")
+        row = self.data.for_job(request.actor, request.answer_into, "answer_into")
+        if row["owner"] != request.actor.user:
+            raise Forbidden(f"answer_into: data object {row['id']} belongs to {row['owner']}; "
+                            "a job writes its answer only into its owner's objects", field="answer_into")
+        busy = [job["id"] for job in self.store.jobs_answering_into(s.value for s in ACTIVE_STATES)
+                if job["answer_into"] == row["id"]]
+        if busy:
+            raise Conflict(f"answer_into: job {busy[0]} is already writing its answer into data object {row['id']}; "
+                           "register another one", field="answer_into", jobs=busy)
+        return row["id"]
 
     def _check_runtime(self, runtime: str | None, wait: bool) -> str | None:
         """A runtime no worker offers is refused (listing what exists) unless asked to wait."""

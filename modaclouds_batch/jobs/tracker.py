@@ -303,7 +303,8 @@ class Tracker:
             change.fields["outputs_retrieved_at"] = retrieved_at
             answer = self._register_answer(job)
             if answer:
-                answers.append(answer)
+                if not answer.pop("filled", False):  # a new object; a filled one is stored already
+                    answers.append(answer)
                 change.fields["answer_id"] = answer["id"]
             changes.append(change)
         self.store.apply_job_changes(changes, data_objects=answers)
@@ -318,6 +319,14 @@ class Tracker:
         path = Path(job["job_dir"]) / name
         if not path.is_file():
             return None
+        if job.get("answer_into"):
+            try:
+                if self.service.data.fill_answer(job["answer_into"], path, content_type):
+                    return {"id": job["answer_into"], "filled": True}
+                log.warning("job %s: its answer object %s is gone; its answer gets a new one",
+                            job["id"], job["answer_into"])
+            except OSError as exc:
+                log.warning("could not write the answer of job %s into %s: %s", job["id"], job["answer_into"], exc)
         try:
             return self.service.data.register_file(
                 job["owner"], path, f"{job['id']}-{name}", content_type, source_job_id=job["id"],
