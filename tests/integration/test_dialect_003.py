@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from .docs_examples import run_page
 from .gateway import Client
 
 pytestmark = pytest.mark.integration
@@ -154,3 +155,7 @@ def test_missing_headers_are_400_naming_them(client):
         resp = call(client, method, path)
         assert resp.status_code == 400 and resp.json()["field"] == header, resp.text
 
+
+def test_the_docs_page_runs_as_printed(client, tmp_path):
+    out = run_page("docs/dialect-003-workers-data.md", client, tmp_path)
+    assert "HELLO FROM THE DOCS" in out
