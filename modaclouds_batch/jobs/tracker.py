@@ -301,39 +301,43 @@ class Tracker:
             live_output.keep(live_output.live_dir_of(ad), job["job_dir"])
             change = changes_from_ads(job, ad, final_allowed=True)
             change.fields["outputs_retrieved_at"] = retrieved_at
-            answer = self._register_answer(job)
-            if answer:
-                if not answer.pop("filled", False):  # a new object; a filled one is stored already
-                    answers.append(answer)
-                change.fields["answer_id"] = answer["id"]
+            answer_id, new_object = self._register_answer(job)
+            if new_object:
+                answers.append(new_object)
+            if answer_id:
+                change.fields["answer_id"] = answer_id
             changes.append(change)
         self.store.apply_job_changes(changes, data_objects=answers)
         report.retrieved += len(changes)
         report.changes += len(changes)
         self._let_leave_queue(instance, list(finished), report)
 
-    def _register_answer(self, job: dict) -> dict | None:
-        """The job's answer as a data object: its output archive (stdout for command jobs)."""
+    def _register_answer(self, job: dict) -> tuple[str | None, dict | None]:
+        """The job's answer as a data object: its output archive (stdout for command jobs).
+
+        Returns the answer's id and, when it is a new object, its row to store; a job with
+        ``answer_into`` writes into that existing object instead (seed 003's data2_id)."""
         name, content_type = (sd.STDOUT_FILE, "text/plain") if job.get("kind") == "command" else (
             sd.OUTPUT_FILE, "application/gzip")
         path = Path(job["job_dir"]) / name
         if not path.is_file():
-            return None
+            return None, None
         if job.get("answer_into"):
             try:
                 if self.service.data.fill_answer(job["answer_into"], path, content_type):
-                    return {"id": job["answer_into"], "filled": True}
+                    return job["answer_into"], None
                 log.warning("job %s: its answer object %s is gone; its answer gets a new one",
                             job["id"], job["answer_into"])
             except OSError as exc:
                 log.warning("could not write the answer of job %s into %s: %s", job["id"], job["answer_into"], exc)
         try:
-            return self.service.data.register_file(
+            row = self.service.data.register_file(
                 job["owner"], path, f"{job['id']}-{name}", content_type, source_job_id=job["id"],
                 job_expires_at=job.get("expires_at"))
         except OSError as exc:
             log.warning("could not register the answer of job %s: %s", job["id"], exc)
-            return None
+            return None, None
+        return row["id"], row
 
     def _let_leave_queue(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Spooled jobs wait in the queue for their outputs to be fetched; let them go."""

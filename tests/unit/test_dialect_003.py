@@ -401,3 +401,59 @@ def test_delete_worker_drains_then_retires_it(world):
         time.sleep(0.01)
     assert world.store.worker_requests(1)[0]["status"] == "done"
     assert world.pool.drains == [(name, "graceful")]
+
+
+# --- isolation, as every door: tokens on ------------------------------------------------------------
+
+@pytest.fixture
+def users(tmp_path):
+    from modaclouds_batch.app import wsgi_app
+
+    w = World(tmp_path / "home", auth=True)
+    app = wsgi_app(w.gateway)
+
+    def client(user, role="user"):
+        token, _ = w.gateway.tokens.create(user, role, label="unit tests")
+        return falcon.testing.TestClient(app, headers={"Authorization": f"Bearer {token}", "Host": "localhost:5000"})
+
+    yield w, client("alice"), client("bob"), client("root", "admin")
+    w.store.close()
+
+
+def test_users_see_only_their_own_data_and_jobs_through_the_headers(users):
+    world, alice, bob, _ = users
+    function = alice.simulate_post(f"{BASE}/data", **form(file=("f", b"print(1)"))).text
+    data1 = alice.simulate_post(f"{BASE}/data", **form(file=("d", b"x"))).text
+    job_id = alice.simulate_post(f"{BASE}/job", json={"data1_id": data1, "function_id": function,
+                                                      "runtime": "python3"}).json["job_id"]
+    assert bob.simulate_get(f"{BASE}/data", headers={"X-Data-Id": data1}).status_code == 404
+    assert bob.simulate_get(f"{BASE}/job", headers={"X-Job-Id": job_id}).status_code == 404
+    assert bob.simulate_delete(f"{BASE}/job", headers={"X-Job-Id": job_id}).status_code == 404
+    resp = bob.simulate_post(f"{BASE}/job", json={"data1_id": data1, "function_id": function, "runtime": "python3"})
+    assert resp.status_code == 400 and resp.json["field"] == "function_id"
+    assert alice.simulate_get(f"{BASE}/job", headers={"X-Job-Id": job_id}).status_code == 200
+    assert world.store.get_job(job_id)["owner"] == "alice"
+
+
+def test_an_admins_job_cannot_answer_into_a_users_object(users):
+    _, alice, _, root = users
+    slot = alice.simulate_post(f"{BASE}/data/reg").text
+    function = root.simulate_post(f"{BASE}/data", **form(file=("f", b"print(1)"))).text
+    resp = root.simulate_post(f"{BASE}/job", json={"function_id": function, "runtime": "python3", "data2_id": slot})
+    assert resp.status_code == 403 and resp.json["field"] == "data2_id" and "belongs to alice" in resp.json["error"]
+
+
+def test_worker_routes_are_for_admins(users):
+    _, alice, _, root = users
+    assert alice.simulate_post(f"{BASE}/worker", json={"runtime": ["bash"]}).status_code == 403
+    assert alice.simulate_get(f"{BASE}/worker", headers={"X-Worker-Id": "localhost"}).status_code == 403
+    assert alice.simulate_get(f"{BASE}/worker/contract", headers={"X-Worker-Id": "localhost"}).status_code == 403
+    assert root.simulate_get(f"{BASE}/worker", headers={"X-Worker-Id": "localhost"}).status_code == 200
+
+
+def test_contract_waits_past_the_limit_are_503_with_retry_after(world):
+    resource = _contract_resource(world)
+    for _ in range(workers_data.MAX_CONTRACT_WAITS):
+        resource._waits.acquire()
+    resp = world.http.simulate_get(f"{BASE}/worker/contract", headers={"X-Worker-Id": "localhost"})
+    assert resp.status_code == 503 and resp.headers["retry-after"]
