@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urlsplit
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -172,6 +173,15 @@ def m006_job_resources(db: Database) -> None:
         db["jobs"].add_column(column, int)
 
 
+def url_host(url: str | None) -> str:
+    """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
+    of the webhook worker's per-host limit."""
+    try:
+        return (urlsplit(url or "").hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -207,6 +217,7 @@ class Store:
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self._lock = threading.RLock()
+        self.db.register_function(url_host, name="url_host", deterministic=True)
         with self._lock:
             migrations.apply(self.db)
             self.instance_id = self._ensure_instance_id()
@@ -346,15 +357,30 @@ class Store:
 
     # --- notifications ---------------------------------------------------------------
 
-    def due_notifications(self, now: str, limit: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
-        exclude = list(exclude)
+    def due_notifications(self, now: str, limit: int, exclude: Iterable[str] = (), per_host: int | None = None,
+                          busy_hosts: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Pending events due by ``now``, oldest first; with ``per_host``, at most that many
+        per receiver host, and none for ``busy_hosts`` (so one host's backlog cannot fill
+        the page and hide every other receiver's events)."""
+        exclude, busy_hosts = list(exclude), list(busy_hosts)
         skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
+        if per_host is None:
+            sql = ("select * from outbox where status = 'pending' and next_attempt_at <= ?"
+                   f"{skip} order by next_attempt_at limit ?")
+            params = [now, *exclude, limit]
+        else:
+            busy = f" and host not in ({','.join('?' * len(busy_hosts))})" if busy_hosts else ""
+            sql = ("select * from (select *, url_host(url) as host, row_number() over"
+                   " (partition by url_host(url) order by next_attempt_at) as host_rank from outbox"
+                   f" where status = 'pending' and next_attempt_at <= ?{skip})"
+                   f" where host_rank <= ?{busy} order by next_attempt_at limit ?")
+            params = [now, *exclude, per_host, *busy_hosts, limit]
         with self._lock:
-            return list(self.db.query(
-                "select * from outbox where status = 'pending' and next_attempt_at <= ?"
-                f"{skip} order by next_attempt_at limit ?",
-                [now, *exclude, limit],
-            ))
+            rows = [dict(r) for r in self.db.query(sql, params)]
+        for row in rows:
+            row.pop("host", None)
+            row.pop("host_rank", None)
+        return rows
 
     def next_notification_due(self) -> str | None:
         with self._lock:
