@@ -7,6 +7,8 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
+from modaclouds_batch.timefmt import parse_iso
+
 from ..receiver import Receiver
 from .fixtures import GATEWAY_ENV as FAST_RETRIES
 from .fixtures import WEBHOOK_SECRET
@@ -105,7 +107,41 @@ def test_admin_can_resend_a_notification(client, receiver):
     assert client.post(f"/jobs/{job_id}/notifications/msg_nope/resend").status_code == 404
 
 
+def _status(client, job_id) -> str | None:
+    notes = client.get(f"/jobs/{job_id}/notifications").json()
+    return notes[0]["status"] if notes else None
+
+
 def _attempts(client, job_id) -> int:
     notes = client.get(f"/jobs/{job_id}/notifications").json()
     return notes[0]["attempts"] if notes else 0
 
+
+
+def test_a_trickling_receiver_is_cut_at_the_deadline_and_others_arrive_on_time(tmp_path, condor_config):
+    # A gateway of its own: the trickling notifications keep retrying until it stops.
+    gateway = GatewayProcess(tmp_path / "home", condor_config, env=FAST_RETRIES).start()
+    client = Client(gateway.url)
+    slow, fast = Receiver(), Receiver()
+    slow.behaviour = "trickle"
+    slow.trickle_seconds = 2.0  # one byte every 2 s: each read is quick, the answer never ends
+    try:
+        trickled = [client.submit(pack_bundle("hello"), name=f"trickle-{i}", notify=f"{slow.url}/t{i}").json()["job_id"]
+                    for i in range(6)]
+        for job_id in trickled:
+            client.wait_for(job_id, "completed", timeout=180)
+        client.wait_until(trickled[0], lambda job: _attempts(client, trickled[0]) >= 1, what="a first attempt")
+        # Another tenant's receiver, under another host name, while the six keep retrying.
+        on_time = client.submit(pack_bundle("hello"), name="on-time",
+                                notify=f"http://localhost:{fast.port}/fine").json()["job_id"]
+        fast.wait_for(1, path="/fine", timeout=180)
+        client.wait_until(on_time, lambda job: _status(client, on_time) == "delivered", what="delivery recorded")
+        note = client.get(f"/jobs/{on_time}/notifications").json()[0]
+        waited = (parse_iso(note["attempts_log"][0]["at"]) - parse_iso(note["created_at"])).total_seconds()
+        assert note["attempts"] == 1 and waited < 1.5, note
+        cut = client.get(f"/jobs/{trickled[0]}/notifications").json()[0]["attempts_log"][0]
+        assert "deadline" in cut["error"] and 2500 <= cut["duration_ms"] <= 4500, cut  # webhook_timeout is 3 s
+    finally:
+        gateway.stop()
+        slow.close()
+        fast.close()
