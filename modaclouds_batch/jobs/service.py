@@ -234,11 +234,12 @@ class JobService:
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
         wanted = self._check_resources(request)
         item_arguments = self._item_arguments(request)
-        self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
+        archives = [(bundles.ArchiveSource(staging.bundle_path, "job-bundle", True), refs.get("bundle"))]
         for path, data_id in [(staging.input_path, refs.get("input"))] + [
                 (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
             if path.exists():
-                self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
+                archives.append((bundles.ArchiveSource(path, "job-input"), data_id))
+        self._validate_archives(archives)
 
         items = self._prepare_items(staging, item_arguments, request.is_array)
         spec = sd.JobSpec(
@@ -430,19 +431,42 @@ class JobService:
         except targets.UnsafeTarget as exc:
             raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
 
-    def _validate_archive(self, path: Path, field_name: str, require_run_sh: bool,
-                          data_id: dict[str, Any] | None = None) -> None:
-        """Check an archive; a data object's verdict is remembered for its exact content."""
-        verdict = "bundle" if require_run_sh else "archive"
-        if data_id and data_id.get("archive_check") in (f"bundle:{data_id['sha256']}", f"{verdict}:{data_id['sha256']}"):
-            return
+    def _validate_archives(self, archives: list[tuple[bundles.ArchiveSource, dict[str, Any] | None]]) -> None:
+        """Check the job's archives as one tree, in the order the launcher unpacks them.
+
+        A data object's verdict is remembered for its exact content, with whether it holds
+        symlinks: one known valid is walked again only when links could chain across
+        archives (it is not alone, and some archive of the job holds a link).
+        """
+        def known(source: bundles.ArchiveSource, row: dict[str, Any] | None) -> str | None:
+            check = self.data.archive_check(row) if row else None
+            if not check or (check[0] != "bundle" and source.require_run_sh):
+                return None
+            return "links" if check[1] else "nolinks"
+
+        skipped = [i for i, (source, row) in enumerate(archives)
+                   if known(source, row) == "nolinks" or (len(archives) == 1 and known(source, row))]
+        walked = [i for i in range(len(archives)) if i not in skipped]
         try:
-            summary = bundles.validate_archive(path, field=field_name, limits=self.limits, require_run_sh=require_run_sh)
+            try:
+                summaries = bundles.validate_archives([archives[i][0] for i in walked], limits=self.limits)
+                refused = None
+            except bundles.ArchiveRejected as exc:
+                summaries, refused = [], exc
+            if skipped and (refused or any(summary.symlinks for summary in summaries)):
+                # Links meet archives not read this time: the chain needs all their names.
+                walked = list(range(len(archives)))
+                summaries = bundles.validate_archives([source for source, _ in archives], limits=self.limits)
+            elif refused:
+                raise refused
         except bundles.ArchiveRejected as exc:
             error = TooLarge if exc.too_large else InvalidRequest
-            raise error(exc.reason, field=field_name) from exc
-        if data_id:
-            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if summary.has_run_sh else "archive")
+            raise error(exc.reason, field=exc.field) from exc
+        for i, summary in zip(walked, summaries):
+            row = archives[i][1]
+            if row:
+                self.data.note_archive_check(row["id"], row["sha256"], "bundle" if summary.has_run_sh else "archive",
+                                             links=bool(summary.symlinks))
 
     # --- reads ------------------------------------------------------------------
 
