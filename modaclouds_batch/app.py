@@ -11,7 +11,7 @@ import falcon
 import falcon.media
 
 from . import errors
-from .access.audit import AuditLog
+from .access.audit import AuditLog, client_address_var
 from .access.quota import QuotaService
 from .access.tokens import TokenService
 from .api import errors as api_errors
@@ -96,7 +96,7 @@ def build_gateway(settings: Settings) -> Gateway:
     store = Store(settings.db_path, on_state_change=on_state_change)
     metrics.registry.register(JobsByState(store.count_by_state))
     condor = CondorClient(settings.condor_config)
-    audit = AuditLog(store)
+    audit = AuditLog(store, settings.audit_refusals_per_minute)
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds)
@@ -128,13 +128,21 @@ def _providers(settings: Settings) -> dict:
 
 
 class RequestContext:
-    """Gives every request an id (echoed as X-Request-Id)."""
+    """Gives every request an id (echoed as X-Request-Id), notes its client's address for
+    the audit log, and tells browsers never to guess a content type (every answer carries
+    ``X-Content-Type-Options: nosniff``)."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header("X-Request-Id")
         req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
         request_id_var.set(req.context.request_id)
+        client_address_var.set(req.remote_addr)
         resp.set_header("X-Request-Id", req.context.request_id)
+        resp.set_header("X-Content-Type-Options", "nosniff")
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded) -> None:
+        resp.set_header("X-Content-Type-Options", "nosniff")  # also on answers made before process_request
+        client_address_var.set(None)
 
 
 def create_app(gateway: Gateway) -> falcon.App:
@@ -148,7 +156,7 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
 
     app.add_error_handler(Exception, api_errors.handle_unexpected)
-    app.add_error_handler(errors.GatewayError, api_errors.handle_gateway_error)
+    app.add_error_handler(errors.GatewayError, api_errors.GatewayErrors(gateway.audit))
     app.set_error_serializer(api_errors.serialize_http_error)
 
     dialects = all_dialects()

@@ -77,6 +77,9 @@ class Settings:
     webhook_workers: int = 4
     # Most deliveries in flight at once to one receiver host (so a slow one cannot hold all senders).
     webhook_host_concurrency: int = 2
+    # Refused requests (401, 403, 429, 404 on another user's id) audited per client address
+    # and status each minute; the rest are counted in the next entry.
+    audit_refusals_per_minute: int = 60
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -173,6 +173,13 @@ def m006_job_resources(db: Database) -> None:
         db["jobs"].add_column(column, int)
 
 
+@migrations()
+def m011_audit_refusals(db: Database) -> None:
+    # Refused requests are audited too, with the address they came from.
+    db["audit"].add_column("client", str)
+    db["audit"].create_index(["outcome", "at"])
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -596,9 +603,10 @@ class Store:
         with self.transaction() as db:
             db["audit"].insert(entry)
 
-    def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int) -> list[dict[str, Any]]:
+    def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int,
+                      outcome: str | None = None) -> list[dict[str, Any]]:
         where, params = [], []
-        for column, value in (("actor", actor), ("action", action)):
+        for column, value in (("actor", actor), ("action", action), ("outcome", outcome)):
             if value:
                 where.append(f"{column} = ?")
                 params.append(value)

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 from .. import errors
 from ..access.audit import AuditLog
 from ..access.identity import Actor
-from ..errors import Conflict, Gone, InvalidRequest, NotFound, TooLarge
+from ..errors import Conflict, Gone, InvalidRequest, NotFound, NotYours, TooLarge
 from ..jobs.states import ACTIVE_STATES
 from ..store import Store
 from ..timefmt import now_iso, to_iso
@@ -132,7 +132,8 @@ class DataService:
             raise InvalidRequest(f"'{data_id}' is not a data id; data ids are UUIDs") from None
         row = self.store.get_data(data_id)
         if row is None or not actor.may_see(row["owner"]):
-            raise NotFound(f"no data object {data_id}; GET /data lists yours")
+            message = f"no data object {data_id}; GET /data lists yours"
+            raise NotFound(message) if row is None else NotYours(message, target=data_id)
         if row["expires_at"] and row["expires_at"] <= now_iso():
             raise Gone(f"data object {data_id} has expired")
         return row

@@ -26,7 +26,9 @@ from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
-from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, TooLarge
+from ..errors import (
+    BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYours, TooLarge,
+)
 from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
@@ -474,7 +476,8 @@ class JobService:
         """The job, if ``actor`` may see it; another user's job is 'not found' so ids do not leak."""
         job = self.store.get_job(check_job_id(job_id))
         if job is None or not actor.may_see(job["owner"]):
-            raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
+            message = f"no job with id {job_id}; GET /jobs lists the jobs you can see"
+            raise NotFound(message) if job is None else NotYours(message, target=job_id)
         if job.get("expired_at"):
             raise Gone(f"job {job_id} expired at {job['expired_at']}; its record and artifacts were cleaned up",
                        expired_at=job["expired_at"])
@@ -483,7 +486,8 @@ class JobService:
     def get_array(self, array_id: str, actor: Actor) -> dict[str, Any]:
         array = self.store.get_array(check_job_id(array_id))
         if array is None or not actor.may_see(array["owner"]):
-            raise NotFound(f"no array with id {array_id}")
+            message = f"no array with id {array_id}"
+            raise NotFound(message) if array is None else NotYours(message, target=array_id)
         items = self.store.array_items(array["id"])
         counts: dict[str, int] = {}
         for item in items:
