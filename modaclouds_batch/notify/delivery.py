@@ -32,6 +32,7 @@ import tenacity
 import urllib3
 from standardwebhooks import Webhook
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from .. import __version__
 from ..store import Store, url_host
@@ -148,8 +149,9 @@ class DeadlinePassed(Exception):
     """The receiver did not answer within the attempt's deadline."""
 
 
-# What a failed connection or exchange raises, below the deadline's own.
-_EXCHANGE_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError)
+# What a failed connection or exchange raises, below the deadline's own (urllib3's
+# certificate name mismatch is a ValueError).
+_EXCHANGE_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, CertificateError)
 
 
 def post_pinned(url: str, body: bytes, headers: dict[str, str], *, timeout: float, allow_private: bool,
@@ -178,7 +180,7 @@ def post_pinned(url: str, body: bytes, headers: dict[str, str], *, timeout: floa
             try:
                 try:
                     conn.connect()
-                except (OSError, urllib3.exceptions.HTTPError) as exc:
+                except _EXCHANGE_ERRORS as exc:
                     if deadline.expired:
                         raise DeadlinePassed(f"no connection within the {timeout:g} s deadline") from None
                     errors.append(f"{address}: {type(exc).__name__}: {exc}")
@@ -322,6 +324,9 @@ class WebhookDispatcher:
             error = f"Timeout: {exc} (webhook_timeout)"
         except _EXCHANGE_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # still an attempt: recorded, so the event is not retried at once forever
+            log.exception("webhook %s to %s failed unexpectedly", event["id"], event["url"])
+            error = f"unexpected {type(exc).__name__}: {exc}"
         duration_ms = int((time.monotonic() - started) * 1000)
         at = to_iso(moment)
         attempts = (event.get("attempts") or 0) + 1

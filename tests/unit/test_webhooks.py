@@ -1,7 +1,14 @@
+import http.server
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
 import time
 import uuid
+
+import certifi
 
 import pytest
 from standardwebhooks import Webhook
@@ -359,3 +366,44 @@ def test_retry_after_header_forms():
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after_seconds("999999") == 3600.0
+
+
+def test_https_connects_to_the_checked_address_with_the_name_for_sni_host_and_certificate(tmp_path, monkeypatch):
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=hooks.test", "-addext", "subjectAltName=DNS:hooks.test"],
+                   check=True, capture_output=True)
+    seen = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            seen["host"] = self.headers["Host"]
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(204)
+            self.end_headers()
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: seen.__setitem__("sni", name)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        _scripted_dns(monkeypatch, "hooks.test", "127.0.0.1")
+        monkeypatch.setattr(certifi, "where", lambda: str(cert))  # trust the test's certificate
+        status, _ = post_pinned(f"https://hooks.test:{port}/hook", b"{}", {}, timeout=5, allow_private=True)
+        assert status == 204 and seen == {"sni": "hooks.test", "host": f"hooks.test:{port}"}
+        # The same address under a name the certificate does not carry is refused.
+        _scripted_dns(monkeypatch, "other.test", "127.0.0.1")
+        with pytest.raises(ConnectionError, match="doesn't match 'hooks.test'"):
+            post_pinned(f"https://other.test:{port}/hook", b"{}", {}, timeout=5, allow_private=True)
+    finally:
+        server.shutdown()
+        server.server_close()
