@@ -154,6 +154,29 @@ class DeadlinePassed(Exception):
 _EXCHANGE_ERRORS = (OSError, http.client.HTTPException, urllib3.exceptions.HTTPError, CertificateError)
 
 
+def _resolve_within(deadline: _Deadline, target: targets.Target, allow_private: bool,
+                    resolver: targets.Resolver | None) -> list:
+    """targets.resolve, given up at the deadline: getaddrinfo cannot be interrupted, so it
+    runs in a thread of its own, left to finish (within the system resolver's timeouts)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["addresses"] = targets.resolve(target.host, target.port, allow_private=allow_private,
+                                                   resolver=resolver)
+        except Exception as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="webhook-resolve", daemon=True)
+    thread.start()
+    thread.join(deadline.left())
+    if thread.is_alive():
+        raise DeadlinePassed(f"{target.host!r} did not resolve within the {deadline.seconds:g} s deadline")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["addresses"]
+
+
 def post_pinned(url: str, body: bytes, headers: dict[str, str], *, timeout: float, allow_private: bool,
                 resolver: targets.Resolver | None = None) -> tuple[int, dict[str, str]]:
     """POST to ``url`` at an address checked once; returns (status, headers) of the answer.
@@ -168,7 +191,7 @@ def post_pinned(url: str, body: bytes, headers: dict[str, str], *, timeout: floa
     if parts.port:
         host_header += f":{parts.port}"
     with _Deadline(timeout) as deadline:
-        addresses = targets.resolve(target.host, target.port, allow_private=allow_private, resolver=resolver)
+        addresses = _resolve_within(deadline, target, allow_private, resolver)
         errors: list[str] = []
         for address in addresses:
             if target.scheme == "https":

@@ -407,3 +407,16 @@ def test_https_connects_to_the_checked_address_with_the_name_for_sni_host_and_ce
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_name_that_resolves_slowly_is_given_up_at_the_deadline(tmp_path, receiver):
+    slow_dns = lambda host, port, **kw: time.sleep(3) or _answers("127.0.0.1")  # noqa: E731
+    store, _ = make(tmp_path)
+    dispatcher = WebhookDispatcher(store, Settings(home=tmp_path, webhook_timeout=1.0, webhook_allow_private=True),
+                                   resolver=slow_dns)
+    job_id = add_job(store, f"http://slow-dns.test:{receiver.port}/hook")
+    finish(store, job_id)
+    started = time.monotonic()
+    assert dispatcher.deliver(store.due_notifications(now_iso(), 10)[0]) == "pending"
+    assert time.monotonic() - started < 1.5
+    assert "did not resolve within the 1 s deadline" in store.job_notifications(job_id)[0]["last_error"]
