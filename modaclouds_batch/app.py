@@ -40,6 +40,7 @@ from .infra.service import InfraService
 from .condor.schedd import CondorClient
 from .data.service import DataService
 from .dialects import all_dialects, openapi_description
+from .home import mark_home
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
@@ -70,9 +71,25 @@ class Gateway:
     metrics: Metrics
 
     def start_background(self) -> None:
-        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
+        """Clean up after a previous process, then start the threads.
+
+        ``serve`` calls this holding the home's and the database's locks (home.claim), so
+        no other process is submitting on this state: what looks unfinished is.
+        """
+        previous = mark_home(self.settings.home, self.store.instance_id)
+        if previous:
+            log.warning("home %s was last served by gateway instance %s (another database); "
+                        "its job folders are left alone", self.settings.home, previous)
+        intents = self.store.clear_intents()
+        if intents:
+            log.info("dropped %d submission intents of a process that stopped mid-submission", intents)
+        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight(),
+                                     self.store.instance_id)
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
+        incoming = self.service.data.sweep_incoming()
+        if incoming:
+            log.info("removed %d unfinished uploads of data objects", incoming)
         stale = self.store.fail_unfinished_worker_requests(now_iso())
         if stale:
             log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
@@ -109,7 +126,8 @@ def build_gateway(settings: Settings) -> Gateway:
         if report.changes:
             webhooks.wake()
 
-    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity)
+    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
+                      orphan_grace=settings.orphan_grace_seconds)
     return Gateway(settings, store, condor, service, tracker, webhooks,
                    TokenService(store), QuotaService(settings, store), audit, infra, metrics)
 

@@ -112,14 +112,23 @@ def pool_token(ctx: click.Context) -> None:
 @click.option("--threads", type=int, help="HTTP worker threads (default 8).")
 @click.pass_context
 def serve(ctx: click.Context, host, port, db_path, condor_config, threads) -> None:
-    """Serve the REST API (and run the state tracker) until interrupted."""
+    """Serve the REST API (and run the state tracker) until interrupted.
+
+    One home and one database serve one gateway: a second one on either exits with
+    status 75 (EX_TEMPFAIL), naming the pid that holds them.
+    """
+    from .home import EXIT_STATE_BUSY, StateBusy
     from .server import run
 
     settings = _settings(
         ctx, home=ctx.obj.get("home"), host=host, port=port, db_path=db_path,
         condor_config=condor_config, threads=threads,
     )
-    run(settings)
+    try:
+        run(settings)
+    except StateBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_STATE_BUSY)
 
 
 @main.group()

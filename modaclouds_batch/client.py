@@ -400,6 +400,30 @@ class BatchClient:
 
         return chunks()
 
+    def follow_artifact(self, job_id: str, name: str = "stdout", interval: float = 1.0) -> Iterator[bytes]:
+        """What a job prints to ``stdout`` (or ``stderr``) as it prints it, like ``tail -f``.
+
+        Yields new bytes as they appear and returns once the job has ended and everything it
+        printed was read. Each look asks only for the bytes past those already read (Range).
+        """
+        path = self._artifact_path(job_id, name)
+        offset = 0
+        while True:
+            # The state first: when it was already final, the read below gets the last bytes.
+            ended = self.job(job_id).get("job_status") in FINAL
+            try:
+                with self.request("GET", path, headers={"Range": f"bytes={offset}-"}, stream=True) as resp:
+                    for chunk in resp.iter_content(CHUNK):
+                        offset += len(chunk)
+                        yield chunk
+            except BatchError as exc:
+                # 404: nothing printed yet (or nothing kept, once ended); 416: nothing new.
+                if exc.status not in (404, 416):
+                    raise
+            if ended:
+                return
+            time.sleep(interval)
+
     def save_artifact(self, job_id: str, name: str, dest: Path | str) -> Path:
         """Stream an artifact into ``dest``: written through a ``.part`` file, so it is whole or absent."""
         dest = Path(dest)

@@ -8,6 +8,7 @@ import sys
 
 import waitress
 
+from . import home
 from .app import build_gateway, create_app
 from .observability import configure_logging
 from .settings import Settings
@@ -18,6 +19,10 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 def run(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT. Raises home.StateBusy, before touching any state, when
+    another process serves from the same home or database."""
+    settings = settings.resolved()
+    claim = home.claim(settings)
     configure_logging(settings.log_format)
     gateway = build_gateway(settings)
     settings = gateway.settings
@@ -30,6 +35,9 @@ def run(settings: Settings) -> None:
         # Waitress spools large bodies to disk, so this bounds disk, not memory.
         max_request_body_size=2 * settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
         clear_untrusted_proxy_headers=True,
+        # Lets a long answer (the change stream) ask `waitress.client_disconnected` whether its
+        # client is still there, instead of finding out at its next write.
+        channel_request_lookahead=1,
     )
 
     def stop(signum, frame):
@@ -48,5 +56,6 @@ def run(settings: Settings) -> None:
         log.debug("server loop ended: %s", exc)
     finally:
         gateway.shutdown()
+        claim.release()
         log.info("stopped")
     sys.exit(0)

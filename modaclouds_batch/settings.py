@@ -75,6 +75,19 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # Live stdout/stderr of running jobs (HTCondor streams them into the schedd's spool, which
+    # the gateway reads). None: on when the gateway runs the pool `pool up` made (its spool is
+    # on this host); false for a schedd whose spool the gateway cannot read.
+    live_output: bool | None = None
+    # GET /jobs/events: open streams at once (each holds a request thread), seconds between
+    # keep-alive comments, and seconds before a stream ends (clients resume with Last-Event-ID;
+    # 0: send what is there and end).
+    max_event_streams: int = 4
+    event_stream_heartbeat_seconds: float = 15.0
+    event_stream_max_seconds: float = 300.0
+    # Seconds a queued job of this gateway with neither a job row nor a submission intent is
+    # left alone before the tracker removes it as an orphan.
+    orphan_grace_seconds: float = 120.0
     # Most deliveries in flight at once to one receiver host (so a slow one cannot hold all senders).
     webhook_host_concurrency: int = 2
     # Refused requests (401, 403, 429, 404 on another user's id) audited per client address
@@ -116,6 +129,10 @@ class Settings:
     def manages_pool(self) -> bool:
         """True when the gateway talks to the pool `pool up` made (not an external one)."""
         return Path(self.condor_config) == Path(self.pool_dir) / "client" / "condor_config"
+
+    @property
+    def live_output_enabled(self) -> bool:
+        return self.live_output if self.live_output is not None else self.manages_pool
 
     @property
     def auth_enabled(self) -> bool:

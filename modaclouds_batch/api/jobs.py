@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlencode
 
 import falcon
@@ -11,6 +12,7 @@ from ..jobs.service import JobService
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
+from .ranges import send_file
 from .submission import submission_from_request
 from .views import array_view, job_detail, job_summary, notification_view
 
@@ -137,7 +139,10 @@ class ArtifactResource:
         resp.content_type = self.CONTENT_TYPES[name]
         if name == "output":
             resp.downloadable_as = f"{job_id}-output.tar.gz"
-        resp.set_stream(open(path, "rb"), path.stat().st_size)
+        fh = open(path, "rb")
+        # A running job's stdout grows: every read is fresh, and a Range follows it.
+        resp.cache_control = ["no-store"]
+        send_file(req, resp, fh, os.fstat(fh.fileno()).st_size)
 
 
 def _time_param(req: falcon.Request, name: str) -> str | None:

@@ -71,6 +71,9 @@ JOB_PROJECTION = [
     "RequestCpus",
     "RequestMemory",
     "RequestDisk",
+    # Where a streaming job's stdout and stderr grow (its spool folder).
+    "Iwd",
+    "StreamOut",
 ]
 
 
@@ -92,6 +95,8 @@ class JobSpec:
     request_disk_kb: int = 1024 * 1024
     # Seconds run.sh may run (None: no limit).
     time_limit: int | None = None
+    # Stream stdout and stderr into the schedd's spool as the job prints them (live output).
+    stream_output: bool = False
 
 
 def submit_string(text: str) -> str:
@@ -146,6 +151,10 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
         "accounting_group": accounting_group(spec.owner),
         "accounting_group_user": spec.owner,
     }
+    if spec.stream_output:
+        # The files then never travel at exit: the tracker copies them from the spool (Iwd).
+        description["stream_output"] = "true"
+        description["stream_error"] = "true"
     if spec.request_id:
         description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
     if spec.time_limit:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -26,13 +27,13 @@ from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
-from ..errors import (
-    BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYours, TooLarge,
-)
+from ..home import make_private_dir, mark_job_dir, private_dir, restrict_tree, write_private
+from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYet,
+                      NotYours, TooLarge)
 from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
-from . import bundles, resources
+from . import bundles, live_output, resources
 from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
@@ -157,15 +158,14 @@ class Staging:
 
     def add_file_link(self, src: Path, filename: str, executable: bool, field_name: str) -> None:
         """A data object placed, by its file name, in the job's working directory."""
-        folder = self.path / sd.FILES_DIR
-        folder.mkdir(exist_ok=True)
+        folder = private_dir(self.path / sd.FILES_DIR)
         dest = folder / filename
         if dest.exists() or filename in (bundles.RUN_SH,):
             raise InvalidRequest(f"{field_name}: two files named {filename!r} would land in the job's working directory",
                                  field=field_name)
         shutil.copyfile(src, dest) if executable else link_or_copy(src, dest)
-        if executable:
-            dest.chmod(0o755)
+        # Private like every file of the job folder; the launcher copies it into work/.
+        dest.chmod(0o700 if executable else 0o600)
         self.has_files = True
 
     def sources(self) -> list[str]:
@@ -205,7 +205,9 @@ class JobService:
     def staging(self, max_upload_bytes: int | None = None) -> Iterator[Staging]:
         job_id = str(uuid.uuid4())
         path = Path(self.settings.jobs_dir) / job_id
-        path.mkdir(parents=True)
+        private_dir(path.parent)
+        make_private_dir(path)
+        mark_job_dir(path, self.store.instance_id)
         limit = min(max_upload_bytes or self.settings.max_upload_bytes, self.settings.max_upload_bytes)
         staging = Staging(job_id, path, limit)
         with self._in_flight_lock:
@@ -249,7 +251,10 @@ class JobService:
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
+            stream_output=self.settings.live_output_enabled,
         )
+        # Durably before the submit: whoever tracks this database sees these jobs are ours.
+        self.store.add_intents((job_id for job_id, _, _ in items), os.getpid())
         try:
             if request.is_array:
                 description = sd.render_submit(spec, per_item=True)
@@ -392,8 +397,9 @@ class JobService:
     def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
                        is_array: bool) -> list[tuple[str, Path, list[str]]]:
         """One folder per item: the staging folder for a lone job, linked copies for an array."""
+        restrict_tree(staging.path)  # copies and a command's bundle were made under the umask
         if not is_array:
-            (staging.path / sd.ARGUMENTS_FILE).write_text(sd.arguments_script(item_arguments[0]))
+            write_private(staging.path / sd.ARGUMENTS_FILE, sd.arguments_script(item_arguments[0]))
             return [(staging.job_id, staging.path, item_arguments[0])]
         items = []
         sources = staging.sources()
@@ -404,17 +410,20 @@ class JobService:
                 with self._in_flight_lock:
                     self._in_flight.add(job_id)
                 items.append((job_id, job_dir, arguments))
-                job_dir.mkdir()
+                make_private_dir(job_dir)
+                mark_job_dir(job_dir, self.store.instance_id)
                 for name in sources:
                     _link_tree(staging.path / name, job_dir / name)
-                (job_dir / sd.ARGUMENTS_FILE).write_text(
-                    sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
+                write_private(job_dir / sd.ARGUMENTS_FILE,
+                              sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
         except BaseException:
             self._discard_items(staging, items)
             raise
         return items
 
     def _discard_items(self, staging: Staging, items) -> None:
+        """A submission that failed: its folders, in-flight marks and intents go."""
+        self.store.drop_intents(job_id for job_id, _, _ in items)
         for job_id, job_dir, _ in items:
             if job_dir != staging.path:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -543,15 +552,21 @@ class JobService:
         if name not in ARTIFACT_FILES:
             raise NotFound(f"no artifact '{name}'; artifacts are {', '.join(ARTIFACT_FILES)}")
         path = Path(job["job_dir"]) / ARTIFACT_FILES[name]
-        if job["outputs_retrieved_at"] and path.is_file():
-            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
-            return path
         state = JobState(job["state"])
+        found = path if path.is_file() and (job["outputs_retrieved_at"] or state is JobState.REMOVED) else None
+        if found is None and name != "output" and not state.is_final:
+            found = live_output.live_file(job.get("live_dir"), ARTIFACT_FILES[name])
+        if found is not None:
+            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
+            return found
         if state is JobState.REMOVED or state is JobState.SUBMISSION_ERROR:
-            raise NotFound(f"the job is {state.value} and produced no {name}")
+            raise NotFound(f"the job is {state.value} and produced no {name}", job_status=state.value)
         if state.is_final:
-            raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}")
-        raise NotFound(f"the job is {state.value}; its {name} is available once it ends")
+            raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}",
+                           job_status=state.value)
+        when = "once it ends" if name == "output" or not self.settings.live_output_enabled else "once it starts"
+        raise NotYet(f"the job is {state.value}; its {name} is available {when}",
+                     retry_after=max(1, round(self.settings.tracker_interval)), job_status=state.value)
 
     def notifications(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:
         return self.store.job_notifications(self.get(job_id, actor)["id"])
@@ -578,6 +593,9 @@ class JobService:
             raise Conflict(conflict, job_status=job["state"])
         constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
         reason = f"{action.value} requested by {actor.user} through the gateway"
+        if action is JobAction.REMOVE:
+            # What it printed so far, in case its spool is gone before the tracker sees it removed.
+            live_output.keep(job.get("live_dir"), job["job_dir"])
         try:
             result = self.condor.act(action.value, constraint, reason)
             # Just after submission the schedd still holds the job while its input files
@@ -603,7 +621,7 @@ class JobService:
 
     def refresh(self, jobs: list[dict[str, Any]]) -> None:
         """Bring a few jobs' states up to date at once (after an action), without retrieval."""
-        from .tracker import changes_from_ads
+        from .tracker import changes_from_ads, keep_output_of_removed
 
         constraint = sd.jobs_constraint(self.store.instance_id, [j["id"] for j in jobs])
         try:
@@ -612,10 +630,13 @@ class JobService:
             log.warning("could not refresh jobs after an action: %s", exc)
             return
         by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
-        changes = [
-            change for job in jobs if (ad := by_id.get(job["id"])) is not None
-            for change in [changes_from_ads(job, ad, final_allowed=False)] if change
-        ]
+        changes = []
+        for job in jobs:
+            ad = by_id.get(job["id"])
+            change = changes_from_ads(job, ad, final_allowed=False) if ad is not None else None
+            if change:
+                keep_output_of_removed(job, ad, change)
+                changes.append(change)
         self.store.apply_job_changes(changes)
 
 
@@ -633,7 +654,7 @@ def _check_ttl(ttl: Any) -> int | None:
 
 def _link_tree(src: Path, dest: Path) -> None:
     if src.is_dir():
-        dest.mkdir()
+        make_private_dir(dest)
         for child in src.iterdir():
             _link_tree(child, dest / child.name)
     else:
