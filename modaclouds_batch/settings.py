@@ -93,6 +93,8 @@ class Settings:
     # Refused requests (401, 403, 429, 404 on another user's id) audited per client address
     # and status each minute; the rest are counted in the next entry.
     audit_refusals_per_minute: int = 60
+    # Most deliveries in flight at once for one user's jobs, whatever hosts they go to.
+    webhook_owner_concurrency: int = 2
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

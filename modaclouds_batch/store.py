@@ -479,28 +479,35 @@ class Store:
     # --- notifications ---------------------------------------------------------------
 
     def due_notifications(self, now: str, limit: int, exclude: Iterable[str] = (), per_host: int | None = None,
-                          busy_hosts: Iterable[str] = ()) -> list[dict[str, Any]]:
-        """Pending events due by ``now``, oldest first; with ``per_host``, at most that many
-        per receiver host, and none for ``busy_hosts`` (so one host's backlog cannot fill
-        the page and hide every other receiver's events)."""
-        exclude, busy_hosts = list(exclude), list(busy_hosts)
-        skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
-        if per_host is None:
-            sql = ("select * from outbox where status = 'pending' and next_attempt_at <= ?"
-                   f"{skip} order by next_attempt_at limit ?")
-            params = [now, *exclude, limit]
-        else:
-            busy = f" and host not in ({','.join('?' * len(busy_hosts))})" if busy_hosts else ""
-            sql = ("select * from (select *, url_host(url) as host, row_number() over"
-                   " (partition by url_host(url) order by next_attempt_at) as host_rank from outbox"
-                   f" where status = 'pending' and next_attempt_at <= ?{skip})"
-                   f" where host_rank <= ?{busy} order by next_attempt_at limit ?")
-            params = [now, *exclude, per_host, *busy_hosts, limit]
+                          busy_hosts: Iterable[str] = (), per_owner: int | None = None,
+                          busy_owners: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Pending events due by ``now``, oldest first, each with its job's ``owner``.
+
+        With ``per_host`` / ``per_owner``: at most that many per receiver host and per job
+        owner, and none for ``busy_hosts`` / ``busy_owners`` (so one host's or one user's
+        backlog cannot fill the page and hide everyone else's events).
+        """
+        exclude, busy_hosts, busy_owners = list(exclude), list(busy_hosts), list(busy_owners)
+        skip = f" and o.id not in ({','.join('?' * len(exclude))})" if exclude else ""
+        where, params = ["1"], []
+        for column, most, busy in (("host", per_host, busy_hosts), ("owner", per_owner, busy_owners)):
+            if most is not None:
+                where.append(f"{column}_rank <= ?")
+                params.append(most)
+            if busy:
+                where.append(f"{column} not in ({','.join('?' * len(busy))})")
+                params.extend(busy)
+        sql = ("select * from (select o.*, coalesce(j.owner, '') as owner, url_host(o.url) as host,"
+               " row_number() over (partition by url_host(o.url) order by o.next_attempt_at) as host_rank,"
+               " row_number() over (partition by coalesce(j.owner, '') order by o.next_attempt_at) as owner_rank"
+               " from outbox o left join jobs j on j.id = o.job_id"
+               f" where o.status = 'pending' and o.next_attempt_at <= ?{skip})"
+               f" where {' and '.join(where)} order by next_attempt_at limit ?")
         with self._lock:
-            rows = [dict(r) for r in self.db.query(sql, params)]
+            rows = [dict(r) for r in self.db.query(sql, [now, *exclude, *params, limit])]
         for row in rows:
-            row.pop("host", None)
-            row.pop("host_rank", None)
+            for key in ("host", "host_rank", "owner_rank"):
+                row.pop(key, None)
         return rows
 
     def next_notification_due(self) -> str | None:

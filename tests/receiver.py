@@ -12,7 +12,7 @@ class Receiver:
     """Records every POST; ``behaviour`` picks the answer: ok, error, slow, retry_after,
     redirect (302), or trickle (the answer one byte every ``trickle_seconds``)."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
         self.requests: list[dict] = []
         self.behaviour = "ok"
         self.hang_seconds = 30.0
@@ -56,10 +56,10 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.paths: dict[str, str] = {}
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -8,8 +8,9 @@ the request. The connected peer is checked again. No proxy is used.
 An attempt has one deadline (``webhook_timeout``) for everything (connect, TLS, sending,
 the answer's status line and headers): when it passes, the socket is shut down, however
 slowly the receiver trickles bytes. Deliveries run on a small thread pool, at most
-``webhook_host_concurrency`` at once to one receiver host, so a slow receiver holds a
-bounded share of the senders and never the tracker. The schedule lives in the store, so a
+``webhook_host_concurrency`` at once to one receiver host and
+``webhook_owner_concurrency`` for one user's jobs, so a slow receiver (or a user with
+many receivers) holds a bounded share of the senders and never the tracker. The schedule lives in the store, so a
 restart resumes where it stopped.
 """
 
@@ -236,9 +237,10 @@ class WebhookDispatcher:
         self.resolver = resolver
         self.workers = workers
         self.per_host = max(1, settings.webhook_host_concurrency)
+        self.per_owner = max(1, settings.webhook_owner_concurrency)
         self._pool: ThreadPoolExecutor | None = None
-        # event id -> receiver host, for the events handed to the pool and not done yet.
-        self._in_flight: dict[str, str] = {}
+        # event id -> (receiver host, job owner), for the events handed to the pool and not done yet.
+        self._in_flight: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -272,25 +274,32 @@ class WebhookDispatcher:
             self._wake.clear()
 
     def dispatch_due(self) -> int:
-        """Hand due events to the pool, at most ``per_host`` in flight to one receiver host."""
+        """Hand due events to the pool, at most ``per_host`` in flight to one receiver host
+        and ``per_owner`` for one user's jobs."""
         with self._lock:
             busy = dict(self._in_flight)
         free = self.workers * 2 - len(busy)
         if free <= 0:
             return 0
-        per_host: dict[str, int] = {}
-        for host in busy.values():
-            per_host[host] = per_host.get(host, 0) + 1
-        full = [host for host, count in per_host.items() if count >= self.per_host]
-        due = self.store.due_notifications(now_iso(), free, exclude=busy, per_host=self.per_host, busy_hosts=full)
+        counts: dict[tuple[str, str], int] = {}
+        for host, owner in busy.values():
+            for key in (("host", host), ("owner", owner)):
+                counts[key] = counts.get(key, 0) + 1
+        most = {"host": self.per_host, "owner": self.per_owner}
+        full = {kind: [name for (k, name), n in counts.items() if k == kind and n >= most[kind]] for kind in most}
+        due = self.store.due_notifications(now_iso(), free, exclude=busy, per_host=self.per_host,
+                                           busy_hosts=full["host"], per_owner=self.per_owner,
+                                           busy_owners=full["owner"])
         handed = 0
         for event in due:
-            host = url_host(event["url"])
-            if per_host.get(host, 0) >= self.per_host:
-                continue  # its turn comes when one of that host's deliveries ends
-            per_host[host] = per_host.get(host, 0) + 1
+            host, owner = url_host(event["url"]), event.get("owner") or ""
+            keys = (("host", host), ("owner", owner))
+            if any(counts.get(key, 0) >= most[key[0]] for key in keys):
+                continue  # its turn comes when one of that host's or that user's deliveries ends
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
             with self._lock:
-                self._in_flight[event["id"]] = host
+                self._in_flight[event["id"]] = (host, owner)
             self._pool.submit(self._deliver_and_release, event)
             handed += 1
         return handed

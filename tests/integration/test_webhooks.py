@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -119,29 +122,46 @@ def _attempts(client, job_id) -> int:
 
 
 def test_a_trickling_receiver_is_cut_at_the_deadline_and_others_arrive_on_time(tmp_path, condor_config):
-    # A gateway of its own: the trickling notifications keep retrying until it stops.
-    gateway = GatewayProcess(tmp_path / "home", condor_config, env=FAST_RETRIES).start()
-    client = Client(gateway.url)
-    slow, fast = Receiver(), Receiver()
-    slow.behaviour = "trickle"
-    slow.trickle_seconds = 2.0  # one byte every 2 s: each read is quick, the answer never ends
+    # A gateway of its own (the trickling notifications keep retrying until it stops), with
+    # tokens, so that the two tenants are two users.
+    home = tmp_path / "home"
+    gateway = GatewayProcess(home, condor_config, env={**FAST_RETRIES, "MODACLOUDS_BATCH_AUTH": "true"}).start()
+    mallory, bob = (_authed(gateway, _token(home, name)) for name in ("mallory", "bob"))
+    # Mallory's receivers, under two host names, answer one byte every 2 s: each read is
+    # quick, the answer never ends.
+    slow = [Receiver(host="127.0.0.2"), Receiver(host="127.0.0.3")]
+    fast = Receiver()
+    for receiver in slow:
+        receiver.behaviour, receiver.trickle_seconds = "trickle", 2.0
     try:
-        trickled = [client.submit(pack_bundle("hello"), name=f"trickle-{i}", notify=f"{slow.url}/t{i}").json()["job_id"]
-                    for i in range(6)]
+        trickled = [mallory.submit(pack_bundle("hello"), name=f"trickle-{i}",
+                                   notify=f"{slow[i % 2].url}/t{i}").json()["job_id"] for i in range(6)]
         for job_id in trickled:
-            client.wait_for(job_id, "completed", timeout=180)
-        client.wait_until(trickled[0], lambda job: _attempts(client, trickled[0]) >= 1, what="a first attempt")
-        # Another tenant's receiver, under another host name, while the six keep retrying.
-        on_time = client.submit(pack_bundle("hello"), name="on-time",
-                                notify=f"http://localhost:{fast.port}/fine").json()["job_id"]
+            mallory.wait_for(job_id, "completed", timeout=180)
+        mallory.wait_until(trickled[0], lambda job: _attempts(mallory, trickled[0]) >= 1, what="a first attempt")
+        # Bob's receiver, while Mallory's six keep retrying.
+        on_time = bob.submit(pack_bundle("hello"), name="on-time",
+                             notify=f"http://localhost:{fast.port}/fine").json()["job_id"]
         fast.wait_for(1, path="/fine", timeout=180)
-        client.wait_until(on_time, lambda job: _status(client, on_time) == "delivered", what="delivery recorded")
-        note = client.get(f"/jobs/{on_time}/notifications").json()[0]
+        bob.wait_until(on_time, lambda job: _status(bob, on_time) == "delivered", what="delivery recorded")
+        note = bob.get(f"/jobs/{on_time}/notifications").json()[0]
         waited = (parse_iso(note["attempts_log"][0]["at"]) - parse_iso(note["created_at"])).total_seconds()
         assert note["attempts"] == 1 and waited < 1.5, note
-        cut = client.get(f"/jobs/{trickled[0]}/notifications").json()[0]["attempts_log"][0]
+        cut = mallory.get(f"/jobs/{trickled[0]}/notifications").json()[0]["attempts_log"][0]
         assert "deadline" in cut["error"] and 2500 <= cut["duration_ms"] <= 4500, cut  # webhook_timeout is 3 s
     finally:
         gateway.stop()
-        slow.close()
-        fast.close()
+        for receiver in (*slow, fast):
+            receiver.close()
+
+
+def _token(home, owner) -> str:
+    out = subprocess.run([sys.executable, "-m", "modaclouds_batch", "--home", str(home), "token", "create",
+                          "--owner", owner, "--json"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["token"]
+
+
+def _authed(gateway, token) -> Client:
+    client = Client(gateway.url)
+    client.http.headers["Authorization"] = f"Bearer {token}"
+    return client

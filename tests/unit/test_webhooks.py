@@ -45,10 +45,10 @@ def make(tmp_path, **overrides):
     return store, WebhookDispatcher(store, settings, workers=4)
 
 
-def add_job(store, url, events="final"):
+def add_job(store, url, events="final", owner="a"):
     job_id = str(uuid.uuid4())
     now = now_iso()
-    store.insert_job({"id": job_id, "name": "j", "owner": "a", "state": "idle", "cluster_id": 7, "proc_id": 0,
+    store.insert_job({"id": job_id, "name": "j", "owner": owner, "state": "idle", "cluster_id": 7, "proc_id": 0,
                       "arguments": "[]", "created_at": now, "updated_at": now,
                       "notification_url": url, "notification_events": events})
     return job_id
@@ -342,7 +342,7 @@ def test_one_slow_receiver_host_holds_at_most_its_share_of_senders(tmp_path, rec
         for job_id in slow_jobs:
             finish(store, job_id)
         time.sleep(0.01)
-        other = add_job(store, f"http://localhost:{fast.port}/fine")  # another host name
+        other = add_job(store, f"http://localhost:{fast.port}/fine", owner="b")  # another host, another user
         finish(store, other)
         dispatcher.start()
         started = time.monotonic()
@@ -420,3 +420,28 @@ def test_a_name_that_resolves_slowly_is_given_up_at_the_deadline(tmp_path, recei
     assert dispatcher.deliver(store.due_notifications(now_iso(), 10)[0]) == "pending"
     assert time.monotonic() - started < 1.5
     assert "did not resolve within the 1 s deadline" in store.job_notifications(job_id)[0]["last_error"]
+
+
+def test_one_user_with_many_slow_receivers_holds_at_most_their_share_of_senders(tmp_path, receiver):
+    # Many host names for one slow server (as a wildcard DNS entry gives): the per-host limit
+    # alone would let them take every sender; the per-user one does not.
+    store, dispatcher = make(tmp_path, webhook_timeout=3.0, webhook_owner_concurrency=2)
+    receiver.behaviour = "trickle"
+    receiver.trickle_seconds = 1.0
+    fast = Receiver()
+    try:
+        for i in range(8):
+            name = f"slow{i}.test"
+            job_id = add_job(store, f"http://{name}:{receiver.port}/hook", owner="mallory")
+            finish(store, job_id)
+        time.sleep(0.01)
+        finish(store, add_job(store, f"http://127.0.0.1:{fast.port}/fine", owner="bob"))
+        dispatcher.resolver = lambda host, port, **kw: _answers("127.0.0.1")
+        dispatcher.start()
+        started = time.monotonic()
+        fast.wait_for(1, timeout=10)
+        assert time.monotonic() - started < 1.5
+        assert len(receiver.requests) <= 2
+    finally:
+        dispatcher.shutdown()
+        fast.close()
