@@ -23,6 +23,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
+from .api.guard import Guard, RequestGuard, body_allowance, is_loopback_address
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
@@ -99,6 +100,7 @@ class Gateway:
     def shutdown(self) -> None:
         self.tracker.shutdown()
         self.webhooks.shutdown()
+        self.service.validations.shutdown()
         self.store.close()
 
 
@@ -192,9 +194,32 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/workers/{name}", WorkerResource(gateway.infra))
     app.add_route("/workers/{name}/drain", WorkerDrainResource(gateway.infra))
     app.add_route("/workers/{name}/undrain", WorkerUndrainResource(gateway.infra))
-    app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit))
+    app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit, minting=gateway.settings.auth_enabled))
     app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens, gateway.audit))
     app.add_route("/quota", QuotaResource(gateway.quota))
     app.add_route("/users/{user}/limits", UserLimitsResource(gateway.quota, gateway.audit))
     app.add_route("/audit", AuditResource(gateway.audit))
     return app
+
+
+def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
+    """The checks made before a request's body is read; ``on_loopback``: the bound socket is loopback."""
+    settings = gateway.settings
+    return RequestGuard(
+        gateway.tokens, auth_enabled=settings.auth_enabled, host_names=settings.host_names,
+        proxy_names=settings.proxy_names,
+        check_host=on_loopback or not settings.auth_enabled,
+        allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
+    )
+
+
+def wsgi_app(gateway: Gateway, guard: RequestGuard | None = None):
+    """What the server serves: the falcon app behind the guard.
+
+    Without a ``guard``, one is made for the configured host (the server passes the one made
+    from the socket it bound).
+    """
+    if guard is None:
+        guard = request_guard(gateway, on_loopback=gateway.settings.host == "localhost"
+                              or is_loopback_address(gateway.settings.host))
+    return Guard(create_app(gateway), guard)

@@ -26,7 +26,8 @@ def _settings(ctx: click.Context, **overrides):
 @click.option("--home", type=click.Path(path_type=Path), help="State folder (db, jobs, pool).")
 @click.option("--url", envvar="MODACLOUDS_BATCH_URL", default="http://127.0.0.1:5000", show_default=True,
               help="The gateway the client commands (submit, jobs, status, ...) talk to; "
-                   "env MODACLOUDS_BATCH_URL. The API token comes from MODACLOUDS_BATCH_TOKEN.")
+                   "env MODACLOUDS_BATCH_URL. The API token comes from MODACLOUDS_BATCH_TOKEN, else, "
+                   "for a loopback URL, from <home>/admin-token (the local admin token the gateway writes).")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, home: Path | None, url: str) -> None:
     """HTCondor batch-submission gateway."""

@@ -41,7 +41,7 @@ ACTION_HELP = {
 
 
 def _client(ctx: click.Context) -> BatchClient:
-    return BatchClient((ctx.obj or {}).get("url"))
+    return BatchClient((ctx.obj or {}).get("url"), home=(ctx.obj or {}).get("home"))
 
 
 def _fail(message: str) -> NoReturn:
@@ -59,7 +59,8 @@ def reports_errors(command: Callable) -> Callable:
         except BatchError as exc:
             message = str(exc)
             if exc.status == 401:
-                message += f" (set {TOKEN_ENV} to your API token)"
+                message += (f" (set {TOKEN_ENV} to your API token; on the gateway's own machine the "
+                            "local admin token in <home>/admin-token is used: --home names that home)")
             _fail(message)
 
     return wrapper

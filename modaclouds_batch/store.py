@@ -414,9 +414,14 @@ class Store:
     def apply_job_changes(self, changes: Iterable[JobChange], data_objects: Iterable[dict[str, Any]] = ()) -> None:
         """Write many jobs' changes, their state events (and answer objects), in one transaction."""
         now = now_iso()
+        changes = list(changes)
         with self.transaction() as db:
             db["data_objects"].insert_all(list(data_objects))
+            # A job deleted while the tracker looked at it has nothing left to change.
+            present = self._existing_job_ids(db, [c.job_id for c in changes])
             for change in changes:
+                if change.job_id not in present:
+                    continue
                 values = dict(change.fields)
                 if change.new_state is not None:
                     values["state"] = change.new_state
@@ -433,6 +438,15 @@ class Store:
                 db["jobs"].update(change.job_id, values)
                 if change.new_state is not None:
                     self._write_outbox(change.job_id)
+
+    @staticmethod
+    def _existing_job_ids(db: Database, job_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start:start + 500]
+            found.update(r[0] for r in db.execute(
+                f"select id from jobs where id in ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def _write_outbox(self, job_id: str) -> None:
         """Inside the caller's transaction: the notifications a new state calls for."""
@@ -522,6 +536,8 @@ class Store:
     ) -> None:
         """One attempt and its consequence (delivered, retry at a time, or failed) at once."""
         with self.transaction() as db:
+            if db.execute("select 1 from outbox where id = ?", [event_id]).fetchone() is None:
+                return  # its job was deleted while the attempt ran
             db["delivery_attempts"].insert({"event_id": event_id, "at": at, "status_code": status_code,
                                             "error": error, "duration_ms": duration_ms})
             values: dict[str, Any] = {"status": outcome, "last_error": error}
@@ -739,7 +755,9 @@ class Store:
             return list(self.db.query(f"select * from audit {clause} order by id desc limit ?", [*params, limit]))
 
     def delete_job(self, job_id: str) -> None:
+        """The job's record and every row that hangs off it: events, notifications, data references."""
         with self.transaction() as db:
+            db.execute("delete from job_data_refs where job_id = ?", [job_id])
             db.execute("delete from delivery_attempts where event_id in (select id from outbox where job_id = ?)", [job_id])
             db.execute("delete from outbox where job_id = ?", [job_id])
             db.execute("delete from job_events where job_id = ?", [job_id])

@@ -249,6 +249,17 @@ class DataService:
         Path(row["path"]).unlink(missing_ok=True)
         self.audit.record(actor, "data.delete", data_id, request_id=request_id)
 
+    def discard_answer(self, data_id: str, job_id: str) -> bool:
+        """Delete a deleted job's answer object, unless a queued or running job still uses it."""
+        row = self.store.get_data(data_id)
+        if row is None or row.get("source_job_id") != job_id:
+            return False
+        if self.store.jobs_using_data(data_id, (s.value for s in ACTIVE_STATES)):
+            return False
+        self.store.delete_data(data_id)
+        Path(row["path"]).unlink(missing_ok=True)
+        return True
+
     def expire(self) -> int:
         """Remove data objects whose ttl has passed and that no active job needs."""
         removed = 0

@@ -20,16 +20,12 @@ from ..api.jobs import (
 )
 from ..jobs.changes import ChangeFeed
 from ..jobs.states import JobState
-from . import Dialect
+from . import Dialect, submission_hook
 
 
 def register(app, gateway) -> None:
     service = gateway.service
-
-    def on_submitted(created):
-        gateway.metrics.submissions.inc(created.get("count", 1))
-        gateway.tracker.wake()
-
+    on_submitted = submission_hook(gateway)
     app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=on_submitted))
     settings = gateway.settings
     app.add_route("/jobs/events", JobChangesResource(

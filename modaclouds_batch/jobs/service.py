@@ -34,6 +34,7 @@ from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
 from . import bundles, live_output, resources
+from .validation_pool import ValidationPool
 from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,12 @@ class JobService:
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_members=settings.max_archive_members,
         )
+        # A bundle is code: it may inflate to much less than a dataset.
+        self.bundle_limits = bundles.ArchiveLimits(
+            max_unpacked_bytes=min(settings.max_bundle_unpacked_bytes, settings.max_unpacked_bytes),
+            max_members=settings.max_archive_members, setting="max_bundle_unpacked_bytes",
+        )
+        self.validations = ValidationPool(settings.archive_validation_workers, settings.archive_validations_per_user)
         # Jobs between condor submit and their row in the store: the tracker leaves them be.
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -238,12 +245,13 @@ class JobService:
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
         wanted = self._check_resources(request)
         item_arguments = self._item_arguments(request)
-        archives = [(bundles.ArchiveSource(staging.bundle_path, "job-bundle", True), refs.get("bundle"))]
+        archives = [(bundles.ArchiveSource(staging.bundle_path, "job-bundle", True, self.bundle_limits),
+                     refs.get("bundle"))]
         for path, data_id in [(staging.input_path, refs.get("input"))] + [
                 (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
             if path.exists():
-                archives.append((bundles.ArchiveSource(path, "job-input"), data_id))
-        self._validate_archives(archives)
+                archives.append((bundles.ArchiveSource(path, "job-input", False, self.limits), data_id))
+        self._validate_archives(actor, archives)
 
         items = self._prepare_items(staging, item_arguments, request.is_array)
         spec = sd.JobSpec(
@@ -442,8 +450,10 @@ class JobService:
         except targets.UnsafeTarget as exc:
             raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
 
-    def _validate_archives(self, archives: list[tuple[bundles.ArchiveSource, dict[str, Any] | None]]) -> None:
-        """Check the job's archives as one tree, in the order the launcher unpacks them.
+    def _validate_archives(self, actor: Actor,
+                           archives: list[tuple[bundles.ArchiveSource, dict[str, Any] | None]]) -> None:
+        """Check the job's archives as one tree, in the order the launcher unpacks them, on
+        the validation pool (one task for the job).
 
         A data object's verdict is remembered for its exact content, with whether it holds
         symlinks: one known valid is walked again only when links could chain across
@@ -458,25 +468,32 @@ class JobService:
         skipped = [i for i, (source, row) in enumerate(archives)
                    if known(source, row) == "nolinks" or (len(archives) == 1 and known(source, row))]
         walked = [i for i in range(len(archives)) if i not in skipped]
-        try:
+
+        def check() -> list[bundles.ArchiveSummary]:
             try:
-                summaries = bundles.validate_archives([archives[i][0] for i in walked], limits=self.limits)
-                refused = None
-            except bundles.ArchiveRejected as exc:
-                summaries, refused = [], exc
-            if skipped and (refused or any(summary.symlinks for summary in summaries)):
+                found = bundles.validate_archives([archives[i][0] for i in walked], limits=self.limits)
+            except bundles.ArchiveRejected:
+                if not skipped:
+                    raise
+                found = None
+            if skipped and (found is None or any(summary.symlinks for summary in found)):
                 # Links meet archives not read this time: the chain needs all their names.
-                walked = list(range(len(archives)))
-                summaries = bundles.validate_archives([source for source, _ in archives], limits=self.limits)
-            elif refused:
-                raise refused
+                walked[:] = range(len(archives))
+                return bundles.validate_archives([source for source, _ in archives], limits=self.limits)
+            return found
+
+        try:
+            summaries = self.validations.run(actor.user, check) if walked else []
         except bundles.ArchiveRejected as exc:
             error = TooLarge if exc.too_large else InvalidRequest
             raise error(exc.reason, field=exc.field) from exc
         for i, summary in zip(walked, summaries):
             row = archives[i][1]
             if row:
-                self.data.note_archive_check(row["id"], row["sha256"], "bundle" if summary.has_run_sh else "archive",
+                # "bundle" only for what a bundle may hold: an input's run.sh does not make a 4 GiB bundle.
+                fits_a_bundle = summary.has_run_sh and summary.unpacked_bytes <= self.bundle_limits.max_unpacked_bytes \
+                    and summary.inflated_bytes <= self.bundle_limits.max_inflated_bytes
+                self.data.note_archive_check(row["id"], row["sha256"], "bundle" if fits_a_bundle else "archive",
                                              links=bool(summary.symlinks))
 
     # --- reads ------------------------------------------------------------------
@@ -614,6 +631,27 @@ class JobService:
         self.audit.record(actor, f"job.{action.value}", job["id"], request_id=request_id)
         self.refresh([job])
         return self.get(job["id"], actor)
+
+    def delete(self, job_id: str, actor: Actor, request_id: str | None = None) -> dict[str, Any]:
+        """Forget a job: remove it from HTCondor if it is still active, then delete its record
+        (events, notifications), its folder (artifacts) and its answer object. Returns the job
+        as it was; afterwards its id is unknown (404), not expired (410)."""
+        job = self.store.get_job(check_job_id(job_id))
+        if job is None or not actor.may_see(job["owner"]):
+            raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
+        if not JobState(job["state"]).is_final and not job.get("expired_at"):
+            constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
+            try:
+                self.condor.act("remove", constraint, f"deleted by {actor.user} through the gateway")
+            except CondorUnavailable as exc:
+                raise BackendUnavailable(f"HTCondor does not answer, so the job was not deleted; retry later ({exc})") from exc
+        self.store.delete_job(job["id"])
+        if job.get("job_dir"):
+            shutil.rmtree(job["job_dir"], ignore_errors=True)
+        if job.get("answer_id"):
+            self.data.discard_answer(job["answer_id"], job["id"])
+        self.audit.record(actor, "job.delete", job["id"], request_id=request_id, detail={"state": job["state"]})
+        return job
 
     def _spooling(self, constraint: str) -> bool:
         ads = self.condor.query(constraint, ["JobStatus", "HoldReasonCode"])

@@ -63,7 +63,8 @@ def test_a_finished_streaming_job_has_its_whole_stdout(client):
 
 def test_logs_follow_shows_each_line_within_seconds_of_the_job_printing_it(client, gateway):
     job_id = client.submit(pack_bundle("sleeper"), name="live-follow", arguments="8").json()["job_id"]
-    env = {k: v for k, v in os.environ.items() if k != "MODACLOUDS_BATCH_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MODACLOUDS_BATCH_URL", "MODACLOUDS_BATCH_TOKEN")}
+    env["MODACLOUDS_BATCH_HOME"] = str(gateway.home)  # where the CLI finds the local admin token
     follower = subprocess.Popen(
         [sys.executable, "-m", "modaclouds_batch", "--url", gateway.url, "logs", "-f", job_id],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

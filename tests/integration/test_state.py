@@ -38,7 +38,7 @@ def mode(path: Path) -> int:
 
 def test_a_second_gateway_on_the_same_home_refuses_and_the_first_keeps_its_jobs(tmp_path, condor_config):
     first = GatewayProcess(tmp_path / "home", condor_config).start()
-    client = Client(first.url)
+    client = first.client()
     try:
         job = completed_job(client)
         assert job["job_status"] == "completed", job
@@ -55,7 +55,7 @@ def test_a_second_gateway_on_the_same_home_refuses_and_the_first_keeps_its_jobs(
 def test_another_database_on_the_home_later_leaves_the_first_gateways_folders(tmp_path, condor_config):
     """What the docs allow: `serve --db-path other.db` on the same home, one after the other."""
     first = GatewayProcess(tmp_path / "home", condor_config).start()
-    client = Client(first.url)
+    client = first.client()
     job = completed_job(client)
     first.stop()
     other = GatewayProcess(tmp_path / "home", condor_config)
@@ -78,7 +78,7 @@ def test_two_processes_on_one_database_refuse(tmp_path, condor_config):
         second = serve_once(tmp_path / "second-home", condor_config, "--db-path", str(first.home / "gateway.db"))
         assert second.returncode == 75, second.stderr
         assert f"pid {first.proc.pid}" in second.stderr and "gateway.db.lock" in second.stderr
-        assert Client(first.url).get("/health").status_code == 200
+        assert first.client().get("/health").status_code == 200
     finally:
         first.stop()
 
@@ -121,7 +121,7 @@ def test_a_job_another_process_is_submitting_is_left_alone_until_its_intent_goes
 
 def test_a_leftover_incoming_upload_is_swept_at_start(tmp_path, condor_config):
     gateway = GatewayProcess(tmp_path / "home", condor_config).start()
-    client = Client(gateway.url)
+    client = gateway.client()
     kept = client.post("/data", data=b"kept", params={"filename": "kept.txt"}).json()
     gateway.kill()  # as a kill -9 during an upload would leave it
     leftover = gateway.home / "data" / f".incoming-{uuid.uuid4()}"
@@ -141,7 +141,7 @@ def test_a_served_gateways_state_is_private_whatever_the_umask(tmp_path, condor_
         gateway.start()
     finally:
         os.umask(previous)
-    client = Client(gateway.url)
+    client = gateway.client()
     try:
         data = client.post("/data", data=b"some data", params={"filename": "d.txt"}).json()
         job = completed_job(client)

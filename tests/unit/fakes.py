@@ -62,3 +62,13 @@ class FakeCondor:
 
     def remove_quietly(self, constraint, reason):
         self.act("remove", constraint, reason)
+
+    def submit_spooled(self, description, itemdata=None):
+        """Queue the job idle (one proc; arrays take their ids from the item data)."""
+        self._trip("submit", "")
+        cluster = len(self.queue) + len(self.history_ads) + 1
+        ids = ([item["gateway_job_id"] for item in itemdata] if itemdata
+               else [str(description["My.GatewayJobId"]).strip('"')])
+        for proc, job_id in enumerate(ids):
+            self.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": proc, "JobStatus": 1}
+        return cluster, 0

@@ -3,16 +3,18 @@
 import json
 import uuid
 
-import falcon.testing
 import pytest
 
 from modaclouds_batch.access.identity import Actor
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.api.changes import JobChangesResource, _Stream
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.errors import Forbidden, NotFound
 from modaclouds_batch.jobs.changes import ChangeFeed, ChangeFilter
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import JobChange
 from modaclouds_batch.timefmt import now_iso
+
+from .apps import admin_client
 
 
 def _settings(tmp_path, **overrides):
@@ -29,7 +31,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def client(gateway):
-    return falcon.testing.TestClient(create_app(gateway))
+    return admin_client(gateway)
 
 
 def _job(store, owner="anonymous", name="j"):
@@ -110,6 +112,7 @@ def test_users_follow_only_their_own_jobs(gateway):
     alices, bobs = _job(gateway.store, owner="alice"), _job(gateway.store, owner="bob")
     _move(gateway.store, bobs, "running")
     assert [c["job_id"] for c in feed.after(feed.check(alice, ChangeFilter()), 0, 100)] == [alices]
+    assert [c["state"] for c in feed.after(feed.check(bob, ChangeFilter()), 0, 100)] == ["idle", "running"]
     with pytest.raises(NotFound):
         feed.check(alice, ChangeFilter(job_id=bobs))
     with pytest.raises(Forbidden):
@@ -118,19 +121,26 @@ def test_users_follow_only_their_own_jobs(gateway):
     assert [c["state"] for c in feed.after(admin, 0, 100)] == ["idle", "running"]
 
 
-def test_streams_beyond_the_limit_wait_and_a_closed_stream_frees_its_slot(tmp_path):
-    gw = build_gateway(_settings(tmp_path, max_event_streams=1))
+def test_streams_beyond_the_limit_wait(tmp_path):
+    gw = build_gateway(_settings(tmp_path, max_event_streams=0))
     try:
-        app = create_app(gw)
-        client = falcon.testing.TestClient(app)
-        resource = next(r for r in _resources(app) if hasattr(r, "slots"))
-        resource.slots.acquire()  # one stream already open
-        busy = client.simulate_get("/jobs/events")
+        busy = admin_client(gw).simulate_get("/jobs/events")
         assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
         assert "reconnect" in busy.json["error"]
-        resource.slots.release()
-        assert client.simulate_get("/jobs/events").status_code == 200
-        # The test client closes the body it read: the slot is free again.
+    finally:
+        gw.store.close()
+
+
+def test_a_closed_stream_frees_its_slot_even_if_it_never_started(tmp_path):
+    gw = build_gateway(_settings(tmp_path, max_event_streams=1))
+    try:
+        client = admin_client(gw)
+        # The test client reads each body and closes it: one slot serves one stream after another.
+        assert [client.simulate_get("/jobs/events").status_code for _ in range(3)] == [200, 200, 200]
+        resource = JobChangesResource(ChangeFeed(gw.store, gw.service), max_streams=1, heartbeat_seconds=15,
+                                      max_seconds=0)
+        assert resource.slots.acquire(blocking=False)
+        _Stream(resource, None, 0).close()  # a client gone before the first byte
         assert resource.slots.acquire(blocking=False)
     finally:
         gw.store.close()
@@ -144,14 +154,3 @@ def test_event_ids_are_never_reused_after_the_newest_is_deleted(gateway):
     store.delete_job(gone)
     _move(store, keep, "running")
     assert store.last_change_id() > newest
-
-
-def _resources(app):
-    """Every resource object the app routes to."""
-    found, nodes = [], list(app._router._roots)
-    while nodes:
-        node = nodes.pop()
-        if node.resource is not None:
-            found.append(node.resource)
-        nodes.extend(node.children)
-    return found

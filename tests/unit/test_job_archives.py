@@ -7,11 +7,12 @@ import gzip
 import io
 import tarfile
 
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.settings import load_settings
+
+from .apps import admin_client
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def client(gateway):
-    return falcon.testing.TestClient(create_app(gateway))
+    return admin_client(gateway)
 
 
 def targz(*members) -> bytes:

@@ -4,15 +4,16 @@ import os
 import uuid
 from pathlib import Path
 
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.condor import submit_description as sd
 from modaclouds_batch.jobs import live_output
 from modaclouds_batch.jobs.tracker import changes_from_ads, keep_output_of_removed
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.timefmt import now_iso
+
+from .apps import admin_client
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def client(gateway):
-    return falcon.testing.TestClient(create_app(gateway))
+    return admin_client(gateway)
 
 
 def _job(gateway, tmp_path, state, live_dir=None, **fields):

@@ -14,15 +14,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
-import falcon.testing
 import pytest
 
 from modaclouds_batch import home
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.jobs.tracker import ORPHAN_GRACE_SECONDS, Tracker, remove_orphan_dirs
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import Store
 from modaclouds_batch.timefmt import now_iso, to_iso
+
+from .apps import admin_client
 
 from .fakes import FakeCondor
 
@@ -259,7 +260,7 @@ def test_an_intent_is_written_synchronous_full(tmp_path):
 def test_unfinished_uploads_are_swept_and_data_objects_kept(tmp_path):
     gw = build_gateway(settings_for(tmp_path))
     try:
-        client = falcon.testing.TestClient(create_app(gw))
+        client = admin_client(gw)
         kept = client.simulate_post("/data", body=b"keep me", params={"filename": "k.txt"}).json
         leftover = Path(gw.settings.home) / "data" / ".incoming-0b7f"
         leftover.write_bytes(b"half an upload")
@@ -313,7 +314,7 @@ def test_an_answer_is_kept_explicitly_by_patching_its_ttl(tmp_path):
     try:
         row = gw.service.data.register_file("anonymous", output, "a", "application/gzip", source_job_id="j")
         gw.store.insert_data(row)
-        client = falcon.testing.TestClient(create_app(gw))
+        client = admin_client(gw)
         kept = client.simulate_patch(f"/data/{row['id']}/metadata", json={"ttl": None})
         assert kept.status_code == 200, kept.text
         assert kept.json["expires_at"] is None and gw.store.get_data(row["id"])["expires_at"] is None
@@ -369,7 +370,7 @@ def test_an_existing_loose_home_is_tightened(tmp_path, open_umask):
 def test_uploads_and_job_files_are_private_under_umask_0(tmp_path, open_umask):
     gw = build_gateway(settings_for(tmp_path))
     try:
-        client = falcon.testing.TestClient(create_app(gw))
+        client = admin_client(gw)
         row = client.simulate_post("/data", body=b"data", params={"filename": "d.txt"}).json
         assert mode(gw.store.get_data(row["id"])["path"]) == 0o600
         with gw.service.staging() as staging:
