@@ -210,6 +210,8 @@ def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
         proxy_names=settings.proxy_names,
         check_host=on_loopback or not settings.auth_enabled,
         allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
+        on_refusal=lambda refusal, method, path, client: gateway.audit.refused(
+            None, refusal.status, method=method, path=path, reason=refusal.message, client=client),
     )
 
 

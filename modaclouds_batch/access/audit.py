@@ -37,26 +37,33 @@ class AuditLog:
         self._lock = threading.Lock()
 
     def record(self, actor: Actor | None, action: str, target: str | None, *, outcome: str = "ok",
-               detail: dict[str, Any] | None = None, request_id: str | None = None) -> None:
+               detail: dict[str, Any] | None = None, request_id: str | None = None,
+               client: str | None = None) -> None:
+        """One entry; ``client`` defaults to the current request's address."""
         entry = {
             "at": now_iso(), "actor": actor.user if actor else None, "role": actor.role if actor else None,
             "action": action, "target": target, "outcome": outcome,
             "detail": json.dumps(detail, sort_keys=True) if detail else None, "request_id": request_id,
-            "client": client_address_var.get(),
+            "client": client or client_address_var.get(),
         }
         self.store.append_audit(entry)
         log.info(json.dumps({"audit": True, **entry}, sort_keys=True))
 
     def refused(self, actor: Actor | None, status: int, *, method: str, path: str, reason: str,
-                target: str | None = None, request_id: str | None = None) -> bool:
-        """Record a refused request; False when left out by the per-client bound."""
-        suppressed = self._count_refusal(client_address_var.get(), status)
+                target: str | None = None, request_id: str | None = None, client: str | None = None) -> bool:
+        """Record a refused request; False when left out by the per-client bound.
+
+        ``client`` defaults to the current request's address (refusals made before the app
+        runs, at the headers, pass it)."""
+        client = client or client_address_var.get()
+        suppressed = self._count_refusal(client, status)
         if suppressed is None:
             return False
         detail = {"status": status, "method": method, "path": path, "error": reason}
         if suppressed:
             detail["suppressed"] = suppressed
-        self.record(actor, REFUSED, target or path, outcome="refused", detail=detail, request_id=request_id)
+        self.record(actor, REFUSED, target or path, outcome="refused", detail=detail, request_id=request_id,
+                    client=client)
         return True
 
     def _count_refusal(self, client: str | None, status: int) -> int | None:

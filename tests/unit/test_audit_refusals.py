@@ -1,13 +1,18 @@
 """Refused requests are audited with the client address; data is served with safe types;
 every answer says nosniff. Through the real app, without a pool (nothing here reaches HTCondor)."""
 
+import json
+import socket
+import threading
 import uuid
 
 import falcon.testing
 import pytest
+import waitress
 
 from modaclouds_batch.access import audit as audit_module
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway, create_app, request_guard, wsgi_app
+from modaclouds_batch.server import install
 from modaclouds_batch.settings import load_settings
 
 
@@ -113,3 +118,34 @@ def test_data_is_served_with_its_type_only_when_that_type_is_safe(client, gatewa
 @pytest.mark.parametrize("path", ["/health", "/jobs", "/no/such/route", "/docs", "/openapi.json"])
 def test_every_answer_says_nosniff(client, path):
     assert client.simulate_get(path).headers["x-content-type-options"] == "nosniff"
+
+
+def test_refusals_before_the_app_are_audited_and_say_nosniff(gateway):
+    guarded = falcon.testing.TestClient(wsgi_app(gateway), headers={"Host": "127.0.0.1:5000"})
+    no_token = guarded.simulate_get("/jobs", remote_addr="203.0.113.7")
+    rebound = guarded.simulate_get("/jobs", headers={"Host": "attacker.example"}, remote_addr="203.0.113.8")
+    assert (no_token.status_code, rebound.status_code) == (401, 403)
+    assert no_token.headers["x-content-type-options"] == rebound.headers["x-content-type-options"] == "nosniff"
+    entries = gateway.store.audit_entries(None, "request.refused", None, 10)[::-1]
+    assert [(e["client"], json.loads(e["detail"])["status"]) for e in entries] == [
+        ("203.0.113.7", 401), ("203.0.113.8", 403)]
+    assert "attacker.example" in json.loads(entries[1]["detail"])["error"]
+
+
+def test_a_refusal_at_the_headers_of_an_upload_is_audited_with_the_peer_address(gateway):
+    server = waitress.create_server(lambda e, s: [], host="127.0.0.1", port=0, threads=1)
+    guard = request_guard(gateway, on_loopback=True)
+    install(server, wsgi_app(gateway, guard), guard)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        with socket.create_connection(server.socket.getsockname(), timeout=5) as sock:
+            sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (300 << 20))
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        server.close()
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"X-Content-Type-Options: nosniff" in answer, answer
+    [entry] = gateway.store.audit_entries(None, "request.refused", None, 10)
+    assert entry["client"] == "127.0.0.1" and json.loads(entry["detail"])["method"] == "POST"
