@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
-from .api.guard import Guard, RequestGuard, body_allowance, is_loopback_address
+from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance, is_loopback_address
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
@@ -52,7 +51,6 @@ from .store import Store
 from .timefmt import now_iso
 
 log = logging.getLogger(__name__)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass
@@ -154,7 +152,7 @@ class RequestContext:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header("X-Request-Id")
-        req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
+        req.context.request_id = given if given and REQUEST_ID_RE.match(given) else str(uuid.uuid4())
         request_id_var.set(req.context.request_id)
         client_address_var.set(req.remote_addr)
         resp.set_header("X-Request-Id", req.context.request_id)
@@ -210,8 +208,9 @@ def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
         proxy_names=settings.proxy_names,
         check_host=on_loopback or not settings.auth_enabled,
         allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
-        on_refusal=lambda refusal, method, path, client: gateway.audit.refused(
-            None, refusal.status, method=method, path=path, reason=refusal.message, client=client),
+        on_refusal=lambda refusal, method, path, client, request_id: gateway.audit.refused(
+            None, refusal.status, method=method, path=path, reason=refusal.message, client=client,
+            request_id=request_id),
     )
 
 

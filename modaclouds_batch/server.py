@@ -145,7 +145,7 @@ def guarded_channel(guard: RequestGuard) -> type[HTTPChannel]:
                     log.exception("the early check of %s %s failed", self.command, self.path)
                     refusal = Refusal(503, "the gateway could not check this request; retry")
                 if refusal is not None:
-                    guard.report(refusal, self.command, self.path, self.client)
+                    guard.report(refusal, self.command, self.path, self.client, self.headers)
                     self.error = _Refused(refusal)
                     self.completed = True
                     self.expect_continue = False

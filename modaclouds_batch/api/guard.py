@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable, Mapping
@@ -24,6 +25,8 @@ from ..settings import is_loopback_address  # noqa: F401  (re-exported for app a
 from .access import ACTOR_KEY, is_public
 
 log = logging.getLogger(__name__)
+# A request id a client may choose (X-Request-Id); others get a fresh one.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A request that shows no token may still carry a small body (a public route ignores it).
 UNAUTHENTICATED_BODY_BYTES = 64 * 1024
@@ -86,8 +89,8 @@ class RequestGuard:
 
     def __init__(self, tokens: TokenService, *, auth_enabled: bool, host_names: frozenset[str],
                  check_host: bool, allowance: Callable[[Actor], int], proxy_names: frozenset[str] = frozenset(),
-                 on_refusal: Callable[[Refusal, str, str, str | None], None] | None = None):
-        # Told of each refusal to audit: (refusal, method, path, client address).
+                 on_refusal: Callable[[Refusal, str, str, str | None, str | None], None] | None = None):
+        # Told of each refusal to audit: (refusal, method, path, client address, request id).
         self.on_refusal = on_refusal
         self.tokens = tokens
         self.auth_enabled = auth_enabled
@@ -125,12 +128,15 @@ class RequestGuard:
         refusal = self._check_length(headers.get("CONTENT_LENGTH"), actor)
         return refusal, (None if refusal else actor)
 
-    def report(self, refusal: Refusal, method: str, path: str, client: str | None) -> None:
-        """Hand a refusal to the audit (401 and 403 only); never fails the answer."""
+    def report(self, refusal: Refusal, method: str, path: str, client: str | None,
+               headers: Mapping[str, str]) -> None:
+        """Hand a refusal to the audit (401 and 403 only), with the client's X-Request-Id if it
+        gave a valid one; never fails the answer."""
         if self.on_refusal is None or refusal.status not in AUDITED_STATUSES:
             return
+        given = headers.get("X_REQUEST_ID") or ""
         try:
-            self.on_refusal(refusal, method, path, client)
+            self.on_refusal(refusal, method, path, client, given if REQUEST_ID_RE.match(given) else None)
         except Exception:  # the refusal is answered whatever happens to its record
             log.exception("could not audit a refused %s %s", method, path)
 
@@ -169,11 +175,12 @@ class Guard:
         self.guard = guard
 
     def __call__(self, environ, start_response):
+        headers = _EnvironHeaders(environ)
         refusal, actor = self.guard.check(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/",
-                                          _EnvironHeaders(environ), read_only=False)
+                                          headers, read_only=False)
         if refusal is not None:
             self.guard.report(refusal, environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/",
-                              environ.get("REMOTE_ADDR"))
+                              environ.get("REMOTE_ADDR"), headers)
             start_response(refusal.status_line, refusal.response_headers())
             return [refusal.body()]
         if actor is not None:

@@ -126,7 +126,7 @@ def test_a_trickling_receiver_is_cut_at_the_deadline_and_others_arrive_on_time(t
     # tokens, so that the two tenants are two users.
     home = tmp_path / "home"
     gateway = GatewayProcess(home, condor_config, env={**FAST_RETRIES, "MODACLOUDS_BATCH_AUTH": "true"}).start()
-    mallory, bob = (_authed(gateway, _token(home, name)) for name in ("mallory", "bob"))
+    mallory, bob = (Client(gateway.url, _token(home, name)) for name in ("mallory", "bob"))
     # Mallory's receivers, under two host names, answer one byte every 2 s: each read is
     # quick, the answer never ends.
     slow = [Receiver(host="127.0.0.2"), Receiver(host="127.0.0.3")]
@@ -159,9 +159,3 @@ def _token(home, owner) -> str:
     out = subprocess.run([sys.executable, "-m", "modaclouds_batch", "--home", str(home), "token", "create",
                           "--owner", owner, "--json"], check=True, capture_output=True, text=True).stdout
     return json.loads(out)["token"]
-
-
-def _authed(gateway, token) -> Client:
-    client = Client(gateway.url)
-    client.http.headers["Authorization"] = f"Bearer {token}"
-    return client

@@ -122,7 +122,7 @@ def test_every_answer_says_nosniff(client, path):
 
 def test_refusals_before_the_app_are_audited_and_say_nosniff(gateway):
     guarded = falcon.testing.TestClient(wsgi_app(gateway), headers={"Host": "127.0.0.1:5000"})
-    no_token = guarded.simulate_get("/jobs", remote_addr="203.0.113.7")
+    no_token = guarded.simulate_get("/jobs", remote_addr="203.0.113.7", headers={"X-Request-Id": "mine-1"})
     rebound = guarded.simulate_get("/jobs", headers={"Host": "attacker.example"}, remote_addr="203.0.113.8")
     assert (no_token.status_code, rebound.status_code) == (401, 403)
     assert no_token.headers["x-content-type-options"] == rebound.headers["x-content-type-options"] == "nosniff"
@@ -130,6 +130,7 @@ def test_refusals_before_the_app_are_audited_and_say_nosniff(gateway):
     assert [(e["client"], json.loads(e["detail"])["status"]) for e in entries] == [
         ("203.0.113.7", 401), ("203.0.113.8", 403)]
     assert "attacker.example" in json.loads(entries[1]["detail"])["error"]
+    assert entries[0]["request_id"] == "mine-1" and entries[1]["request_id"] is None
 
 
 def test_a_refusal_at_the_headers_of_an_upload_is_audited_with_the_peer_address(gateway):
