@@ -15,7 +15,7 @@ from modaclouds_batch.timefmt import parse_iso
 from ..receiver import Receiver
 from .fixtures import GATEWAY_ENV as FAST_RETRIES
 from .fixtures import WEBHOOK_SECRET
-from .gateway import GatewayProcess, free_port, pack_bundle
+from .gateway import Client, GatewayProcess, free_port, pack_bundle
 
 pytestmark = pytest.mark.integration
 
