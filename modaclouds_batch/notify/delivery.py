@@ -214,7 +214,7 @@ def post_pinned(url: str, body: bytes, headers: dict[str, str], *, timeout: floa
                                  preload_content=False)
                     response = conn.getresponse()
                     return response.status, {k.lower(): v for k, v in response.headers.items()}
-                except _EXCHANGE_ERRORS as exc:
+                except _EXCHANGE_ERRORS:
                     if deadline.expired:
                         raise DeadlinePassed(f"no complete answer within the {timeout:g} s deadline") from None
                     raise
