@@ -100,6 +100,7 @@ class Gateway:
         self.tracker.shutdown()
         self.webhooks.shutdown()
         self.service.validations.shutdown()
+        self.infra.shutdown()
         self.store.close()
 
 
