@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import falcon
 import falcon.media
 
 from . import errors
-from .access.audit import AuditLog
+from .access.audit import AuditLog, client_address_var
 from .access.quota import QuotaService
 from .access.tokens import TokenService
 from .api import errors as api_errors
@@ -23,7 +22,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
-from .api.guard import Guard, RequestGuard, body_allowance, is_loopback_address
+from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance, is_loopback_address
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
@@ -52,7 +51,6 @@ from .store import Store
 from .timefmt import now_iso
 
 log = logging.getLogger(__name__)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass
@@ -102,6 +100,7 @@ class Gateway:
         self.tracker.shutdown()
         self.webhooks.shutdown()
         self.service.validations.shutdown()
+        self.infra.shutdown()
         self.store.close()
 
 
@@ -116,7 +115,7 @@ def build_gateway(settings: Settings) -> Gateway:
     store = Store(settings.db_path, on_state_change=on_state_change)
     metrics.registry.register(JobsByState(store.count_by_state))
     condor = CondorClient(settings.condor_config)
-    audit = AuditLog(store)
+    audit = AuditLog(store, settings.audit_refusals_per_minute)
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds, lost_after=settings.worker_lost_after)
@@ -150,13 +149,21 @@ def _providers(settings: Settings) -> dict:
 
 
 class RequestContext:
-    """Gives every request an id (echoed as X-Request-Id)."""
+    """Gives every request an id (echoed as X-Request-Id), notes its client's address for
+    the audit log, and tells browsers never to guess a content type (every answer carries
+    ``X-Content-Type-Options: nosniff``)."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header("X-Request-Id")
-        req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
+        req.context.request_id = given if given and REQUEST_ID_RE.match(given) else str(uuid.uuid4())
         request_id_var.set(req.context.request_id)
+        client_address_var.set(req.remote_addr)
         resp.set_header("X-Request-Id", req.context.request_id)
+        resp.set_header("X-Content-Type-Options", "nosniff")
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded) -> None:
+        resp.set_header("X-Content-Type-Options", "nosniff")  # also on answers made before process_request
+        client_address_var.set(None)
 
 
 def create_app(gateway: Gateway) -> falcon.App:
@@ -170,7 +177,7 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
 
     app.add_error_handler(Exception, api_errors.handle_unexpected)
-    app.add_error_handler(errors.GatewayError, api_errors.handle_gateway_error)
+    app.add_error_handler(errors.GatewayError, api_errors.GatewayErrors(gateway.audit))
     app.set_error_serializer(api_errors.serialize_http_error)
 
     dialects = all_dialects()
@@ -204,6 +211,9 @@ def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
         proxy_names=settings.proxy_names,
         check_host=on_loopback or not settings.auth_enabled,
         allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
+        on_refusal=lambda refusal, method, path, client, request_id: gateway.audit.refused(
+            None, refusal.status, method=method, path=path, reason=refusal.message, client=client,
+            request_id=request_id),
     )
 
 

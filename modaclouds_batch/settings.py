@@ -94,10 +94,11 @@ class Settings:
     # Absolute base URL used in links sent to webhook receivers; derived when empty.
     public_url: str | None = None
     webhook_secret: str | None = None
+    # Seconds one delivery attempt may take in all (connect, send, the answer's headers).
     webhook_timeout: float = 10.0
     webhook_give_up_after: float = 24 * 3600.0
-    # None: private/loopback webhook targets allowed only when serving on loopback.
-    webhook_allow_private: bool | None = None
+    # Whether webhook receivers may be private or loopback addresses (an operator's choice).
+    webhook_allow_private: bool = False
     # Retry schedule: exponential from this many seconds, capped, with jitter.
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
@@ -128,6 +129,13 @@ class Settings:
     # Seconds a worker the gateway added may be missing from the collector before
     # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
     worker_lost_after: float = 120.0
+    # Most deliveries in flight at once to one receiver host (so a slow one cannot hold all senders).
+    webhook_host_concurrency: int = 2
+    # Refused requests (401, 403, 429, 404 on another user's id) audited per client address
+    # and status each minute; the rest are counted in the next entry.
+    audit_refusals_per_minute: int = 60
+    # Most deliveries in flight at once for one user's jobs, whatever hosts they go to.
+    webhook_owner_concurrency: int = 2
     # Seed 003 (/mecrm): the largest data object its /data takes (the seed's server: 16 MiB),
     # and how long GET /mecrm/worker/contract waits for a match before answering 204.
     dialect_003_max_data_bytes: int = 16 * 1024 * 1024
@@ -204,9 +212,7 @@ class Settings:
 
     @property
     def private_webhooks_allowed(self) -> bool:
-        if self.webhook_allow_private is not None:
-            return self.webhook_allow_private
-        return self.listens_on_loopback
+        return bool(self.webhook_allow_private)
 
 
 def _coerce(name: str, raw: Any) -> Any:

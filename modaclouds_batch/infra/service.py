@@ -40,6 +40,7 @@ class InfraService:
         self._lock = threading.Lock()
         # worker -> (monotonic deadline, the worker as its startd said after our action)
         self._fresh: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._running: set[threading.Thread] = set()  # worker requests being carried out
 
     # --- reading the pool -------------------------------------------------------------
 
@@ -279,4 +280,17 @@ class InfraService:
                     "status": "failed", "error": repr(exc), "finished_at": now_iso()})
             with self._lock:
                 self._cache = None
-        threading.Thread(target=run, name=f"worker-request-{record['id'][:8]}", daemon=True).start()
+                self._running.discard(threading.current_thread())
+        thread = threading.Thread(target=run, name=f"worker-request-{record['id'][:8]}", daemon=True)
+        with self._lock:
+            self._running.add(thread)
+        thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Let requests being carried out record their outcome before the store closes; one
+        still running after ``timeout`` is marked failed at the next start instead."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            running = list(self._running)
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))

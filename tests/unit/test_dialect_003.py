@@ -457,3 +457,11 @@ def test_contract_waits_past_the_limit_are_503_with_retry_after(world):
         resource._waits.acquire()
     resp = world.http.simulate_get(f"{BASE}/worker/contract", headers={"X-Worker-Id": "localhost"})
     assert resp.status_code == 503 and resp.headers["retry-after"]
+
+
+def test_another_users_data_id_in_a_main_api_job_is_404_like_an_unknown_one(users):
+    """for_job re-raised NotYours without its target: a TypeError, so a 500."""
+    _, alice, bob, _ = users
+    tool = alice.simulate_post(f"{BASE}/data", **form(file=("f", b"#!/bin/sh\n"))).text
+    resp = bob.simulate_post("/jobs", json={"command": "./tool", "binary": tool})
+    assert resp.status_code == 404 and resp.json["error"].startswith("binary: no data object")

@@ -67,6 +67,7 @@ def gateway(tmp_path):
     gw.infra.collector = FakePool("localhost", "exec-1a2b3c4d@localhost")
     gw.infra.cache_seconds = 0
     yield gw
+    gw.infra.shutdown()  # the requests a test started record their outcome before the store closes
     gw.store.close()
 
 
