@@ -14,6 +14,7 @@ from . import errors
 from .access.audit import AuditLog
 from .access.quota import QuotaService
 from .access.tokens import TokenService
+from .api import bodies
 from .api import errors as api_errors
 from .api.access import (
     AuditResource,
@@ -145,6 +146,7 @@ def create_app(gateway: Gateway) -> falcon.App:
     multipart.parse_options.max_body_part_count = 16
     multipart.parse_options.max_body_part_buffer_size = 1024 * 1024
     app.req_options.media_handlers[falcon.MEDIA_MULTIPART] = multipart
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(loads=bodies.loads)
     app.req_options.strip_url_path_trailing_slash = True
 
     app.add_error_handler(Exception, api_errors.handle_unexpected)

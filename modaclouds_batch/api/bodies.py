@@ -1,10 +1,95 @@
-"""Reading JSON request bodies the same way on every route."""
+"""Reading JSON request bodies the same way on every route.
+
+Every JSON body goes through ``loads`` (installed as the app's JSON media handler), so
+what Python's ``json`` accepts but nothing below can store or pass on is refused here,
+once, naming the field: lone UTF-16 surrogates (``"\\ud800"``, which no UTF-8 encoder
+takes), non-finite numbers (``Infinity``, ``NaN``, ``1e400``) and nesting deeper than
+any request needs (which would exhaust the parser's recursion).
+"""
 
 from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
 
 import falcon
 
 from ..errors import InvalidRequest
+
+# No request of the API nests deeper than a few levels (an array's argument lists: 3).
+MAX_JSON_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` that refuses, with a 400 naming the field, what the gateway cannot keep."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        field = _field_too_deep(text)
+        raise InvalidRequest(f"{field or 'the JSON body'} nests deeper than {MAX_JSON_DEPTH} levels",
+                             **_named(field)) from None
+    _check(value)
+    return value
+
+
+def _check(value: Any) -> None:
+    """Walk the document without recursion; the field is the top-level key it sits under."""
+    stack: list[tuple[Any, int, str | None]] = [(value, 0, None)]
+    while stack:
+        node, depth, field = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"{field or 'the JSON body'} nests deeper than {MAX_JSON_DEPTH} levels",
+                                 **_named(field))
+        if isinstance(node, str):
+            _check_text(node, field)
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise InvalidRequest(f"{field or 'the JSON body'} must be a finite number "
+                                     "(Infinity, NaN and numbers beyond 1e308 are not)", **_named(field))
+        elif isinstance(node, dict):
+            for key, child in node.items():
+                name = field or _printable(key)
+                _check_text(key, name)
+                stack.append((child, depth + 1, name))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1, field) for child in node)
+
+
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?|[\[\]{}]')
+
+
+def _field_too_deep(text: str) -> str | None:
+    """The top-level key under which the nesting passes the limit (the parser could not say)."""
+    depth, key = 0, None
+    for token in _TOKEN.finditer(text):
+        if token.group(0)[0] == '"':
+            if depth == 1 and token.group(2):
+                key = token.group(1)
+        elif token.group(0) in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return key
+        else:
+            depth -= 1
+    return None
+
+
+def _check_text(text: str, field: str | None) -> None:
+    if _SURROGATE.search(text):
+        raise InvalidRequest(f"{field or 'the JSON body'} holds a lone UTF-16 surrogate (such as \\ud800); "
+                             "strings must be valid Unicode", **_named(field))
+
+
+def _printable(name: str) -> str:
+    """A key as it can be echoed back: a lone surrogate written as its escape."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _named(field: str | None) -> dict[str, str]:
+    return {"field": field} if field else {}
 
 
 def json_object(req: falcon.Request) -> dict:

@@ -66,7 +66,10 @@ class WorkerDrainResource:
         self.infra = infra
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        how = json_object(req).get("how") or req.get_param("how") or "graceful"
+        body = json_object(req)
+        how = body["how"] if "how" in body else req.get_param("how") or "graceful"
+        if not isinstance(how, str):
+            raise InvalidRequest("how must be a string: graceful (default), quick or fast", field="how")
         resp.status = falcon.HTTP_202
         resp.media = self.infra.drain(req.context.actor, name, how, req.context.request_id)
 

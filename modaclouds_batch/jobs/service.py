@@ -382,8 +382,10 @@ class JobService:
             if not 1 <= count <= self.settings.max_array_items:
                 raise InvalidRequest(f"an array has 1 to {self.settings.max_array_items} items", field="array")
         if request.array is not None:
-            return [item if isinstance(item, list) else _parse_arguments(item) for item in request.array]
-        base = request.arguments if isinstance(request.arguments, list) else _parse_arguments(request.arguments)
+            return [_check_words(item, "job-array") if isinstance(item, list) else _parse_arguments(item, "job-array")
+                    for item in request.array]
+        base = (_check_words(request.arguments, "job-arguments") if isinstance(request.arguments, list)
+                else _parse_arguments(request.arguments))
         return [list(base) for _ in range(request.item_count)]
 
     def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
@@ -596,7 +598,7 @@ def _check_ttl(ttl: Any) -> int | None:
         return None
     try:
         value = int(ttl)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         raise InvalidRequest("ttl must be a whole number of seconds", field="ttl") from None
     if not 0 < value <= MAX_TTL_SECONDS:
         raise InvalidRequest(f"ttl must be a positive number of seconds, at most {MAX_TTL_SECONDS}", field="ttl")
@@ -634,16 +636,21 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _parse_arguments(text: str | None) -> list[str]:
+def _parse_arguments(text: str | None, field_name: str = "job-arguments") -> list[str]:
     """Split like a POSIX shell would, without ever running one."""
     if not text:
         return []
     if len(text) > MAX_ARGUMENTS_LENGTH:
-        raise TooLarge(f"job-arguments is longer than {MAX_ARGUMENTS_LENGTH} characters", field="job-arguments")
+        raise TooLarge(f"{field_name} is longer than {MAX_ARGUMENTS_LENGTH} characters", field=field_name)
     try:
         args = shlex.split(text, posix=True)
     except ValueError as exc:
-        raise InvalidRequest(f"job-arguments could not be split like a shell would: {exc}", field="job-arguments") from exc
-    if any("\0" in arg for arg in args):
-        raise InvalidRequest("job-arguments cannot contain NUL characters", field="job-arguments")
-    return args
+        raise InvalidRequest(f"{field_name} could not be split like a shell would: {exc}", field=field_name) from exc
+    return _check_words(args, field_name)
+
+
+def _check_words(words: list[str], field_name: str) -> list[str]:
+    """Arguments travel as C strings to the job: a NUL would cut one short, so it is refused."""
+    if any("\0" in word for word in words):
+        raise InvalidRequest(f"{field_name} cannot contain NUL characters", field=field_name)
+    return words
