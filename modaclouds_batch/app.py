@@ -74,6 +74,8 @@ class Gateway:
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
+        if self.store.clear_charges():
+            log.info("dropped the quota charges of submissions a stopped gateway left unfinished")
         stale = self.store.fail_unfinished_worker_requests(now_iso())
         if stale:
             log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
@@ -101,7 +103,9 @@ def build_gateway(settings: Settings) -> Gateway:
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds)
-    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers)
+    quota = QuotaService(settings, store)
+    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers,
+                         reserve=quota.reserve)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
                                  on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
 
@@ -112,7 +116,7 @@ def build_gateway(settings: Settings) -> Gateway:
 
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store), QuotaService(settings, store), audit, infra, metrics)
+                   TokenService(store), quota, audit, infra, metrics)
 
 
 def _providers(settings: Settings) -> dict:

@@ -172,6 +172,19 @@ def m006_job_resources(db: Database) -> None:
         db["jobs"].add_column(column, int)
 
 
+@migrations()
+def m008_spool_charge(db: Database) -> None:
+    # What a submission in flight holds against its owner's limits, between the check and
+    # the job rows: taken and checked in one transaction, dropped with the rows' insert.
+    db["charges"].create(
+        {"id": str, "owner": str, "jobs": int, "spool_bytes": int, "created_at": str},
+        pk="id", not_null={"owner", "jobs", "spool_bytes", "created_at"},
+    )
+    db["charges"].create_index(["owner"])
+    # Bytes the job's input costs in the schedd's spool (its own copy of every input).
+    db["jobs"].add_column("spool_bytes", int)
+
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -237,9 +250,13 @@ class Store:
         self.insert_jobs([job], reason)
 
     def insert_jobs(self, jobs: list[dict[str, Any]], reason: str | None = None,
-                    data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None) -> None:
-        """Record newly queued jobs (an array's items, its record, the data they use) at once."""
+                    data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None,
+                    charge_id: str | None = None) -> None:
+        """Record newly queued jobs (an array's items, its record, the data they use) at once,
+        dropping the charge that held their place in the same transaction."""
         with self.transaction() as db:
+            if charge_id:
+                db.execute("delete from charges where id = ?", [charge_id])
             if array:
                 db["job_arrays"].insert(array)
             db["jobs"].insert_all(jobs)
@@ -406,6 +423,43 @@ class Store:
                 f"select count(*) from jobs where owner = ? and state in ({','.join('?' * len(states))})",
                 [owner, *states],
             ).fetchone()[0]
+
+    def usage(self, owner: str, active_states: Iterable[str], since: str) -> dict[str, Any]:
+        """What the owner holds now: active jobs, submissions since a time (creation times,
+        oldest first) and spool bytes of active jobs, each with what charges in flight add."""
+        states = list(active_states)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            active, spool = self.db.execute(
+                f"select count(*), coalesce(sum(spool_bytes), 0) from jobs where owner = ? and state in ({marks})",
+                [owner, *states]).fetchone()
+            charged_jobs, charged_bytes = self.db.execute(
+                "select coalesce(sum(jobs), 0), coalesce(sum(spool_bytes), 0) from charges where owner = ?",
+                [owner]).fetchone()
+            return {"active_jobs": active + charged_jobs, "recent": self.submissions_since(owner, since),
+                    "charged_jobs": charged_jobs, "spool_bytes": spool + charged_bytes}
+
+    def take_charge(self, owner: str, jobs: int, spool_bytes: int, active_states: Iterable[str], since: str,
+                    decide: Callable[[dict[str, Any]], None]) -> str:
+        """Check and hold a submission's place at once: ``decide`` sees the owner's usage
+        (as ``usage``) and raises to refuse; otherwise a charge is recorded and its id returned.
+        Concurrent submissions see each other's charges, so a limit cannot be overshot."""
+        with self.transaction() as db:
+            decide(self.usage(owner, active_states, since))
+            charge_id = str(uuid.uuid4())
+            db["charges"].insert({"id": charge_id, "owner": owner, "jobs": jobs, "spool_bytes": spool_bytes,
+                                  "created_at": now_iso()})
+            return charge_id
+
+    def release_charge(self, charge_id: str) -> None:
+        """Drop a charge (a no-op once the jobs it held were recorded)."""
+        with self.transaction() as db:
+            db.execute("delete from charges where id = ?", [charge_id])
+
+    def clear_charges(self) -> int:
+        """At start-up: charges a stopped gateway left behind hold nothing any more."""
+        with self.transaction() as db:
+            return db.execute("delete from charges").rowcount
 
     def submissions_since(self, owner: str, since: str) -> list[str]:
         """Creation times of the owner's jobs since a time, oldest first."""

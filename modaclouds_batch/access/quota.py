@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import InvalidRequest, RateLimited
 from ..jobs.states import ACTIVE_STATES
@@ -47,20 +48,54 @@ class QuotaService:
 
     def status(self, actor: Actor) -> dict[str, Any]:
         limits = self.limits_for(actor.user)
-        active = self.store.count_active_jobs(actor.user, (s.value for s in ACTIVE_STATES))
         now = datetime.now(timezone.utc)
-        recent = self.store.submissions_since(actor.user, to_iso(now - WINDOW))
-        may_submit = max(0, min(limits["max_active_jobs"] - active, limits["submissions_per_minute"] - len(recent)))
+        usage = self.store.usage(actor.user, self._active_states, to_iso(now - WINDOW))
+        return self._status(actor, limits, usage, now)
+
+    def _status(self, actor: Actor, limits: dict[str, int], usage: dict[str, Any], now: datetime) -> dict[str, Any]:
+        active, recent = usage["active_jobs"], usage["recent"]
+        submitted = len(recent) + usage["charged_jobs"]
+        may_submit = max(0, min(limits["max_active_jobs"] - active, limits["submissions_per_minute"] - submitted))
         return {
             "user": actor.user, "role": actor.role, "limits": limits,
-            "active_jobs": active, "submissions_last_minute": len(recent),
+            "active_jobs": active, "submissions_last_minute": submitted,
             "may_submit_now": may_submit,
             "retry_after": None if may_submit else self._retry_after(limits, active, recent, now),
         }
 
+    @property
+    def _active_states(self) -> list[str]:
+        return [s.value for s in ACTIVE_STATES]
+
     def check_submission(self, actor: Actor, jobs: int = 1) -> None:
-        """Refuse a submission of ``jobs`` jobs over a limit, naming the limit and when to retry."""
-        state = self.status(actor)
+        """Refuse a submission of ``jobs`` jobs over a limit, naming the limit and when to retry.
+
+        A quick look before reading a request's body; ``reserve`` decides for good."""
+        self._refuse_over_limits(self.status(actor), jobs)
+
+    @contextmanager
+    def reserve(self, actor: Actor, jobs: int) -> Iterator[str]:
+        """Hold ``jobs`` jobs' place against the user's limits while they are submitted.
+
+        The check and the hold are one transaction, so concurrent submissions cannot
+        together overshoot ``max_active_jobs``. Yields the charge id: recording the jobs
+        with it (``Store.insert_jobs(charge_id=...)``) consumes it; otherwise it is
+        released when the block ends, whatever happened.
+        """
+        limits = self.limits_for(actor.user)
+        now = datetime.now(timezone.utc)
+
+        def decide(usage: dict[str, Any]) -> None:
+            self._refuse_over_limits(self._status(actor, limits, usage, now), jobs)
+
+        charge_id = self.store.take_charge(actor.user, jobs, 0, self._active_states, to_iso(now - WINDOW), decide)
+        try:
+            yield charge_id
+        finally:
+            self.store.release_charge(charge_id)
+
+    @staticmethod
+    def _refuse_over_limits(state: dict[str, Any], jobs: int) -> None:
         limits = state["limits"]
         if jobs > limits["max_active_jobs"]:
             raise RateLimited(
@@ -68,8 +103,9 @@ class QuotaService:
                 "split the array", retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_active_jobs")
         if state["active_jobs"] + jobs > limits["max_active_jobs"]:
             raise RateLimited(
-                f"you have {state['active_jobs']} queued or running jobs, the max_active_jobs limit; "
-                "wait for some to end or remove some", retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_active_jobs",
+                f"you have {state['active_jobs']} queued, running or submitting jobs and the max_active_jobs "
+                f"limit is {limits['max_active_jobs']}; wait for some to end or remove some",
+                retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_active_jobs",
             )
         if jobs > limits["submissions_per_minute"]:
             raise RateLimited(
@@ -78,7 +114,8 @@ class QuotaService:
         if state["submissions_last_minute"] + jobs > limits["submissions_per_minute"]:
             raise RateLimited(
                 f"you submitted {state['submissions_last_minute']} jobs in the last minute, "
-                "the submissions_per_minute limit", retry_after=state["retry_after"], limit="submissions_per_minute",
+                "the submissions_per_minute limit", retry_after=state["retry_after"] or 1,
+                limit="submissions_per_minute",
             )
 
     @staticmethod

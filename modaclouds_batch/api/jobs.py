@@ -29,8 +29,8 @@ class JobsResource:
         self.quota.check_submission(actor)
         with self.service.staging(self.quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
             request = submission_from_request(req, staging, actor)
-            self.quota.check_submission(actor, request.item_count)
-            created = self.service.submit(staging, request)
+            self.quota.check_submission(actor, request.item_count)  # before validating archives
+            created = self.service.submit(staging, request)  # reserves its place, atomically
         if self.on_submitted:
             self.on_submitted(created)
         resp.status = falcon.HTTP_201

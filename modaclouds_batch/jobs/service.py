@@ -15,10 +15,10 @@ import shutil
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator
 
 from ..condor import submit_description as sd
 from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
@@ -180,8 +180,11 @@ class Staging:
 class JobService:
     def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService,
                  runtimes: Callable[[], set[str]] | None = None,
-                 offers: Callable[[], list[dict[str, int]]] | None = None):
+                 offers: Callable[[], list[dict[str, int]]] | None = None,
+                 reserve: Callable[[Actor, int], ContextManager[str | None]] | None = None):
         self.runtimes = runtimes
+        # Holds a submission's place against its owner's limits (QuotaService.reserve).
+        self.reserve = reserve or (lambda actor, jobs: nullcontext())
         # The largest slot each worker could give one job, from the collector.
         self.offers = offers
         self.settings = settings
@@ -240,6 +243,15 @@ class JobService:
             if path.exists():
                 self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
 
+        with self.reserve(actor, request.item_count) as charge_id:
+            return self._queue(staging, request, refs, name, notification_url, ttl, runtime, wanted,
+                               item_arguments, charge_id)
+
+    def _queue(self, staging: Staging, request: SubmitRequest, refs: dict[str, Any], name: str,
+               notification_url: str | None, ttl: int | None, runtime: str | None, wanted: resources.Resources,
+               item_arguments: list[list[str]], charge_id: str | None) -> dict[str, Any]:
+        """Submit the validated job as one cluster and record it with the charge that held its place."""
+        actor = request.actor
         items = self._prepare_items(staging, item_arguments, request.is_array)
         spec = sd.JobSpec(
             job_id=items[0][0], instance_id=self.store.instance_id, owner=actor.user, name=name,
@@ -279,7 +291,7 @@ class JobService:
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
                  "count": len(items), "created_at": now} if array_id else None
         try:
-            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array)
+            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id)
         except Exception:
             self.condor.remove_quietly(f"ClusterId == {cluster_id}", "the gateway could not record the job")
             self._discard_items(staging, items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from modaclouds_batch.condor.schedd import CondorUnavailable
 
@@ -62,3 +63,11 @@ class FakeCondor:
 
     def remove_quietly(self, constraint, reason):
         self.act("remove", constraint, reason)
+
+    def submit_spooled(self, description, itemdata=None):
+        """Queue a cluster (one proc per item); ``submit_delay`` seconds stand for the spooling."""
+        self._trip("submit", "")
+        time.sleep(getattr(self, "submit_delay", 0.0))
+        self.clusters = getattr(self, "clusters", 0) + 1
+        self.submitted = getattr(self, "submitted", []) + [(description, list(itemdata or []))]
+        return self.clusters, 0
