@@ -148,9 +148,11 @@ def create_app(gateway: Gateway) -> falcon.App:
         Authenticate(gateway.tokens, gateway.settings.auth_enabled)])
     multipart = falcon.media.MultipartFormHandler()
     multipart.parse_options.max_body_part_count = 16
-    multipart.parse_options.max_body_part_buffer_size = 1024 * 1024
+    # A form field (not a file) is buffered up to the same cap as a whole JSON body.
+    multipart.parse_options.max_body_part_buffer_size = gateway.settings.max_body_bytes
     app.req_options.media_handlers[falcon.MEDIA_MULTIPART] = multipart
-    app.req_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(loads=bodies.loads)
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = bodies.BoundedJSONHandler(gateway.settings.max_body_bytes)
+    app.req_options.media_handlers[falcon.MEDIA_URLENCODED] = bodies.BoundedFormHandler(gateway.settings.max_body_bytes)
     app.req_options.strip_url_path_trailing_slash = True
 
     app.add_error_handler(Exception, api_errors.handle_unexpected)

@@ -74,6 +74,11 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # Request bodies that are not file uploads (JSON, urlencoded, a form field): bytes; larger is 413.
+    max_body_bytes: int = 1 << 20
+    # One job's (or array item's) arguments: how many words, and their total UTF-8 bytes.
+    max_arguments: int = 4096
+    max_argument_bytes: int = 64 * 1024
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -185,6 +185,9 @@ def m008_spool_charge(db: Database) -> None:
     db["jobs"].add_column("spool_bytes", int)
 
 
+# What a list entry shows (api/views.job_summary) and how lists are paged: all a list reads.
+SUMMARY_COLUMNS = "id, name, owner, state, created_at, cluster_id, proc_id, array_id"
+
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
@@ -223,6 +226,10 @@ class Store:
         with self._lock:
             migrations.apply(self.db)
             self.instance_id = self._ensure_instance_id()
+            # What the tracker and sweeps read: every column but the user's words, which can be
+            # large and which none of them needs.
+            self._tracking_columns = ", ".join(
+                c for c in self.db["jobs"].columns_dict if c not in ("arguments", "command"))
 
     def close(self) -> None:
         with self._lock:
@@ -280,7 +287,7 @@ class Store:
         marks = ",".join("?" * len(states))
         with self._lock:
             rows = self.db.query(
-                f"select * from jobs where state in ({marks}) order by created_at", states
+                f"select {self._tracking_columns} from jobs where state in ({marks}) order by created_at", states
             )
             return [_decode_job(r) for r in rows]
 
@@ -290,7 +297,7 @@ class Store:
         marks = ",".join("?" * len(states))
         with self._lock:
             rows = self.db.query(
-                f"select * from jobs where state in ({marks}) and outputs_retrieved_at is null"
+                f"select {self._tracking_columns} from jobs where state in ({marks}) and outputs_retrieved_at is null"
                 " and cluster_id is not null",
                 states,
             )
@@ -311,7 +318,7 @@ class Store:
                 where.append("(created_at < ? or (created_at = ? and id < ?))")
                 params += [created_at, created_at, job_id]
             sql = (
-                f"select * from jobs where {' and '.join(where) or '1'}"
+                f"select {SUMMARY_COLUMNS} from jobs where {' and '.join(where) or '1'}"
                 " order by created_at desc, id desc limit ?"
             )
             rows = [_decode_job(r) for r in self.db.query(sql, params + [limit + 1])]
@@ -526,13 +533,13 @@ class Store:
     def array_items(self, array_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [_decode_job(r) for r in self.db.query(
-                "select * from jobs where array_id = ? order by proc_id", [array_id])]
+                f"select {SUMMARY_COLUMNS} from jobs where array_id = ? order by proc_id", [array_id])]
 
     def jobs_past_expiry(self, now: str) -> list[dict[str, Any]]:
         with self._lock:
             return [_decode_job(r) for r in self.db.query(
-                "select * from jobs where expired_at is null and expires_at is not null and expires_at <= ?",
-                [now])]
+                f"select {self._tracking_columns} from jobs"
+                " where expired_at is null and expires_at is not null and expires_at <= ?", [now])]
 
     def mark_expired(self, job_id: str, at: str) -> None:
         """Keep a tombstone (so the id answers 410), drop what the job no longer needs."""
@@ -545,7 +552,8 @@ class Store:
         states = list(final_states)
         with self._lock:
             return [_decode_job(r) for r in self.db.query(
-                f"select * from jobs where expired_at is null and state in ({','.join('?' * len(states))})"
+                f"select {self._tracking_columns} from jobs"
+                f" where expired_at is null and state in ({','.join('?' * len(states))})"
                 " and coalesce(completed_at, updated_at) < ?", [*states, before])]
 
     # --- worker requests ----------------------------------------------------------------
@@ -660,10 +668,8 @@ class Store:
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
-    if row.get("arguments"):
-        row["arguments"] = json.loads(row["arguments"])
-    else:
-        row["arguments"] = []
+    if "arguments" in row:  # lists and the tracker do not read them
+        row["arguments"] = json.loads(row["arguments"]) if row["arguments"] else []
     for flag in ("has_input", "exit_by_signal"):
         if row.get(flag) is not None:
             row[flag] = bool(row[flag])

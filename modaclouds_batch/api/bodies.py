@@ -4,7 +4,9 @@ Every JSON body goes through ``loads`` (installed as the app's JSON media handle
 what Python's ``json`` accepts but nothing below can store or pass on is refused here,
 once, naming the field: lone UTF-16 surrogates (``"\\ud800"``, which no UTF-8 encoder
 takes), non-finite numbers (``Infinity``, ``NaN``, ``1e400``) and nesting deeper than
-any request needs (which would exhaust the parser's recursion).
+any request needs (which would exhaust the parser's recursion). JSON and urlencoded
+bodies are also capped (``max_body_bytes``): refused from their Content-Length before a
+byte is read, and read no further than the cap when they come chunked.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import re
 from typing import Any
 
 import falcon
+import falcon.media
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, TooLarge
 
 # No request of the API nests deeper than a few levels (an array's argument lists: 3).
 MAX_JSON_DEPTH = 32
@@ -98,3 +101,37 @@ def json_object(req: falcon.Request) -> dict:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
+
+
+def read_bounded(stream, content_length: int | None, limit: int) -> bytes:
+    """The whole body, or a 413 once it is known to pass ``limit`` bytes (never reading past it)."""
+    if content_length is not None and content_length > limit:
+        raise TooLarge(f"the request body is {content_length} bytes; bodies other than file uploads are at most "
+                       f"{limit} bytes (max_body_bytes)", limit=limit)
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"the request body passes {limit} bytes; bodies other than file uploads are at most "
+                       f"{limit} bytes (max_body_bytes)", limit=limit)
+    return data
+
+
+class BoundedJSONHandler(falcon.media.JSONHandler):
+    """JSON bodies through ``loads``, at most ``max_bytes`` of them."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(loads=loads)
+        self.max_bytes = max_bytes
+
+    def deserialize(self, stream, content_type, content_length):
+        return self._deserialize(read_bounded(stream, content_length, self.max_bytes))
+
+
+class BoundedFormHandler(falcon.media.URLEncodedFormHandler):
+    """Urlencoded bodies, at most ``max_bytes`` of them."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def deserialize(self, stream, content_type, content_length):
+        return self._deserialize(read_bounded(stream, content_length, self.max_bytes))

@@ -39,7 +39,6 @@ ARTIFACT_FILES = {"output": sd.OUTPUT_FILE, "stdout": sd.STDOUT_FILE, "stderr": 
 MAX_NAME_LENGTH = 200
 # Seconds an action waits for a just-submitted job's input spooling hold to end.
 SPOOLING_WAIT = 10.0
-MAX_ARGUMENTS_LENGTH = 64 * 1024
 MAX_SCRIPT_BYTES = 1024 * 1024
 COPY_CHUNK = 1024 * 1024
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -357,8 +356,11 @@ class JobService:
             refs["bundle"] = row
             refs["all"].append(("bundle", row["id"]))
         elif request.command:
-            if len(request.command) > MAX_ARGUMENTS_LENGTH or "\0" in request.command:
-                raise InvalidRequest(f"command must be at most {MAX_ARGUMENTS_LENGTH} characters, without NUL", field="command")
+            if len(request.command.encode()) > self.settings.max_argument_bytes:
+                raise TooLarge(f"command is longer than {self.settings.max_argument_bytes} bytes (max_argument_bytes)",
+                               field="command", limit=self.settings.max_argument_bytes)
+            if "\0" in request.command:
+                raise InvalidRequest("command cannot contain NUL characters", field="command")
             bundles.write_script_bundle(f"#!/bin/sh\n{request.command}\n", staging.bundle_path)
             staging.has_bundle = True
         if not staging.has_bundle:
@@ -394,11 +396,31 @@ class JobService:
             if not 1 <= count <= self.settings.max_array_items:
                 raise InvalidRequest(f"an array has 1 to {self.settings.max_array_items} items", field="array")
         if request.array is not None:
-            return [_check_words(item, "job-array") if isinstance(item, list) else _parse_arguments(item, "job-array")
-                    for item in request.array]
-        base = (_check_words(request.arguments, "job-arguments") if isinstance(request.arguments, list)
-                else _parse_arguments(request.arguments))
-        return [list(base) for _ in range(request.item_count)]
+            items = [self._words(item, "job-array") for item in request.array]
+        else:
+            items = [self._words(request.arguments, "job-arguments")] * request.item_count
+        # Every item's words are stored with its record: the items together are capped too.
+        total = sum(_size(words) for words in items)
+        if request.is_array and total > self.settings.max_body_bytes:
+            raise TooLarge(f"the array's arguments come to {total} bytes over its {len(items)} items; all items "
+                           f"together may have at most {self.settings.max_body_bytes} (max_body_bytes)",
+                           field="job-array", limit=self.settings.max_body_bytes)
+        return [list(words) for words in items]
+
+    def _words(self, value: str | list[str] | None, field_name: str) -> list[str]:
+        """One job's arguments as words (a string is split like a shell would), within the limits."""
+        limit, most = self.settings.max_argument_bytes, self.settings.max_arguments
+        if isinstance(value, str) and len(value.encode()) > limit:
+            raise TooLarge(f"{field_name} is longer than {limit} bytes (max_argument_bytes)", field=field_name,
+                           limit=limit)
+        words = list(value) if isinstance(value, list) else _parse_arguments(value, field_name)
+        if len(words) > most:
+            raise TooLarge(f"{field_name} has {len(words)} arguments; a job takes at most {most} (max_arguments)",
+                           field=field_name, limit=most)
+        if _size(words) > limit:
+            raise TooLarge(f"{field_name} come to {_size(words)} bytes; a job's arguments are at most {limit} bytes "
+                           "(max_argument_bytes)", field=field_name, limit=limit)
+        return _check_words(words, field_name)
 
     def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
                        is_array: bool) -> list[tuple[str, Path, list[str]]]:
@@ -649,16 +671,18 @@ def _check_name(name: str) -> str:
 
 
 def _parse_arguments(text: str | None, field_name: str = "job-arguments") -> list[str]:
-    """Split like a POSIX shell would, without ever running one."""
+    """Split like a POSIX shell would, without ever running one (the caller caps the length)."""
     if not text:
         return []
-    if len(text) > MAX_ARGUMENTS_LENGTH:
-        raise TooLarge(f"{field_name} is longer than {MAX_ARGUMENTS_LENGTH} characters", field=field_name)
     try:
-        args = shlex.split(text, posix=True)
+        return shlex.split(text, posix=True)
     except ValueError as exc:
         raise InvalidRequest(f"{field_name} could not be split like a shell would: {exc}", field=field_name) from exc
-    return _check_words(args, field_name)
+
+
+def _size(words: list[str]) -> int:
+    """Bytes the words take as the job receives them (UTF-8, one separator each)."""
+    return sum(len(word.encode()) + 1 for word in words)
 
 
 def _check_words(words: list[str], field_name: str) -> list[str]:
