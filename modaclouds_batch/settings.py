@@ -79,6 +79,14 @@ class Settings:
     # One job's (or array item's) arguments: how many words, and their total UTF-8 bytes.
     max_arguments: int = 4096
     max_argument_bytes: int = 64 * 1024
+    # Data ids one job may name in job-input-ids (and in a command job's input_files).
+    max_input_ids: int = 32
+    # Per-user default: input bytes the user's active jobs may hold in the schedd's spool,
+    # where every job and every array item keeps its own copy; admins override it per user.
+    max_spool_bytes_per_user: int = 64 << 30
+    # Bytes one job may send back (output.tar.gz, stdout and stderr together); HTCondor
+    # holds a job past it (max_transfer_output_mb, rounded up to whole MiB).
+    max_output_bytes: int = 1 << 31
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

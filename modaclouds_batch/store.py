@@ -181,8 +181,10 @@ def m008_spool_charge(db: Database) -> None:
         pk="id", not_null={"owner", "jobs", "spool_bytes", "created_at"},
     )
     db["charges"].create_index(["owner"])
-    # Bytes the job's input costs in the schedd's spool (its own copy of every input).
+    # Bytes the job's input costs in the schedd's spool (its own copy of every input),
+    # and the per-user override of the quota they are charged against.
     db["jobs"].add_column("spool_bytes", int)
+    db["user_limits"].add_column("max_spool_bytes", int)
 
 
 # What a list entry shows (api/views.job_summary) and how lists are paged: all a list reads.

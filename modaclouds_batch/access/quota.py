@@ -7,13 +7,13 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-from ..errors import InvalidRequest, RateLimited
+from ..errors import InvalidRequest, RateLimited, TooLarge
 from ..jobs.states import ACTIVE_STATES
 from ..store import Store
 from ..timefmt import parse_iso, to_iso
 from .identity import Actor
 
-LIMIT_NAMES = ("max_active_jobs", "max_upload_bytes", "submissions_per_minute")
+LIMIT_NAMES = ("max_active_jobs", "max_upload_bytes", "submissions_per_minute", "max_spool_bytes")
 WINDOW = timedelta(minutes=1)
 # How long to suggest waiting when the active-jobs limit is hit: jobs end at their own pace.
 ACTIVE_JOBS_RETRY_AFTER = 30
@@ -27,6 +27,7 @@ class QuotaService:
             "max_active_jobs": settings.max_active_jobs_per_user,
             "max_upload_bytes": settings.max_upload_bytes,
             "submissions_per_minute": settings.submissions_per_minute,
+            "max_spool_bytes": settings.max_spool_bytes_per_user,
         }
         self.store = store
 
@@ -59,6 +60,7 @@ class QuotaService:
         return {
             "user": actor.user, "role": actor.role, "limits": limits,
             "active_jobs": active, "submissions_last_minute": submitted,
+            "spool_bytes": usage["spool_bytes"],
             "may_submit_now": may_submit,
             "retry_after": None if may_submit else self._retry_after(limits, active, recent, now),
         }
@@ -74,21 +76,35 @@ class QuotaService:
         self._refuse_over_limits(self.status(actor), jobs)
 
     @contextmanager
-    def reserve(self, actor: Actor, jobs: int) -> Iterator[str]:
-        """Hold ``jobs`` jobs' place against the user's limits while they are submitted.
+    def reserve(self, actor: Actor, jobs: int, spool_bytes: int = 0) -> Iterator[str]:
+        """Hold ``jobs`` jobs' place, and the ``spool_bytes`` their inputs will take in the
+        schedd's spool, against the user's limits while they are submitted.
 
         The check and the hold are one transaction, so concurrent submissions cannot
-        together overshoot ``max_active_jobs``. Yields the charge id: recording the jobs
-        with it (``Store.insert_jobs(charge_id=...)``) consumes it; otherwise it is
-        released when the block ends, whatever happened.
+        together overshoot ``max_active_jobs`` or ``max_spool_bytes``. Yields the charge
+        id: recording the jobs with it (``Store.insert_jobs(charge_id=...)``) consumes it;
+        otherwise it is released when the block ends, whatever happened.
         """
         limits = self.limits_for(actor.user)
         now = datetime.now(timezone.utc)
+        if spool_bytes > limits["max_spool_bytes"]:
+            raise TooLarge(
+                f"this submission's input takes {spool_bytes} bytes in the schedd's spool (every job and every "
+                f"array item keeps its own copy), over your max_spool_bytes limit of {limits['max_spool_bytes']}; "
+                "send fewer or smaller inputs, or split the array", limit="max_spool_bytes",
+                spool_bytes=spool_bytes)
 
         def decide(usage: dict[str, Any]) -> None:
             self._refuse_over_limits(self._status(actor, limits, usage, now), jobs)
+            if usage["spool_bytes"] + spool_bytes > limits["max_spool_bytes"]:
+                raise RateLimited(
+                    f"your queued and running jobs hold {usage['spool_bytes']} bytes of input in the schedd's spool; "
+                    f"this submission's {spool_bytes} more would pass your max_spool_bytes limit of "
+                    f"{limits['max_spool_bytes']}; wait for some jobs to end or remove some",
+                    retry_after=ACTIVE_JOBS_RETRY_AFTER, limit="max_spool_bytes", spool_bytes=spool_bytes)
 
-        charge_id = self.store.take_charge(actor.user, jobs, 0, self._active_states, to_iso(now - WINDOW), decide)
+        charge_id = self.store.take_charge(actor.user, jobs, spool_bytes, self._active_states,
+                                           to_iso(now - WINDOW), decide)
         try:
             yield charge_id
         finally:

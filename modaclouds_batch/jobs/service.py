@@ -165,6 +165,15 @@ class Staging:
             dest.chmod(0o755)
         self.has_files = True
 
+    def input_bytes(self) -> int:
+        """Bytes of the files HTCondor will transfer (and spool) for one job."""
+        total = 0
+        for name in self.sources():
+            path = self.path / name
+            paths = path.rglob("*") if path.is_dir() else [path]
+            total += sum(p.stat().st_size for p in paths if p.is_file())
+        return total
+
     def sources(self) -> list[str]:
         """The files HTCondor transfers besides arguments.sh, in the order the launcher uses them."""
         names = [sd.BUNDLE_FILE]
@@ -180,10 +189,10 @@ class JobService:
     def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService,
                  runtimes: Callable[[], set[str]] | None = None,
                  offers: Callable[[], list[dict[str, int]]] | None = None,
-                 reserve: Callable[[Actor, int], ContextManager[str | None]] | None = None):
+                 reserve: Callable[[Actor, int, int], ContextManager[str | None]] | None = None):
         self.runtimes = runtimes
-        # Holds a submission's place against its owner's limits (QuotaService.reserve).
-        self.reserve = reserve or (lambda actor, jobs: nullcontext())
+        # Holds a submission's place (jobs, spool bytes) against its owner's limits (QuotaService.reserve).
+        self.reserve = reserve or (lambda actor, jobs, spool_bytes: nullcontext())
         # The largest slot each worker could give one job, from the collector.
         self.offers = offers
         self.settings = settings
@@ -236,19 +245,23 @@ class JobService:
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
         wanted = self._check_resources(request)
         item_arguments = self._item_arguments(request)
-        self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
-        for path, data_id in [(staging.input_path, refs.get("input"))] + [
-                (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
-            if path.exists():
-                self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
-
-        with self.reserve(actor, request.item_count) as charge_id:
+        # What the schedd's spool will hold: every item its own copy of every input, of its
+        # arguments.sh and of the launcher (measured on HTCondor 25: nothing is shared).
+        inputs = staging.input_bytes() + sd.LAUNCHER.stat().st_size
+        spool = [inputs + len(_arguments_file(words, index, request.is_array).encode())
+                 for index, words in enumerate(item_arguments)]
+        with self.reserve(actor, len(item_arguments), sum(spool)) as charge_id:
+            self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
+            for path, data_id in [(staging.input_path, refs.get("input"))] + [
+                    (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
+                if path.exists():
+                    self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
             return self._queue(staging, request, refs, name, notification_url, ttl, runtime, wanted,
-                               item_arguments, charge_id)
+                               item_arguments, spool, charge_id)
 
     def _queue(self, staging: Staging, request: SubmitRequest, refs: dict[str, Any], name: str,
                notification_url: str | None, ttl: int | None, runtime: str | None, wanted: resources.Resources,
-               item_arguments: list[list[str]], charge_id: str | None) -> dict[str, Any]:
+               item_arguments: list[list[str]], spool: list[int], charge_id: str | None) -> dict[str, Any]:
         """Submit the validated job as one cluster and record it with the charge that held its place."""
         actor = request.actor
         items = self._prepare_items(staging, item_arguments, request.is_array)
@@ -257,6 +270,7 @@ class JobService:
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
+            max_output_mb=-(-self.settings.max_output_bytes // (1 << 20)),
         )
         try:
             if request.is_array:
@@ -284,7 +298,7 @@ class JobService:
             "array_id": array_id, "kind": "command" if request.command else "bundle",
             "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
             "request_cpus": wanted.cpus, "request_memory_mb": wanted.memory_mb,
-            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit,
+            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit, "spool_bytes": spool[index],
         } for index, (job_id, job_dir, arguments) in enumerate(items)]
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
@@ -346,6 +360,8 @@ class JobService:
         """Bring data objects and commands into the staging folder; returns what came from where."""
         refs: dict[str, Any] = {"all": [], "extra_inputs": []}
         actor = request.actor
+        self._check_ids(request.input_ids, "job-input-ids")
+        self._check_ids(request.input_file_ids, "input_files")
         given = [staging.has_bundle, bool(request.bundle_id), bool(request.command)]
         if sum(given) > 1:
             raise InvalidRequest("give one of job-bundle, job-bundle-id or command", field="job-bundle")
@@ -388,6 +404,17 @@ class JobService:
             refs["all"].append(("input_file", row["id"]))
         return refs
 
+    def _check_ids(self, ids: list[str], field_name: str) -> None:
+        """Each data id is one more copy in the schedd's spool: a few, each once."""
+        most = self.settings.max_input_ids
+        if len(ids) > most:
+            raise TooLarge(f"{field_name} names {len(ids)} data ids; a job takes at most {most} (max_input_ids)",
+                           field=field_name, limit=most)
+        repeated = sorted({data_id for data_id in ids if ids.count(data_id) > 1})
+        if repeated:
+            raise InvalidRequest(f"{field_name} names {', '.join(repeated)} more than once; name each data id once",
+                                 field=field_name, repeated=repeated)
+
     def _item_arguments(self, request: SubmitRequest) -> list[list[str]]:
         if request.array is not None and request.count is not None:
             raise InvalidRequest("give either an array of argument sets or a count, not both", field="array")
@@ -426,7 +453,7 @@ class JobService:
                        is_array: bool) -> list[tuple[str, Path, list[str]]]:
         """One folder per item: the staging folder for a lone job, linked copies for an array."""
         if not is_array:
-            (staging.path / sd.ARGUMENTS_FILE).write_text(sd.arguments_script(item_arguments[0]))
+            (staging.path / sd.ARGUMENTS_FILE).write_text(_arguments_file(item_arguments[0], 0, False))
             return [(staging.job_id, staging.path, item_arguments[0])]
         items = []
         sources = staging.sources()
@@ -440,8 +467,7 @@ class JobService:
                 job_dir.mkdir()
                 for name in sources:
                     _link_tree(staging.path / name, job_dir / name)
-                (job_dir / sd.ARGUMENTS_FILE).write_text(
-                    sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
+                (job_dir / sd.ARGUMENTS_FILE).write_text(_arguments_file(arguments, index, True))
         except BaseException:
             self._discard_items(staging, items)
             raise
@@ -625,6 +651,12 @@ class JobService:
             for change in [changes_from_ads(job, ad, final_allowed=False)] if change
         ]
         self.store.apply_job_changes(changes)
+
+
+def _arguments_file(words: list[str], index: int, is_array: bool) -> str:
+    """arguments.sh of one job, or of one array item (which also learns its index)."""
+    script = sd.arguments_script(words)
+    return script + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n" if is_array else script
 
 
 def _check_ttl(ttl: Any) -> int | None:
