@@ -24,6 +24,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
+from .api.guard import Guard, RequestGuard, body_allowance, is_loopback_address
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
@@ -41,6 +42,7 @@ from .infra.service import InfraService
 from .condor.schedd import CondorClient
 from .data.service import DataService
 from .dialects import all_dialects, openapi_description
+from .home import mark_home
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
@@ -71,11 +73,27 @@ class Gateway:
     metrics: Metrics
 
     def start_background(self) -> None:
-        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight())
+        """Clean up after a previous process, then start the threads.
+
+        ``serve`` calls this holding the home's and the database's locks (home.claim), so
+        no other process is submitting on this state: what looks unfinished is.
+        """
+        previous = mark_home(self.settings.home, self.store.instance_id)
+        if previous:
+            log.warning("home %s was last served by gateway instance %s (another database); "
+                        "its job folders are left alone", self.settings.home, previous)
+        intents = self.store.clear_intents()
+        if intents:
+            log.info("dropped %d submission intents of a process that stopped mid-submission", intents)
+        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight(),
+                                     self.store.instance_id)
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
         if self.store.clear_charges():
             log.info("dropped the quota charges of submissions a stopped gateway left unfinished")
+        incoming = self.service.data.sweep_incoming()
+        if incoming:
+            log.info("removed %d unfinished uploads of data objects", incoming)
         stale = self.store.fail_unfinished_worker_requests(now_iso())
         if stale:
             log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
@@ -85,6 +103,7 @@ class Gateway:
     def shutdown(self) -> None:
         self.tracker.shutdown()
         self.webhooks.shutdown()
+        self.service.validations.shutdown()
         self.store.close()
 
 
@@ -114,7 +133,8 @@ def build_gateway(settings: Settings) -> Gateway:
         if report.changes:
             webhooks.wake()
 
-    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity)
+    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
+                      orphan_grace=settings.orphan_grace_seconds)
     return Gateway(settings, store, condor, service, tracker, webhooks,
                    TokenService(store), quota, audit, infra, metrics)
 
@@ -174,9 +194,32 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/workers/{name}", WorkerResource(gateway.infra))
     app.add_route("/workers/{name}/drain", WorkerDrainResource(gateway.infra))
     app.add_route("/workers/{name}/undrain", WorkerUndrainResource(gateway.infra))
-    app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit))
+    app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit, minting=gateway.settings.auth_enabled))
     app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens, gateway.audit))
     app.add_route("/quota", QuotaResource(gateway.quota))
     app.add_route("/users/{user}/limits", UserLimitsResource(gateway.quota, gateway.audit))
     app.add_route("/audit", AuditResource(gateway.audit))
     return app
+
+
+def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
+    """The checks made before a request's body is read; ``on_loopback``: the bound socket is loopback."""
+    settings = gateway.settings
+    return RequestGuard(
+        gateway.tokens, auth_enabled=settings.auth_enabled, host_names=settings.host_names,
+        proxy_names=settings.proxy_names,
+        check_host=on_loopback or not settings.auth_enabled,
+        allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
+    )
+
+
+def wsgi_app(gateway: Gateway, guard: RequestGuard | None = None):
+    """What the server serves: the falcon app behind the guard.
+
+    Without a ``guard``, one is made for the configured host (the server passes the one made
+    from the socket it bound).
+    """
+    if guard is None:
+        guard = request_guard(gateway, on_loopback=gateway.settings.host == "localhost"
+                              or is_loopback_address(gateway.settings.host))
+    return Guard(create_app(gateway), guard)

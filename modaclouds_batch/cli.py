@@ -26,7 +26,8 @@ def _settings(ctx: click.Context, **overrides):
 @click.option("--home", type=click.Path(path_type=Path), help="State folder (db, jobs, pool).")
 @click.option("--url", envvar="MODACLOUDS_BATCH_URL", default="http://127.0.0.1:5000", show_default=True,
               help="The gateway the client commands (submit, jobs, status, ...) talk to; "
-                   "env MODACLOUDS_BATCH_URL. The API token comes from MODACLOUDS_BATCH_TOKEN.")
+                   "env MODACLOUDS_BATCH_URL. The API token comes from MODACLOUDS_BATCH_TOKEN, else, "
+                   "for a loopback URL, from <home>/admin-token (the local admin token the gateway writes).")
 @click.pass_context
 def main(ctx: click.Context, config: Path | None, home: Path | None, url: str) -> None:
     """HTCondor batch-submission gateway."""
@@ -112,14 +113,23 @@ def pool_token(ctx: click.Context) -> None:
 @click.option("--threads", type=int, help="HTTP worker threads (default 8).")
 @click.pass_context
 def serve(ctx: click.Context, host, port, db_path, condor_config, threads) -> None:
-    """Serve the REST API (and run the state tracker) until interrupted."""
+    """Serve the REST API (and run the state tracker) until interrupted.
+
+    One home and one database serve one gateway: a second one on either exits with
+    status 75 (EX_TEMPFAIL), naming the pid that holds them.
+    """
+    from .home import EXIT_STATE_BUSY, StateBusy
     from .server import run
 
     settings = _settings(
         ctx, home=ctx.obj.get("home"), host=host, port=port, db_path=db_path,
         condor_config=condor_config, threads=threads,
     )
-    run(settings)
+    try:
+        run(settings)
+    except StateBusy as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_STATE_BUSY)
 
 
 @main.group()

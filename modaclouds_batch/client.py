@@ -3,7 +3,7 @@ commands are built on it.
 
     from modaclouds_batch.client import BatchClient
 
-    client = BatchClient()                      # MODACLOUDS_BATCH_URL / MODACLOUDS_BATCH_TOKEN
+    client = BatchClient()      # MODACLOUDS_BATCH_URL / MODACLOUDS_BATCH_TOKEN / the local admin token
     job = client.submit(Path("bundles/hello"), args=["-foo", "two words"])
     job = client.wait(job["id"])
     print(client.artifact(job["id"], "stdout").decode())
@@ -25,12 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import requests
 
 from . import __version__
 from .jobs.bundles import RUN_SH, ArchiveLimits, ArchiveRejected, pack_directory, validate_archive
 from .jobs.states import FINAL_STATES, JobAction
+from .settings import is_loopback_address, local_token_path
 
 URL_ENV = "MODACLOUDS_BATCH_URL"
 TOKEN_ENV = "MODACLOUDS_BATCH_TOKEN"
@@ -155,18 +157,33 @@ def _archive_name(value: Archive, default: str) -> str:
     return name if name.endswith((".tar.gz", ".tgz")) else f"{name}.tar.gz"
 
 
+def local_token(url: str, home: Path | None = None) -> str | None:
+    """The admin token a gateway on this machine wrote in its home; None for a URL elsewhere.
+
+    Only sent to a loopback URL, so the local admin token never travels to another host.
+    """
+    host = urlsplit(url).hostname or ""
+    if host != "localhost" and not is_loopback_address(host):
+        return None
+    try:
+        return local_token_path(home).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 class BatchClient:
     """The gateway's API as methods; one HTTP session, reused.
 
     ``url`` and ``token`` default to ``MODACLOUDS_BATCH_URL`` (else http://127.0.0.1:5000)
-    and ``MODACLOUDS_BATCH_TOKEN`` (else no token: fine on a loopback gateway).
-    ``timeout`` bounds connecting and each wait for data, in seconds.
+    and ``MODACLOUDS_BATCH_TOKEN``, else, for a gateway on this machine (a loopback URL), the
+    local admin token it wrote to ``<home>/admin-token`` (``home``: else ``MODACLOUDS_BATCH_HOME``,
+    else the default home). ``timeout`` bounds connecting and each wait for data, in seconds.
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, home: Path | None = None):
         self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
-        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or local_token(self.url, home))
         self.timeout = timeout
         self.http = session or requests.Session()
         self.http.headers["User-Agent"] = f"modaclouds-batch-client/{__version__}"
@@ -399,6 +416,30 @@ class BatchClient:
                                            f"{_root_cause(exc)}") from None
 
         return chunks()
+
+    def follow_artifact(self, job_id: str, name: str = "stdout", interval: float = 1.0) -> Iterator[bytes]:
+        """What a job prints to ``stdout`` (or ``stderr``) as it prints it, like ``tail -f``.
+
+        Yields new bytes as they appear and returns once the job has ended and everything it
+        printed was read. Each look asks only for the bytes past those already read (Range).
+        """
+        path = self._artifact_path(job_id, name)
+        offset = 0
+        while True:
+            # The state first: when it was already final, the read below gets the last bytes.
+            ended = self.job(job_id).get("job_status") in FINAL
+            try:
+                with self.request("GET", path, headers={"Range": f"bytes={offset}-"}, stream=True) as resp:
+                    for chunk in resp.iter_content(CHUNK):
+                        offset += len(chunk)
+                        yield chunk
+            except BatchError as exc:
+                # 404: nothing printed yet (or nothing kept, once ended); 416: nothing new.
+                if exc.status not in (404, 416):
+                    raise
+            if ended:
+                return
+            time.sleep(interval)
 
     def save_artifact(self, job_id: str, name: str, dest: Path | str) -> Path:
         """Stream an artifact into ``dest``: written through a ``.part`` file, so it is whole or absent."""

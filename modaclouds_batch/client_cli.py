@@ -41,7 +41,7 @@ ACTION_HELP = {
 
 
 def _client(ctx: click.Context) -> BatchClient:
-    return BatchClient((ctx.obj or {}).get("url"))
+    return BatchClient((ctx.obj or {}).get("url"), home=(ctx.obj or {}).get("home"))
 
 
 def _fail(message: str) -> NoReturn:
@@ -59,7 +59,8 @@ def reports_errors(command: Callable) -> Callable:
         except BatchError as exc:
             message = str(exc)
             if exc.status == 401:
-                message += f" (set {TOKEN_ENV} to your API token)"
+                message += (f" (set {TOKEN_ENV} to your API token; on the gateway's own machine the "
+                            "local admin token in <home>/admin-token is used: --home names that home)")
             _fail(message)
 
     return wrapper
@@ -282,17 +283,24 @@ def status(ctx, job_id, as_json) -> None:
 @click.argument("job_id")
 @click.option("--stderr", "which", flag_value="stderr", help="Print stderr instead of stdout.")
 @click.option("--stdout", "which", flag_value="stdout", default=True, hidden=True)
-@click.option("--follow", is_flag=True, help="Wait for the job to end (showing its state), then print.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Print what the job prints as it prints it (like tail -f), until it ends.")
 @click.pass_context
 @reports_errors
 def logs(ctx, job_id, which, follow) -> None:
-    """Print a job's stdout (or stderr): available once the job has ended."""
+    """Print a job's stdout (or stderr): what it printed so far while it runs, all of it once it ended."""
     client = _client(ctx)
     job_id = client.resolve(job_id)
     if follow:
-        job = _follow(client, Display(), job_id)
-        if not job["outputs_ready"]:
-            _fail(f"job {job_id} ended {job['job_status']} without outputs: {job.get('state_reason')}")
+        try:
+            for chunk in client.follow_artifact(job_id, which):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+        except KeyboardInterrupt:
+            click.echo(f"stopped following; the job goes on. Follow it again: modaclouds-batch logs -f {job_id}",
+                       err=True)
+            ctx.exit(130)
+        return
     _write_artifact(client, job_id, which)
 
 

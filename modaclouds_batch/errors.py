@@ -20,6 +20,14 @@ class NotFound(GatewayError):
     """No such job, data object or artifact (404)."""
 
 
+class NotYet(NotFound):
+    """Not there yet, but it will be: 404 with ``Retry-After``, so a script knows to ask again."""
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
 class Gone(GatewayError):
     """It existed but has expired (410)."""
 
@@ -36,6 +44,14 @@ class BackendUnavailable(GatewayError):
     """HTCondor does not answer; retry later (503)."""
 
     def __init__(self, message: str, retry_after: int = 10, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class Busy(GatewayError):
+    """The gateway serves as many of these as it is configured to; retry later (503)."""
+
+    def __init__(self, message: str, retry_after: int = 5, **details):
         super().__init__(message, **details)
         self.retry_after = retry_after
 

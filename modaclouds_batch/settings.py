@@ -23,6 +23,33 @@ def _default_home() -> Path:
     return Path.home() / ".local" / "share" / "modaclouds-batch"
 
 
+# The local admin token's file in the gateway's home: written by the gateway, read by the clients.
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def default_home() -> Path:
+    return _default_home()
+
+
+def local_token_path(home: Path | None = None) -> Path:
+    """Where a gateway with this home (default: the environment's, else the default) keeps its token."""
+    if home is None:
+        home = Path(os.environ[ENV_PREFIX + "HOME"]) if os.environ.get(ENV_PREFIX + "HOME") else _default_home()
+    return Path(home) / ADMIN_TOKEN_FILE
+
+
+def is_loopback_address(address: str) -> bool:
+    """True for an IP literal on the loopback network (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the gateway keeps its database, job folders and the pool it manages.
@@ -47,8 +74,9 @@ class Settings:
     max_upload_bytes: int = 1 << 31
     max_unpacked_bytes: int = 1 << 32
     max_archive_members: int = 10_000
-    # None: bearer tokens required unless the gateway listens on loopback only.
-    auth: bool | None = None
+    # Bearer tokens on every route but /, /health, /openapi.json and /docs. False only when
+    # served on a loopback socket (see docs/access.md): then every caller is the local admin.
+    auth: bool = True
     # Per-user defaults; admins override them per user (PUT /users/{name}/limits).
     max_active_jobs_per_user: int = 1000
     submissions_per_minute: int = 10_000
@@ -74,6 +102,29 @@ class Settings:
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
     webhook_workers: int = 4
+    # Live stdout/stderr of running jobs (HTCondor streams them into the schedd's spool, which
+    # the gateway reads). None: on when the gateway runs the pool `pool up` made (its spool is
+    # on this host); false for a schedd whose spool the gateway cannot read.
+    live_output: bool | None = None
+    # GET /jobs/events: open streams at once (each holds a request thread), seconds between
+    # keep-alive comments, and seconds before a stream ends (clients resume with Last-Event-ID;
+    # 0: send what is there and end).
+    max_event_streams: int = 4
+    event_stream_heartbeat_seconds: float = 15.0
+    event_stream_max_seconds: float = 300.0
+    # Seconds a queued job of this gateway with neither a job row nor a submission intent is
+    # left alone before the tracker removes it as an orphan.
+    orphan_grace_seconds: float = 120.0
+    # Host names the gateway answers to besides its host, localhost, 127.0.0.1, ::1 and the
+    # public_url's host (comma-separated); checked when served on loopback or with auth off.
+    allowed_hosts: str = ""
+    # With auth on, write a local admin token to <home>/admin-token (0600) at first start.
+    local_admin_token: bool = True
+    # Archive validation: threads for all users, validations one user may run at once (429 past it).
+    archive_validation_workers: int = 4
+    archive_validations_per_user: int = 2
+    # What a job bundle (code) may unpack to; inputs and data objects keep max_unpacked_bytes.
+    max_bundle_unpacked_bytes: int = 1 << 28
     # Request bodies that are not file uploads (JSON, urlencoded, a form field): bytes; larger is 413.
     max_body_bytes: int = 1 << 20
     # One job's (or array item's) arguments: how many words, and their total UTF-8 bytes.
@@ -125,8 +176,37 @@ class Settings:
         return Path(self.condor_config) == Path(self.pool_dir) / "client" / "condor_config"
 
     @property
+    def live_output_enabled(self) -> bool:
+        return self.live_output if self.live_output is not None else self.manages_pool
+
+    @property
     def auth_enabled(self) -> bool:
-        return self.auth if self.auth is not None else not self.listens_on_loopback
+        return bool(self.auth)
+
+    @property
+    def admin_token_path(self) -> Path:
+        return local_token_path(Path(self.home))
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The names a request's Host may carry on a loopback gateway."""
+        names = {"localhost", "127.0.0.1", "::1", *self.proxy_names}
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.add(self.host.lower().strip("[]"))
+        return frozenset(names)
+
+    @property
+    def proxy_names(self) -> frozenset[str]:
+        """Names the gateway is reached by through a proxy: ``allowed_hosts`` and the ``public_url``'s host.
+
+        A browser's Origin may carry them whatever its port; other origins must be the request's own.
+        """
+        names = [n.strip() for n in self.allowed_hosts.split(",")]
+        if self.public_url:
+            from urllib.parse import urlsplit
+
+            names.append(urlsplit(self.public_url).hostname or "")
+        return frozenset(n.lower().strip("[]") for n in names if n)
 
     @property
     def private_webhooks_allowed(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -173,6 +174,38 @@ def m006_job_resources(db: Database) -> None:
 
 
 @migrations()
+def m007_submission_intents(db: Database) -> None:
+    # A job about to be submitted: written before the schedd submit, replaced by its job row
+    # after. The tracker never removes as an orphan a job that has either.
+    db["submission_intents"].create({"job_id": str, "created_at": str, "pid": int}, pk="job_id")
+
+
+@migrations()
+def m014_job_events_never_reuse_ids(db: Database) -> None:
+    """The change stream resumes after an event id, so no id may ever be handed out twice.
+
+    Without AUTOINCREMENT SQLite reuses the largest rowid once its row is deleted (a job
+    deleted or expired with the newest events), and a client resuming there would skip the
+    new events that took the old ids.
+    """
+    db.execute(
+        "create table job_events_new (id integer primary key autoincrement,"
+        " job_id text references jobs(id), state text, reason text, at text)"
+    )
+    db.execute("insert into job_events_new (id, job_id, state, reason, at)"
+               " select id, job_id, state, reason, at from job_events")
+    db.execute("drop table job_events")
+    db.execute("alter table job_events_new rename to job_events")
+    db["job_events"].create_index(["job_id", "id"])
+
+
+@migrations()
+def m015_live_output(db: Database) -> None:
+    # The spool folder where a running job's stdout and stderr grow (live output).
+    db["jobs"].add_column("live_dir", str)
+
+
+@migrations()
 def m008_spool_charge(db: Database) -> None:
     # What a submission in flight holds against its owner's limits, between the check and
     # the job rows: taken and checked in one transaction, dropped with the rows' insert.
@@ -212,13 +245,15 @@ class JobFilter:
     created_after: str | None = None
     created_before: str | None = None
     array_id: str | None = None
+    job_id: str | None = None
 
 
 class Store:
     def __init__(self, path: Path | str, on_state_change: StateChangeHook | None = None):
         self.path = Path(path)
         self.on_state_change = on_state_change
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_private(self.path)
         conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self.db = Database(conn)
         self.db.enable_wal()
@@ -244,6 +279,25 @@ class Store:
             with self.db.atomic():
                 yield self.db
 
+    @contextmanager
+    def durable_transaction(self) -> Iterator[Database]:
+        """A transaction that survives an OS crash once it returns (synchronous = FULL).
+
+        Elsewhere NORMAL is enough: WAL mode keeps the database consistent, and at worst an
+        OS crash forgets the last commits. Not these: a forgotten job row would make the
+        tracker take an acknowledged job for an orphan.
+        """
+        with self._lock:
+            outermost = not self.db.conn.in_transaction
+            if outermost:
+                self.db.execute("PRAGMA synchronous = FULL")
+            try:
+                with self.db.atomic():
+                    yield self.db
+            finally:
+                if outermost:
+                    self.db.execute("PRAGMA synchronous = NORMAL")
+
     def _ensure_instance_id(self) -> str:
         """A stable id for this gateway, stored in every job ad it submits."""
         rows = list(self.db.query("select value from meta where key = 'instance_id'"))
@@ -262,8 +316,11 @@ class Store:
                     data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None,
                     charge_id: str | None = None) -> None:
         """Record newly queued jobs (an array's items, its record, the data they use) at once,
-        dropping the charge that held their place in the same transaction."""
-        with self.transaction() as db:
+        durably, replacing their submission intents and dropping the charge that held their
+        place against the owner's limits."""
+        with self.durable_transaction() as db:
+            db.execute(f"delete from submission_intents where job_id in ({','.join('?' * len(jobs))})",
+                       [job["id"] for job in jobs])
             if charge_id:
                 db.execute("delete from charges where id = ?", [charge_id])
             if array:
@@ -277,6 +334,38 @@ class Store:
                 ({"job_id": j, "data_id": d, "role": r} for j, d, r in data_refs), ignore=True)
             for job in jobs:
                 self._write_outbox(job["id"])
+
+    # --- submission intents -----------------------------------------------------------
+
+    def add_intents(self, job_ids: Iterable[str], pid: int) -> None:
+        """Before the schedd submit, durably: these jobs are being submitted, not orphans."""
+        now = now_iso()
+        with self.durable_transaction() as db:
+            db["submission_intents"].insert_all(
+                ({"job_id": job_id, "created_at": now, "pid": pid} for job_id in job_ids), replace=True)
+
+    def drop_intents(self, job_ids: Iterable[str]) -> None:
+        job_ids = list(job_ids)
+        with self.transaction() as db:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                db.execute(f"delete from submission_intents where job_id in ({','.join('?' * len(chunk))})", chunk)
+
+    def intended(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of ``job_ids`` that have a submission intent."""
+        job_ids = list(job_ids)
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                found.update(r[0] for r in self.db.execute(
+                    f"select job_id from submission_intents where job_id in ({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def clear_intents(self) -> int:
+        """At start-up, under the database lock: intents left by a process that died mid-submission."""
+        with self.transaction() as db:
+            return db.execute("delete from submission_intents").rowcount
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -333,9 +422,14 @@ class Store:
     def apply_job_changes(self, changes: Iterable[JobChange], data_objects: Iterable[dict[str, Any]] = ()) -> None:
         """Write many jobs' changes, their state events (and answer objects), in one transaction."""
         now = now_iso()
+        changes = list(changes)
         with self.transaction() as db:
             db["data_objects"].insert_all(list(data_objects))
+            # A job deleted while the tracker looked at it has nothing left to change.
+            present = self._existing_job_ids(db, [c.job_id for c in changes])
             for change in changes:
+                if change.job_id not in present:
+                    continue
                 values = dict(change.fields)
                 if change.new_state is not None:
                     values["state"] = change.new_state
@@ -353,6 +447,15 @@ class Store:
                 if change.new_state is not None:
                     self._write_outbox(change.job_id)
 
+    @staticmethod
+    def _existing_job_ids(db: Database, job_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start:start + 500]
+            found.update(r[0] for r in db.execute(
+                f"select id from jobs where id in ({','.join('?' * len(chunk))})", chunk))
+        return found
+
     def _write_outbox(self, job_id: str) -> None:
         """Inside the caller's transaction: the notifications a new state calls for."""
         if self.on_state_change is None:
@@ -369,6 +472,31 @@ class Store:
                     [job_id],
                 )
             )
+
+    def changes_after(self, after: int, flt: JobFilter, limit: int) -> list[dict[str, Any]]:
+        """State changes with an id above ``after``, oldest first, of the jobs ``flt`` matches.
+
+        ``flt.states`` selects the changes' states (not the jobs' current ones). Ids grow in
+        commit order (one writer at a time), so a reader never sees a change before an older one.
+        """
+        where, params = ["e.id > ?"], [after]
+        for column, value in (("j.owner", flt.owner), ("j.array_id", flt.array_id), ("e.job_id", flt.job_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if flt.states:
+            where.append(f"e.state in ({','.join('?' * len(flt.states))})")
+            params.extend(flt.states)
+        with self._lock:
+            return list(self.db.query(
+                "select e.id, e.job_id, e.state, e.reason, e.at, j.name, j.array_id"
+                " from job_events e join jobs j on j.id = e.job_id"
+                f" where {' and '.join(where)} order by e.id limit ?", [*params, limit]))
+
+    def last_change_id(self) -> int:
+        """The newest state change's id (0 when there is none): where a new stream starts."""
+        with self._lock:
+            return self.db.execute("select coalesce(max(id), 0) from job_events").fetchone()[0]
 
     # --- notifications ---------------------------------------------------------------
 
@@ -394,6 +522,8 @@ class Store:
     ) -> None:
         """One attempt and its consequence (delivered, retry at a time, or failed) at once."""
         with self.transaction() as db:
+            if db.execute("select 1 from outbox where id = ?", [event_id]).fetchone() is None:
+                return  # its job was deleted while the attempt ran
             db["delivery_attempts"].insert({"event_id": event_id, "at": at, "status_code": status_code,
                                             "error": error, "duration_ms": duration_ms})
             values: dict[str, Any] = {"status": outcome, "last_error": error}
@@ -648,7 +778,9 @@ class Store:
             return list(self.db.query(f"select * from audit {clause} order by id desc limit ?", [*params, limit]))
 
     def delete_job(self, job_id: str) -> None:
+        """The job's record and every row that hangs off it: events, notifications, data references."""
         with self.transaction() as db:
+            db.execute("delete from job_data_refs where job_id = ?", [job_id])
             db.execute("delete from delivery_attempts where event_id in (select id from outbox where job_id = ?)", [job_id])
             db.execute("delete from outbox where job_id = ?", [job_id])
             db.execute("delete from job_events where job_id = ?", [job_id])
@@ -666,6 +798,20 @@ class Store:
     def count_jobs(self) -> int:
         with self._lock:
             return self.db.execute("select count(*) from jobs").fetchone()[0]
+
+
+def _make_private(path: Path) -> None:
+    """The database (and its -wal and -shm files, which SQLite creates with the database's
+    own mode) readable by the gateway's user only, whatever the umask."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.chmod(side, 0o600)
 
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:

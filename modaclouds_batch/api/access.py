@@ -8,7 +8,7 @@ from ..access.audit import AuditLog
 from ..access.identity import LOCAL_ACTOR, check_user_name
 from ..access.quota import QuotaService
 from ..access.tokens import TokenService
-from ..errors import InvalidRequest, Unauthorized
+from ..errors import Forbidden, InvalidRequest, Unauthorized
 from .bodies import json_object
 from ..timefmt import parse_iso, to_iso
 
@@ -18,16 +18,29 @@ PUBLIC_PATHS = ("/", "/health", "/openapi.json", "/docs")
 MAX_TOKEN_SECONDS = 100 * 365 * 24 * 3600
 
 
+def is_public(path: str) -> bool:
+    path = path.rstrip("/") or "/"
+    return path in PUBLIC_PATHS or path.startswith("/docs/")
+
+
 class Authenticate:
-    """Sets ``req.context.actor`` from the bearer token; with auth off, the local admin."""
+    """Sets ``req.context.actor`` from the bearer token; with auth off, the local admin.
+
+    Behind the guard (api/guard.py) the token was checked already and the actor comes with
+    the request; without it (a bare falcon app) it is checked here.
+    """
 
     def __init__(self, tokens: TokenService, enabled: bool):
         self.tokens = tokens
         self.enabled = enabled
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource, params) -> None:
-        if not self.enabled or req.path in PUBLIC_PATHS or req.path.startswith("/docs/"):
+        if not self.enabled or is_public(req.path):
             req.context.actor = LOCAL_ACTOR if not self.enabled else None
+            return
+        checked = req.env.get(ACTOR_KEY)
+        if checked is not None:
+            req.context.actor = checked
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.partition(" ")
@@ -36,21 +49,26 @@ class Authenticate:
         req.context.actor = self.tokens.authenticate(token.strip())
 
 
-
-
+# Where the guard (api/guard.py) leaves the actor it checked.
+ACTOR_KEY = "modaclouds_batch.actor"
 TOKEN_FIELDS = {"owner", "role", "expires_in", "expires_at", "label"}
 
 
 class TokensResource:
-    def __init__(self, tokens: TokenService, audit: AuditLog):
+    def __init__(self, tokens: TokenService, audit: AuditLog, minting: bool = True):
         self.tokens = tokens
         self.audit = audit
+        # With auth off every caller is the local admin: a token minted then would outlive it.
+        self.minting = minting
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.tokens.list(req.context.actor, req.get_param("owner"))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
+        if not self.minting:
+            raise Forbidden("tokens are not minted while auth is off (every caller is the local admin); "
+                            "turn auth on, or use `modaclouds-batch token create` on the gateway's host")
         actor.require_admin("creating API tokens")
         body = json_object(req)
         unknown = sorted(set(body) - TOKEN_FIELDS)

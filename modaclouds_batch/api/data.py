@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import io
-
 import falcon
 
 from ..data.service import DataService
 from ..errors import InvalidRequest
+from .bodies import json_object
+from .ranges import send_file
 from .views import data_view
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
-
-
-class _Bounded(io.RawIOBase):
-    """At most ``length`` bytes of a file from where it stands (for 206 answers)."""
-
-    def __init__(self, fh, length: int):
-        self._fh = fh
-        self._left = length
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._left <= 0:
-            return 0
-        data = self._fh.read(min(len(buffer), self._left))
-        self._left -= len(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
 
 
 def _upload(req: falcon.Request):
@@ -101,24 +78,7 @@ class DataObjectResource:
             resp.status = falcon.HTTP_304
             return
         size = row["size"]
-        fh = open(row["path"], "rb")
-        if req.range and req.range_unit == "bytes":
-            start, end = req.range
-            if start < 0:  # the last -start bytes
-                start, end = max(size + start, 0), size - 1
-            elif end < 0 or end >= size:
-                end = size - 1
-            if start >= size or start > end:
-                fh.close()
-                resp.content_range = (0, size - 1, size) if size else None
-                resp.set_header("Content-Range", f"bytes */{size}")
-                raise falcon.HTTPRangeNotSatisfiable(size)
-            fh.seek(start)
-            resp.status = falcon.HTTP_206
-            resp.content_range = (start, end, size)
-            resp.set_stream(_Bounded(fh, end - start + 1), end - start + 1)
-            return
-        resp.set_stream(fh, size)
+        send_file(req, resp, open(row["path"], "rb"), size)
 
     def on_head(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
         row = self.data.get(req.context.actor, data_id)
@@ -148,3 +108,16 @@ class DataMetadataResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
         resp.media = data_view(self.data.get(req.context.actor, data_id))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
+        """``{"ttl": seconds}`` or ``{"ttl": null}`` (keep): the only metadata one changes."""
+        if (req.content_type or "").split(";")[0].strip().lower() != falcon.MEDIA_JSON:
+            raise falcon.HTTPUnsupportedMediaType(
+                description="PATCH /data/{id}/metadata takes application/json: {\"ttl\": seconds} or {\"ttl\": null}")
+        body = json_object(req)
+        unknown = sorted(set(body) - {"ttl"})
+        if unknown or "ttl" not in body:
+            raise InvalidRequest(f"send {{\"ttl\": seconds}} or {{\"ttl\": null}}; unexpected keys {unknown}"
+                                 if unknown else "send {\"ttl\": seconds} or {\"ttl\": null}", field="ttl")
+        resp.media = data_view(self.data.set_ttl(req.context.actor, data_id, body["ttl"],
+                                                 request_id=req.context.request_id))

@@ -23,6 +23,7 @@ STATUS_BY_ERROR = [
     (errors.TooLarge, falcon.HTTP_413),
     (errors.BackendRefused, falcon.HTTP_502),
     (errors.BackendUnavailable, falcon.HTTP_503),
+    (errors.Busy, falcon.HTTP_503),
 ]
 
 
@@ -36,7 +37,7 @@ def _status_for(exc: errors.GatewayError) -> str:
 def handle_gateway_error(req: falcon.Request, resp: falcon.Response, exc: errors.GatewayError, params) -> None:
     resp.status = _status_for(exc)
     resp.media = {"error": exc.message, **exc.details}
-    if isinstance(exc, (errors.BackendUnavailable, errors.RateLimited)):
+    if isinstance(exc, (errors.BackendUnavailable, errors.RateLimited, errors.Busy, errors.NotYet)):
         resp.set_header("Retry-After", str(exc.retry_after))
     if isinstance(exc, errors.Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="modaclouds-batch"')

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any, Callable
 from urllib.parse import urlencode
 
 import falcon
 
 from ..errors import InvalidRequest
-from ..jobs.service import JobService
+from ..jobs.service import JobService, Staging, SubmitRequest
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
+from .ranges import send_file
 from .submission import submission_from_request
 from .views import array_view, job_detail, job_summary, notification_view
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
+
+
+def submit_job(service: JobService, quota, actor, parse: Callable[[Staging], SubmitRequest],
+               on_submitted: Callable[[dict], None] | None = None) -> tuple[SubmitRequest, dict[str, Any]]:
+    """The one submission path of every door: quota, staging, ``parse(staging)`` (uploads land
+    in the staging folder), the quota again for the items asked, submit, then the hook.
+
+    Anything raised on the way leaves nothing behind (no folder, no row, no cluster)."""
+    quota.check_submission(actor)
+    with service.staging(quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
+        request = parse(staging)
+        quota.check_submission(actor, request.item_count)  # before validating archives
+        created = service.submit(staging, request)  # reserves its place (jobs, spool), atomically
+    if on_submitted:
+        on_submitted(created)
+    return request, created
 
 
 class JobsResource:
@@ -26,13 +45,8 @@ class JobsResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        self.quota.check_submission(actor)
-        with self.service.staging(self.quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
-            request = submission_from_request(req, staging, actor)
-            self.quota.check_submission(actor, request.item_count)  # before validating archives
-            created = self.service.submit(staging, request)  # reserves its place, atomically
-        if self.on_submitted:
-            self.on_submitted(created)
+        request, created = submit_job(self.service, self.quota, actor,
+                                      lambda staging: submission_from_request(req, staging, actor), self.on_submitted)
         resp.status = falcon.HTTP_201
         if request.is_array:
             resp.location = f"/arrays/{created['id']}"
@@ -55,8 +69,8 @@ class JobsResource:
             owner=req.get_param("owner"),
             states=states,
             name_glob=req.get_param("name"),
-            created_after=_time_param(req, "created_after"),
-            created_before=_time_param(req, "created_before"),
+            created_after=time_param(req, "created_after"),
+            created_before=time_param(req, "created_before"),
             array_id=req.get_param("array_id"),
         )
         rows, next_cursor, total = self.service.list(req.context.actor, flt, limit, req.get_param("cursor"))
@@ -76,6 +90,11 @@ class JobResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         job = self.service.get(job_id, req.context.actor)
         resp.media = job_detail(job, self.service.events(job["id"], req.context.actor))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
+        """Forget the job (removing it first if still active): record, artifacts, answer object."""
+        self.service.delete(job_id, req.context.actor, req.context.request_id)
+        resp.status = falcon.HTTP_204
 
 
 class JobActionResource:
@@ -137,10 +156,14 @@ class ArtifactResource:
         resp.content_type = self.CONTENT_TYPES[name]
         if name == "output":
             resp.downloadable_as = f"{job_id}-output.tar.gz"
-        resp.set_stream(open(path, "rb"), path.stat().st_size)
+        fh = open(path, "rb")
+        # A running job's stdout grows: every read is fresh, and a Range follows it.
+        resp.cache_control = ["no-store"]
+        send_file(req, resp, fh, os.fstat(fh.fileno()).st_size)
 
 
-def _time_param(req: falcon.Request, name: str) -> str | None:
+def time_param(req: falcon.Request, name: str) -> str | None:
+    """An ISO-8601 query parameter, normalised for the store; a clear 400 when it is not one."""
     raw = req.get_param(name)
     if raw is None:
         return None

@@ -220,9 +220,18 @@ def _json(req: falcon.Request) -> dict[str, Any]:
     body = req.get_media(default_when_empty=None)
     if not isinstance(body, dict):
         raise InvalidRequest("the JSON body must be an object, e.g. {\"command\": \"uname -a\"}")
+    return _json_values(body)
+
+
+def _json_values(body: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in body.items():
         if key not in JSON_FIELDS:
             raise _unknown(key, JSON_FIELDS.keys())
         values[JSON_FIELDS[key]] = value
     return values
+
+
+def submission_from_json(body: dict[str, Any], actor, request_id: str | None) -> SubmitRequest:
+    """A JSON object already read (by any door) into a SubmitRequest, with POST /jobs' checks."""
+    return _build(_json_values(body), actor, request_id)

@@ -22,7 +22,12 @@
 #   7. with MODACLOUDS_BATCH_TIME_LIMIT=N (the job's wall-time limit), stops run.sh
 #      after N seconds as HTCondor would remove it (SIGTERM to its group, SIGKILL to
 #      run.sh 10 s later if it is still there), packs the output as always, says so on
-#      stderr and exits 124 (as coreutils' timeout does).
+#      stderr and exits 124 (as coreutils' timeout does);
+#   8. with MODACLOUDS_BATCH_DEDICATED_ACCOUNT=1 (the pool runs each slot's jobs as an
+#      account of its own, see condor/pool/config.py), sets TMPDIR to scratch/ and
+#      deletes whatever that account owns in /tmp, /var/tmp, /dev/shm and /run/lock
+#      before run.sh starts and after it ends, so no file passes from one job (one
+#      user) to the next.
 #
 # Signals: HTCondor suspends a job by stopping all its processes and resumes them with
 # SIGCONT, which needs nothing from us. It removes a job with SIGTERM to this process;
@@ -76,7 +81,22 @@ pack_output() {
     fi
 }
 
+# Files this account owns in the shared temporary folders: left by this job or by an
+# earlier one that ran as the same dedicated account (and may have been another user's).
+clear_shared_tmp() {
+    [ "${MODACLOUDS_BATCH_DEDICATED_ACCOUNT:-}" = 1 ] || return 0
+    me=$(id -u)
+    [ "$me" != 0 ] || return 0  # never as root: those files are not the job's alone
+    for shared in /tmp /var/tmp /dev/shm /run/lock; do
+        [ -d "$shared" ] || continue
+        find "$shared" -mindepth 1 -xdev -user "$me" -type d -exec chmod u+rwx {} + 2>/dev/null
+        find "$shared" -mindepth 1 -xdev -user "$me" -delete 2>/dev/null
+    done
+    return 0
+}
+
 finish() {
+    clear_shared_tmp
     pack_output
     # Whatever modes the archives or the job set, HTCondor must be able to clean up.
     chmod -R u+rwX "$work" "$scratch" 2>/dev/null
@@ -86,6 +106,10 @@ finish() {
 mkdir -p "$work" "$output" "$scratch" || exit 1
 export MODACLOUDS_BATCH_OUTPUT="$output"
 export MODACLOUDS_BATCH_SCRATCH_DIRECTORY="$scratch"
+if [ "${MODACLOUDS_BATCH_DEDICATED_ACCOUNT:-}" = 1 ]; then
+    export TMPDIR="$scratch"
+    clear_shared_tmp
+fi
 unset MODACLOUDS_BATCH_INPUT
 
 if [ ! -f "$bundle" ]; then

@@ -71,6 +71,9 @@ JOB_PROJECTION = [
     "RequestCpus",
     "RequestMemory",
     "RequestDisk",
+    # Where a streaming job's stdout and stderr grow (its spool folder).
+    "Iwd",
+    "StreamOut",
 ]
 
 
@@ -94,6 +97,8 @@ class JobSpec:
     time_limit: int | None = None
     # MiB the job may send back (output.tar.gz, stdout, stderr); None: HTCondor's default.
     max_output_mb: int | None = None
+    # Stream stdout and stderr into the schedd's spool as the job prints them (live output).
+    stream_output: bool = False
 
 
 def submit_string(text: str) -> str:
@@ -153,6 +158,10 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
     if spec.max_output_mb:
         # Past it HTCondor holds the job (HoldReasonCode 33) rather than fill the spool.
         description["max_transfer_output_mb"] = str(int(spec.max_output_mb))
+    if spec.stream_output:
+        # The files then never travel at exit: the tracker copies them from the spool (Iwd).
+        description["stream_output"] = "true"
+        description["stream_error"] = "true"
     if spec.request_id:
         description[f"My.{GATEWAY_REQUEST_ID}"] = submit_string(spec.request_id)
     if spec.time_limit:

@@ -6,6 +6,7 @@ Knows data and its owners; knows nothing of HTTP.
 from __future__ import annotations
 
 import hashlib
+import logging
 import mimetypes
 import os
 import re
@@ -19,12 +20,16 @@ from typing import Any, BinaryIO
 from .. import errors
 from ..access.audit import AuditLog
 from ..access.identity import Actor
+from ..home import open_private, private_dir
 from ..errors import Conflict, Gone, InvalidRequest, NotFound, TooLarge
 from ..jobs.states import ACTIVE_STATES
 from ..store import Store
 from ..timefmt import now_iso, to_iso
 
+log = logging.getLogger(__name__)
 COPY_CHUNK = 1024 * 1024
+# Where an upload is received before it becomes a data object (renamed into place).
+INCOMING_PREFIX = ".incoming-"
 # The longest ttl of a job or data object: a century (much longer overflows the calendar).
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]")
@@ -49,7 +54,7 @@ def receive_stream(stream: BinaryIO, dest: Path, limit: int, what: str) -> Recei
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(dest, "wb") as out:
+        with open_private(dest) as out:
             while chunk := stream.read(COPY_CHUNK):
                 size += len(chunk)
                 if size > limit:
@@ -68,6 +73,7 @@ def link_or_copy(src: Path, dest: Path) -> None:
         os.link(src, dest)
     except OSError:
         shutil.copyfile(src, dest)
+        os.chmod(dest, 0o600)
 
 
 class DataService:
@@ -76,10 +82,25 @@ class DataService:
         self.store = store
         self.audit = audit
         self.max_upload_bytes = settings.max_upload_bytes
+        # Answers (a job's output as a data object) are cleaned up with their job.
+        self.retention = settings.job_retention_seconds
 
     def _staging_path(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return self.root / f".incoming-{uuid.uuid4()}"
+        private_dir(self.root)
+        return self.root / f"{INCOMING_PREFIX}{uuid.uuid4()}"
+
+    def sweep_incoming(self) -> int:
+        """Uploads a stopped gateway left half-received; run at start-up, under the home's lock."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for leftover in self.root.glob(f"{INCOMING_PREFIX}*"):
+            try:
+                leftover.unlink()
+                removed += 1
+            except OSError as exc:
+                log.warning("could not remove the unfinished upload %s: %s", leftover, exc)
+        return removed
 
     # --- create / read -----------------------------------------------------------------
 
@@ -100,18 +121,31 @@ class DataService:
                           detail={"size": received.size, "filename": name})
         return row
 
-    def register_file(self, owner: str, src: Path, filename: str, content_type: str, source_job_id: str) -> dict[str, Any]:
-        """A job's answer as a data object (hard-linked, no copy); the caller stores the row."""
+    def register_file(self, owner: str, src: Path, filename: str, content_type: str, source_job_id: str,
+                      job_expires_at: str | None = None) -> dict[str, Any]:
+        """A job's answer as a data object (hard-linked, no copy); the caller stores the row.
+
+        The answer expires with its job: at the job's ttl, or ``job_retention_seconds`` after
+        now (when the job ended), whichever comes first; PATCH its metadata to keep it longer.
+        """
         data_id = str(uuid.uuid4())
         digest = hashlib.sha256()
         with open(src, "rb") as fh:
             while chunk := fh.read(COPY_CHUNK):
                 digest.update(chunk)
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         row = self._row(data_id, owner, filename, content_type,
                         Received(src, src.stat().st_size, digest.hexdigest()), source_job_id=source_job_id)
+        row["expires_at"] = self._answer_expiry(job_expires_at)
         link_or_copy(src, Path(row["path"]))
+        os.chmod(row["path"], 0o600)
         return row
+
+    def _answer_expiry(self, job_expires_at: str | None) -> str | None:
+        candidates = [job_expires_at] if job_expires_at else []
+        if self.retention:
+            candidates.append(to_iso(datetime.now(timezone.utc) + timedelta(seconds=self.retention)))
+        return min(candidates) if candidates else None
 
     def _row(self, data_id, owner, filename, content_type, received: Received, ttl=None, source_job_id=None):
         now = now_iso()
@@ -175,6 +209,20 @@ class DataService:
         self.audit.record(actor, "data.replace", data_id, request_id=request_id, detail={"size": received.size})
         return {**row, **values}
 
+    def set_ttl(self, actor: Actor, data_id: str, ttl: Any, request_id: str | None = None) -> dict[str, Any]:
+        """Expire the object ``ttl`` seconds from now, or never with None: how an answer
+        object is kept beyond its job."""
+        row = self.get(actor, data_id)
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL_SECONDS):
+            raise InvalidRequest(
+                f"ttl must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}, or null to keep the object",
+                field="ttl")
+        values = {"expires_at": to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None,
+                  "updated_at": now_iso()}
+        self.store.update_data(data_id, values)
+        self.audit.record(actor, "data.ttl", data_id, request_id=request_id, detail={"ttl": ttl})
+        return {**row, **values}
+
     def delete(self, actor: Actor, data_id: str, request_id: str | None = None) -> None:
         row = self.get(actor, data_id)
         users = self.store.jobs_using_data(data_id, (s.value for s in ACTIVE_STATES))
@@ -186,6 +234,17 @@ class DataService:
         self.store.delete_data(data_id)
         Path(row["path"]).unlink(missing_ok=True)
         self.audit.record(actor, "data.delete", data_id, request_id=request_id)
+
+    def discard_answer(self, data_id: str, job_id: str) -> bool:
+        """Delete a deleted job's answer object, unless a queued or running job still uses it."""
+        row = self.store.get_data(data_id)
+        if row is None or row.get("source_job_id") != job_id:
+            return False
+        if self.store.jobs_using_data(data_id, (s.value for s in ACTIVE_STATES)):
+            return False
+        self.store.delete_data(data_id)
+        Path(row["path"]).unlink(missing_ok=True)
+        return True
 
     def expire(self) -> int:
         """Remove data objects whose ttl has passed and that no active job needs."""

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 from ..jobs.states import JobState
 
 # Every dialect the gateway speaks, in the order `GET /` lists them.
-MODULES = ("modaclouds",)
+MODULES = ("modaclouds", "job_manager", "long_running")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,30 @@ class Dialect:
             return {}
         text = importlib.resources.files(__package__).joinpath(self.openapi).read_text(encoding="utf-8")
         return json.loads(text)
+
+
+def submission_hook(gateway) -> Callable[[dict], None]:
+    """What every door does after a submission: count it and wake the tracker."""
+    def on_submitted(created: dict) -> None:
+        gateway.metrics.submissions.inc(created.get("count", 1))
+        gateway.tracker.wake()
+    return on_submitted
+
+
+def word_filter(states: Mapping[JobState, str], words: list[str], field_name: str,
+                vocabulary: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """A dialect's state words (a list filter) back to the core states they stand for.
+
+    ``vocabulary`` names the dialect's words no core state maps to (they match no job, so
+    the result may be empty: the caller answers an empty list)."""
+    from ..errors import InvalidRequest
+
+    known = list(dict.fromkeys([*states.values(), *vocabulary]))
+    unknown = [w for w in words if w not in known]
+    if unknown:
+        raise InvalidRequest(f"unknown {field_name} {', '.join(unknown)}; the {field_name} words are {', '.join(known)}",
+                             field=field_name)
+    return tuple(state.value for state, word in states.items() if word in words)
 
 
 def all_dialects() -> list[Dialect]:

@@ -6,6 +6,7 @@ Its resources live in ``api/`` (it is the house's own vocabulary, described in
 
 from __future__ import annotations
 
+from ..api.changes import JobChangesResource
 from ..api.data import DataCollectionResource, DataMetadataResource, DataObjectResource
 from ..api.jobs import (
     ArrayResource,
@@ -17,18 +18,20 @@ from ..api.jobs import (
     NotificationResendResource,
     NotificationsResource,
 )
+from ..jobs.changes import ChangeFeed
 from ..jobs.states import JobState
-from . import Dialect
+from . import Dialect, submission_hook
 
 
 def register(app, gateway) -> None:
     service = gateway.service
-
-    def on_submitted(created):
-        gateway.metrics.submissions.inc(created.get("count", 1))
-        gateway.tracker.wake()
-
+    on_submitted = submission_hook(gateway)
     app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=on_submitted))
+    settings = gateway.settings
+    app.add_route("/jobs/events", JobChangesResource(
+        ChangeFeed(gateway.store, service), max_streams=settings.max_event_streams,
+        heartbeat_seconds=settings.event_stream_heartbeat_seconds,
+        max_seconds=settings.event_stream_max_seconds))
     app.add_route("/jobs/{job_id}", JobResource(service))
     app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
     app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))

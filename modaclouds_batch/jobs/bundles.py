@@ -113,6 +113,8 @@ class ArchiveLimits:
     # What the members may add up to once unpacked (the execute node's disk).
     max_unpacked_bytes: int = 4 << 30
     max_members: int = 10_000
+    # The setting a refusal tells the operator to raise.
+    setting: str = "max_unpacked_bytes"
 
     def __post_init__(self):
         if self.max_unpacked_bytes < 0 or self.max_members < 0:
@@ -165,9 +167,10 @@ class _InflatingReader:
     discards that data in bounded chunks: a member's data is never held in memory.
     """
 
-    def __init__(self, path: Path, budget: int):
+    def __init__(self, path: Path, budget: int, setting: str = "max_unpacked_bytes"):
         self._gzip = gzip.GzipFile(filename=path, mode="rb")
         self._budget = budget
+        self._setting = setting
         self.position = 0
         self.last_read = b""
 
@@ -186,8 +189,7 @@ class _InflatingReader:
         if self.position > self._budget:
             raise _Refused(
                 f"inflates to more than {_mib(self._budget)}, the limit for an archive "
-                "(a decompression bomb?); split the data, or ask the operator to raise "
-                "max_unpacked_bytes",
+                f"(a decompression bomb?); split the data, or ask the operator to raise {self._setting}",
                 too_large=True,
             )
         return data
@@ -426,7 +428,7 @@ class _Validation:
                 raise _Refused(
                     f"would unpack to more than {_mib(self.limits.max_unpacked_bytes)}, the limit "
                     f"for an archive (reached at member {shown}, which declares {member.size} bytes); "
-                    "split the data, or ask the operator to raise max_unpacked_bytes",
+                    f"split the data, or ask the operator to raise {self.limits.setting}",
                     too_large=True,
                 )
 
@@ -514,7 +516,7 @@ def validate_archive(
     if path.stat().st_size == 0:
         raise ArchiveRejected(f"{field} is empty; it must be a .tar.gz ({_HOW_TO_PACK})", field=field)
     validation = _Validation(limits, require_run_sh)
-    reader = _InflatingReader(path, limits.max_inflated_bytes)
+    reader = _InflatingReader(path, limits.max_inflated_bytes, limits.setting)
     try:
         _walk(reader, validation)
         validation.finish()

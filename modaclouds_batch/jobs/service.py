@@ -9,6 +9,7 @@ import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -26,11 +27,14 @@ from ..notify import targets
 from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
-from ..errors import BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, TooLarge
+from ..home import make_private_dir, mark_job_dir, private_dir, restrict_tree, write_private
+from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYet,
+                      TooLarge)
 from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
-from . import bundles, resources
+from . import bundles, live_output, resources
+from .validation_pool import ValidationPool
 from .states import FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
@@ -154,15 +158,14 @@ class Staging:
 
     def add_file_link(self, src: Path, filename: str, executable: bool, field_name: str) -> None:
         """A data object placed, by its file name, in the job's working directory."""
-        folder = self.path / sd.FILES_DIR
-        folder.mkdir(exist_ok=True)
+        folder = private_dir(self.path / sd.FILES_DIR)
         dest = folder / filename
         if dest.exists() or filename in (bundles.RUN_SH,):
             raise InvalidRequest(f"{field_name}: two files named {filename!r} would land in the job's working directory",
                                  field=field_name)
         shutil.copyfile(src, dest) if executable else link_or_copy(src, dest)
-        if executable:
-            dest.chmod(0o755)
+        # Private like every file of the job folder; the launcher copies it into work/.
+        dest.chmod(0o700 if executable else 0o600)
         self.has_files = True
 
     def input_bytes(self) -> int:
@@ -204,6 +207,12 @@ class JobService:
             max_unpacked_bytes=settings.max_unpacked_bytes,
             max_members=settings.max_archive_members,
         )
+        # A bundle is code: it may inflate to much less than a dataset.
+        self.bundle_limits = bundles.ArchiveLimits(
+            max_unpacked_bytes=min(settings.max_bundle_unpacked_bytes, settings.max_unpacked_bytes),
+            max_members=settings.max_archive_members, setting="max_bundle_unpacked_bytes",
+        )
+        self.validations = ValidationPool(settings.archive_validation_workers, settings.archive_validations_per_user)
         # Jobs between condor submit and their row in the store: the tracker leaves them be.
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
@@ -214,7 +223,9 @@ class JobService:
     def staging(self, max_upload_bytes: int | None = None) -> Iterator[Staging]:
         job_id = str(uuid.uuid4())
         path = Path(self.settings.jobs_dir) / job_id
-        path.mkdir(parents=True)
+        private_dir(path.parent)
+        make_private_dir(path)
+        mark_job_dir(path, self.store.instance_id)
         limit = min(max_upload_bytes or self.settings.max_upload_bytes, self.settings.max_upload_bytes)
         staging = Staging(job_id, path, limit)
         with self._in_flight_lock:
@@ -251,11 +262,12 @@ class JobService:
         spool = [inputs + len(_arguments_file(words, index, request.is_array).encode())
                  for index, words in enumerate(item_arguments)]
         with self.reserve(actor, len(item_arguments), sum(spool)) as charge_id:
-            self._validate_archive(staging.bundle_path, "job-bundle", require_run_sh=True, data_id=refs.get("bundle"))
+            self._validate_archive(actor, staging.bundle_path, "job-bundle", require_run_sh=True,
+                                   data_id=refs.get("bundle"))
             for path, data_id in [(staging.input_path, refs.get("input"))] + [
                     (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
                 if path.exists():
-                    self._validate_archive(path, "job-input", require_run_sh=False, data_id=data_id)
+                    self._validate_archive(actor, path, "job-input", require_run_sh=False, data_id=data_id)
             return self._queue(staging, request, refs, name, notification_url, ttl, runtime, wanted,
                                item_arguments, spool, charge_id)
 
@@ -271,7 +283,10 @@ class JobService:
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
             max_output_mb=-(-self.settings.max_output_bytes // (1 << 20)),
+            stream_output=self.settings.live_output_enabled,
         )
+        # Durably before the submit: whoever tracks this database sees these jobs are ours.
+        self.store.add_intents((job_id for job_id, _, _ in items), os.getpid())
         try:
             if request.is_array:
                 description = sd.render_submit(spec, per_item=True)
@@ -452,8 +467,9 @@ class JobService:
     def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
                        is_array: bool) -> list[tuple[str, Path, list[str]]]:
         """One folder per item: the staging folder for a lone job, linked copies for an array."""
+        restrict_tree(staging.path)  # copies and a command's bundle were made under the umask
         if not is_array:
-            (staging.path / sd.ARGUMENTS_FILE).write_text(_arguments_file(item_arguments[0], 0, False))
+            write_private(staging.path / sd.ARGUMENTS_FILE, _arguments_file(item_arguments[0], 0, False))
             return [(staging.job_id, staging.path, item_arguments[0])]
         items = []
         sources = staging.sources()
@@ -464,16 +480,19 @@ class JobService:
                 with self._in_flight_lock:
                     self._in_flight.add(job_id)
                 items.append((job_id, job_dir, arguments))
-                job_dir.mkdir()
+                make_private_dir(job_dir)
+                mark_job_dir(job_dir, self.store.instance_id)
                 for name in sources:
                     _link_tree(staging.path / name, job_dir / name)
-                (job_dir / sd.ARGUMENTS_FILE).write_text(_arguments_file(arguments, index, True))
+                write_private(job_dir / sd.ARGUMENTS_FILE, _arguments_file(arguments, index, True))
         except BaseException:
             self._discard_items(staging, items)
             raise
         return items
 
     def _discard_items(self, staging: Staging, items) -> None:
+        """A submission that failed: its folders, in-flight marks and intents go."""
+        self.store.drop_intents(job_id for job_id, _, _ in items)
         for job_id, job_dir, _ in items:
             if job_dir != staging.path:
                 shutil.rmtree(job_dir, ignore_errors=True)
@@ -492,19 +511,24 @@ class JobService:
         except targets.UnsafeTarget as exc:
             raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
 
-    def _validate_archive(self, path: Path, field_name: str, require_run_sh: bool,
+    def _validate_archive(self, actor: Actor, path: Path, field_name: str, require_run_sh: bool,
                           data_id: dict[str, Any] | None = None) -> None:
-        """Check an archive; a data object's verdict is remembered for its exact content."""
+        """Check an archive on the validation pool; a data object's verdict is remembered for its exact content."""
         verdict = "bundle" if require_run_sh else "archive"
         if data_id and data_id.get("archive_check") in (f"bundle:{data_id['sha256']}", f"{verdict}:{data_id['sha256']}"):
             return
+        limits = self.bundle_limits if require_run_sh else self.limits
         try:
-            summary = bundles.validate_archive(path, field=field_name, limits=self.limits, require_run_sh=require_run_sh)
+            summary = self.validations.run(actor.user, lambda: bundles.validate_archive(
+                path, field=field_name, limits=limits, require_run_sh=require_run_sh))
         except bundles.ArchiveRejected as exc:
             error = TooLarge if exc.too_large else InvalidRequest
             raise error(exc.reason, field=field_name) from exc
         if data_id:
-            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if summary.has_run_sh else "archive")
+            # "bundle" only for what a bundle may hold: an input's run.sh does not make a 4 GiB bundle.
+            fits_a_bundle = summary.has_run_sh and summary.unpacked_bytes <= self.bundle_limits.max_unpacked_bytes \
+                and summary.inflated_bytes <= self.bundle_limits.max_inflated_bytes
+            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if fits_a_bundle else "archive")
 
     # --- reads ------------------------------------------------------------------
 
@@ -577,15 +601,21 @@ class JobService:
         if name not in ARTIFACT_FILES:
             raise NotFound(f"no artifact '{name}'; artifacts are {', '.join(ARTIFACT_FILES)}")
         path = Path(job["job_dir"]) / ARTIFACT_FILES[name]
-        if job["outputs_retrieved_at"] and path.is_file():
-            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
-            return path
         state = JobState(job["state"])
+        found = path if path.is_file() and (job["outputs_retrieved_at"] or state is JobState.REMOVED) else None
+        if found is None and name != "output" and not state.is_final:
+            found = live_output.live_file(job.get("live_dir"), ARTIFACT_FILES[name])
+        if found is not None:
+            self.audit.record(actor, "job.download", job["id"], detail={"artifact": name}, request_id=request_id)
+            return found
         if state is JobState.REMOVED or state is JobState.SUBMISSION_ERROR:
-            raise NotFound(f"the job is {state.value} and produced no {name}")
+            raise NotFound(f"the job is {state.value} and produced no {name}", job_status=state.value)
         if state.is_final:
-            raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}")
-        raise NotFound(f"the job is {state.value}; its {name} is available once it ends")
+            raise NotFound(f"the {name} of this job could not be retrieved: {job['state_reason'] or 'unknown reason'}",
+                           job_status=state.value)
+        when = "once it ends" if name == "output" or not self.settings.live_output_enabled else "once it starts"
+        raise NotYet(f"the job is {state.value}; its {name} is available {when}",
+                     retry_after=max(1, round(self.settings.tracker_interval)), job_status=state.value)
 
     def notifications(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:
         return self.store.job_notifications(self.get(job_id, actor)["id"])
@@ -612,6 +642,9 @@ class JobService:
             raise Conflict(conflict, job_status=job["state"])
         constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
         reason = f"{action.value} requested by {actor.user} through the gateway"
+        if action is JobAction.REMOVE:
+            # What it printed so far, in case its spool is gone before the tracker sees it removed.
+            live_output.keep(job.get("live_dir"), job["job_dir"])
         try:
             result = self.condor.act(action.value, constraint, reason)
             # Just after submission the schedd still holds the job while its input files
@@ -631,13 +664,34 @@ class JobService:
         self.refresh([job])
         return self.get(job["id"], actor)
 
+    def delete(self, job_id: str, actor: Actor, request_id: str | None = None) -> dict[str, Any]:
+        """Forget a job: remove it from HTCondor if it is still active, then delete its record
+        (events, notifications), its folder (artifacts) and its answer object. Returns the job
+        as it was; afterwards its id is unknown (404), not expired (410)."""
+        job = self.store.get_job(check_job_id(job_id))
+        if job is None or not actor.may_see(job["owner"]):
+            raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
+        if not JobState(job["state"]).is_final and not job.get("expired_at"):
+            constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
+            try:
+                self.condor.act("remove", constraint, f"deleted by {actor.user} through the gateway")
+            except CondorUnavailable as exc:
+                raise BackendUnavailable(f"HTCondor does not answer, so the job was not deleted; retry later ({exc})") from exc
+        self.store.delete_job(job["id"])
+        if job.get("job_dir"):
+            shutil.rmtree(job["job_dir"], ignore_errors=True)
+        if job.get("answer_id"):
+            self.data.discard_answer(job["answer_id"], job["id"])
+        self.audit.record(actor, "job.delete", job["id"], request_id=request_id, detail={"state": job["state"]})
+        return job
+
     def _spooling(self, constraint: str) -> bool:
         ads = self.condor.query(constraint, ["JobStatus", "HoldReasonCode"])
         return bool(ads) and ads[0].get("JobStatus") == 5 and ads[0].get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT
 
     def refresh(self, jobs: list[dict[str, Any]]) -> None:
         """Bring a few jobs' states up to date at once (after an action), without retrieval."""
-        from .tracker import changes_from_ads
+        from .tracker import changes_from_ads, keep_output_of_removed
 
         constraint = sd.jobs_constraint(self.store.instance_id, [j["id"] for j in jobs])
         try:
@@ -646,10 +700,13 @@ class JobService:
             log.warning("could not refresh jobs after an action: %s", exc)
             return
         by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
-        changes = [
-            change for job in jobs if (ad := by_id.get(job["id"])) is not None
-            for change in [changes_from_ads(job, ad, final_allowed=False)] if change
-        ]
+        changes = []
+        for job in jobs:
+            ad = by_id.get(job["id"])
+            change = changes_from_ads(job, ad, final_allowed=False) if ad is not None else None
+            if change:
+                keep_output_of_removed(job, ad, change)
+                changes.append(change)
         self.store.apply_job_changes(changes)
 
 
@@ -673,7 +730,7 @@ def _check_ttl(ttl: Any) -> int | None:
 
 def _link_tree(src: Path, dest: Path) -> None:
     if src.is_dir():
-        dest.mkdir()
+        make_private_dir(dest)
         for child in src.iterdir():
             _link_tree(child, dest / child.name)
     else:

@@ -36,7 +36,7 @@ DESCRIPTIONS = {
     JobState.HELD: "held by a user action or by HTCondor (see state_reason); release requeues it",
     JobState.COMPLETED: "run.sh exited with status 0; outputs are ready",
     JobState.FAILED: "run.sh exited non-zero or was killed by a signal; outputs are ready",
-    JobState.REMOVED: "removed before it finished; it produced no outputs",
+    JobState.REMOVED: "removed before it finished: no output archive; stdout and stderr keep what it printed",
     JobState.SUBMISSION_ERROR: "HTCondor refused or lost the job; state_reason tells why",
 }
 

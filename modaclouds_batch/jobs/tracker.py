@@ -18,8 +18,10 @@ from typing import Any, Callable, Mapping
 
 from ..condor import submit_description as sd
 from ..condor.schedd import CondorUnavailable
+from ..home import job_dir_owner, restrict_tree
 from ..store import JobChange
 from ..timefmt import epoch_to_iso, now_iso
+from . import live_output
 from .states import ACTIVE_STATES, CONDOR_STATUS_NAMES, JobState, state_from_ad
 from .waiting import wait_reasons
 
@@ -33,6 +35,9 @@ MIN_GAP = 0.5
 SWEEP_INTERVAL = 15.0
 # A job missing from both queue and history this many cycles is recorded as lost.
 MAX_MISSING_CYCLES = 3
+# Seconds a job of ours with neither a row nor a submission intent is left alone before it is
+# removed as an orphan (the default of the orphan_grace_seconds setting).
+ORPHAN_GRACE_SECONDS = 120
 
 
 def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,6 +53,7 @@ def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
         "cpu_user_seconds": ad.get("RemoteUserCpu"),
         "cpu_system_seconds": ad.get("RemoteSysCpu"),
         "remote_host": ad.get("RemoteHost") or ad.get("LastRemoteHost"),
+        "live_dir": live_output.live_dir_of(ad),
     }
     return {k: v for k, v in fields.items() if v is not None}
 
@@ -111,6 +117,12 @@ def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowe
     return change
 
 
+def keep_output_of_removed(job: Mapping[str, Any], ad: Mapping[str, Any], change: JobChange) -> None:
+    """A job seen removed keeps what it printed: its spool goes when it leaves the queue."""
+    if change.new_state == JobState.REMOVED.value and job.get("job_dir"):
+        live_output.keep(live_output.live_dir_of(ad), job["job_dir"])
+
+
 @dataclass
 class CycleReport:
     round_trips: int = 0
@@ -124,7 +136,12 @@ class CycleReport:
 
 class Tracker:
     def __init__(self, service, interval: float, on_cycle: Callable[[CycleReport], None] | None = None,
-                 sweep_expired: bool = True, workers: Callable[[], list[dict[str, Any]]] | None = None):
+                 sweep_expired: bool = True, workers: Callable[[], list[dict[str, Any]]] | None = None,
+                 orphan_grace: float = ORPHAN_GRACE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        # An unknown job is removed only once seen unknown for this long (by ``clock``).
+        self.orphan_grace = orphan_grace
+        self._clock = clock
+        self._unknown_since: dict[str, float] = {}
         # The pool's workers (one cached collector query), to say why idle jobs wait.
         self.workers = workers
         self.sweep_expired = sweep_expired
@@ -217,6 +234,7 @@ class Tracker:
                 finished[job_id] = (job, ad)
             change = changes_from_ads(job, ad, final_allowed=False)
             if change:
+                keep_output_of_removed(job, ad, change)
                 changes.append(change)
 
         if changes:
@@ -233,8 +251,9 @@ class Tracker:
         missing = [job for job_id, job in active.items() if job_id not in seen and job_id not in in_flight]
         if missing:
             self._close_missing(instance, missing, report)
-        if unknown:
-            self._remove_orphans(instance, unknown, report)
+        orphans = self._orphans(unknown)
+        if orphans:
+            self._remove_orphans(instance, orphans, report)
         if self.sweep_expired:
             self._sweep(report)
         report.round_trips = self.condor.thread_round_trips() - start_trips
@@ -276,7 +295,10 @@ class Tracker:
             return
         retrieved_at = now_iso()
         answers = []
+        for job, _ in finished.values():
+            restrict_tree(Path(job["job_dir"]))  # HTCondor wrote the outputs under the umask
         for job, ad in finished.values():
+            live_output.keep(live_output.live_dir_of(ad), job["job_dir"])
             change = changes_from_ads(job, ad, final_allowed=True)
             change.fields["outputs_retrieved_at"] = retrieved_at
             answer = self._register_answer(job)
@@ -298,7 +320,8 @@ class Tracker:
             return None
         try:
             return self.service.data.register_file(
-                job["owner"], path, f"{job['id']}-{name}", content_type, source_job_id=job["id"])
+                job["owner"], path, f"{job['id']}-{name}", content_type, source_job_id=job["id"],
+                job_expires_at=job.get("expires_at"))
         except OSError as exc:
             log.warning("could not register the answer of job %s: %s", job["id"], exc)
             return None
@@ -354,6 +377,15 @@ class Tracker:
         except Exception:  # expiry must never stop tracking; the cause is logged
             log.exception("expiry sweep failed")
 
+    def _orphans(self, unknown: list[str]) -> list[str]:
+        """Of the queued jobs with no row, those to remove now: no submission intent either
+        (another process on this database may be spooling them), unknown for the grace period."""
+        intended = self.store.intended(unknown) if unknown else set()
+        now = self._clock()
+        since = {job_id: self._unknown_since.get(job_id, now) for job_id in unknown if job_id not in intended}
+        self._unknown_since = since
+        return [job_id for job_id, first in since.items() if now - first >= self.orphan_grace]
+
     def _remove_orphans(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Jobs this gateway queued but never recorded (it stopped mid-submission)."""
         try:
@@ -365,13 +397,25 @@ class Tracker:
             log.warning("tracker: could not remove orphaned jobs: %s", exc)
 
 
-def remove_orphan_dirs(jobs_dir: Path, known: set[str], in_flight: set[str]) -> int:
-    """Job folders left by a submission the gateway never finished; returns how many."""
+def remove_orphan_dirs(jobs_dir: Path, known: set[str], in_flight: set[str], instance_id: str) -> int:
+    """Job folders left by a submission this gateway never finished; returns how many.
+
+    Only folders whose marker names ``instance_id`` are removed: a folder another gateway
+    made (another database on the same home) or one without a marker is left alone.
+    """
     removed = 0
+    foreign = 0
     if not jobs_dir.is_dir():
         return 0
     for entry in jobs_dir.iterdir():
-        if entry.is_dir() and str(entry) not in known and entry.name not in in_flight:
-            shutil.rmtree(entry, ignore_errors=True)
-            removed += 1
+        if not entry.is_dir() or str(entry) in known or entry.name in in_flight:
+            continue
+        if job_dir_owner(entry) != instance_id:
+            foreign += 1
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    if foreign:
+        log.warning("left %d folders in %s that this gateway (instance %s) has no record of and did not make",
+                    foreign, jobs_dir, instance_id)
     return removed

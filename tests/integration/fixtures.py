@@ -8,7 +8,7 @@ from __future__ import annotations
 import htcondor2
 import pytest
 
-from .gateway import Client, GatewayProcess
+from .gateway import GatewayProcess
 
 WEBHOOK_SECRET = "whsec_" + "dGVzdC1zZWNyZXQtZm9yLWludGVncmF0aW9uLXRlc3Rz"
 # Every test gateway signs webhooks and retries quickly, so tests wait seconds, not minutes.
@@ -39,7 +39,7 @@ def gateway(tmp_path_factory, condor_config, pool):
 
 @pytest.fixture
 def client(gateway):
-    return Client(gateway.url)
+    return gateway.client()
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def small_limits_gateway(tmp_path_factory, condor_config):
         env={**GATEWAY_ENV, "MODACLOUDS_BATCH_MAX_UPLOAD_BYTES": str(4 << 20),
              "MODACLOUDS_BATCH_MAX_UNPACKED_BYTES": str(8 << 20)},
     ).start()
-    yield process, Client(process.url)
+    yield process, process.client()
     process.stop()
 
 

@@ -75,6 +75,15 @@ class GatewayProcess:
                 time.sleep(0.2)
         raise RuntimeError(f"gateway did not answer within {timeout}s; see {self.log_path}")
 
+    @property
+    def admin_token(self) -> str:
+        """The local admin token the gateway wrote in its home at first start."""
+        return (self.home / "admin-token").read_text(encoding="utf-8").strip()
+
+    def client(self) -> "Client":
+        """A client sending the local admin token, as the CLI does on the gateway's machine."""
+        return Client(self.url, self.admin_token)
+
     def kill(self) -> None:
         """SIGKILL: the hardest stop, nothing gets to clean up."""
         if self.proc and self.proc.poll() is None:
@@ -91,11 +100,13 @@ class GatewayProcess:
 
 
 class Client:
-    """What a user's script does with curl, as Python."""
+    """What a user's script does with curl, as Python; with ``token``, as -H "Authorization: Bearer ..."."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, token: str | None = None):
         self.url = url
         self.http = requests.Session()
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
 
     def get(self, path: str, **kw) -> requests.Response:
         return self.http.get(self.url + path, timeout=30, **kw)

@@ -22,6 +22,7 @@ SUBMITTED_RE = re.compile(r"submitted job ([0-9a-f-]{36})")
 def cli(gateway, *args, timeout: float = 180.0) -> subprocess.CompletedProcess:
     """`python -m modaclouds_batch --url URL ...` as a user runs it, output captured (not a TTY)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MODACLOUDS_BATCH_URL", "MODACLOUDS_BATCH_TOKEN")}
+    env["MODACLOUDS_BATCH_HOME"] = str(gateway.home)  # where the CLI finds the local admin token
     return subprocess.run([sys.executable, "-m", "modaclouds_batch", "--url", gateway.url, *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -105,7 +106,7 @@ def test_acting_on_a_job_and_the_gateways_refusals(gateway, client):
 
 def test_the_python_client_chains_two_jobs(gateway, tmp_path):
     """docs/client.md's pipeline: the second job's input is the first job's output tarball."""
-    with BatchClient(gateway.url) as client:
+    with BatchClient(gateway.url, home=gateway.home) as client:
         first = client.submit(BUNDLES / "hello", args=["alpha", "beta beta"], name="stage-1")
         first = client.wait(first["id"], timeout=180)
         assert first["job_status"] == "completed", first

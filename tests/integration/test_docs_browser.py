@@ -57,6 +57,8 @@ def test_a_bundle_submitted_from_the_docs_page_runs(gateway, client, tmp_path):
     try:
         page.navigate(f"{gateway.url}/docs#/jobs/submitJob")  # deep link: the operation opens
         page.wait_for(f"!!document.querySelector('{SUBMIT} .try-out__btn')")
+        # What "Authorize" does with the local admin token pasted in (the page sends it as Bearer).
+        page.js(f"window.ui.preauthorizeApiKey('bearerAuth', {json.dumps(gateway.admin_token)})")
         page.click(f"{SUBMIT} .try-out__btn")
         page.wait_for(f"!!document.querySelector('{SUBMIT} input[type=file]')")
         page.choose_file(f"{SUBMIT} tr[data-property-name='job-bundle'] input[type=file]", bundle)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .gateway import Client, GatewayProcess, pack, pack_bundle
+from .gateway import GatewayProcess, pack, pack_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ def test_malformed_requests_get_json_errors(client):
 
 def test_gateway_killed_while_jobs_run_loses_nothing(tmp_path, condor_config):
     gateway = GatewayProcess(tmp_path / "restart-home", condor_config).start()
-    client = Client(gateway.url)
+    client = gateway.client()
     try:
         ids = [client.submit(pack_bundle("sleeper"), name=f"survivor-{i}", arguments="8").json()["job_id"] for i in range(3)]
         client.wait_for(ids[0], {"running", "completed"}, timeout=90)
@@ -148,7 +148,7 @@ def test_gateway_killed_while_jobs_run_loses_nothing(tmp_path, condor_config):
 
 def test_schedd_unreachable_means_503_with_retry_after_and_reads_still_work(tmp_path, condor_config):
     gateway = GatewayProcess(tmp_path / "home-down", condor_config).start()
-    client = Client(gateway.url)
+    client = gateway.client()
     job_id = client.submit(pack_bundle("hello"), name="before-outage").json()["job_id"]
     gateway.stop()
     # The same gateway state, pointed at a pool that does not answer.
@@ -156,7 +156,7 @@ def test_schedd_unreachable_means_503_with_retry_after_and_reads_still_work(tmp_
     dead.write_text(condor_config.read_text() + "\nCONDOR_HOST = 127.0.0.1:1\nCOLLECTOR_HOST = 127.0.0.1:1\n")
     down = GatewayProcess(tmp_path / "home-down", dead).start()
     try:
-        client = Client(down.url)
+        client = down.client()
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["schedd"]["ok"] is False
         resp = client.submit(pack_bundle("hello"), name="during-outage")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from .gateway import Client, pack, pack_bundle
+from .gateway import pack, pack_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -74,13 +74,13 @@ def _refused_leaving_nothing(gateway, send, expected: str) -> None:
     """``send()`` answers 400 with the fix, and no job folder or job is left behind."""
     jobs_dir = gateway.home / "jobs"
     before = set(jobs_dir.iterdir()) if jobs_dir.exists() else set()
-    total = Client(gateway.url).get("/jobs").headers["X-Total-Count"]
+    total = gateway.client().get("/jobs").headers["X-Total-Count"]
     resp = send()
     assert resp.status_code == 400, resp.text
     assert expected in resp.json()["error"], resp.json()
     assert resp.json()["field"] == "job-bundle"
     assert (set(jobs_dir.iterdir()) if jobs_dir.exists() else set()) == before
-    assert Client(gateway.url).get("/jobs").headers["X-Total-Count"] == total
+    assert gateway.client().get("/jobs").headers["X-Total-Count"] == total
 
 
 def test_windows_line_endings_are_refused_with_the_sed_fix(gateway, client):
@@ -117,7 +117,7 @@ def test_the_cli_submits_resources_and_a_time_limit(gateway, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "modaclouds_batch", "--url", gateway.url, "submit", str(bundle),
          "--cpus", "2", "--memory", "300MB", "--time-limit", "3s", "--wait", "--json"],
-        capture_output=True, text=True, timeout=240, env=_cli_env())
+        capture_output=True, text=True, timeout=240, env=_cli_env_for(gateway))
     assert result.returncode == 3, result.stderr  # failed
     job = json.loads(result.stdout)
     assert job["resources"]["cpus"] == 2 and job["resources"]["memory_mb"] == 300
@@ -128,6 +128,11 @@ def _cli_env():
     import os
 
     return {k: v for k, v in os.environ.items() if k not in ("MODACLOUDS_BATCH_URL", "MODACLOUDS_BATCH_TOKEN")}
+
+
+def _cli_env_for(gateway):
+    """The CLI finds the local admin token in the gateway's home, as on a laptop with the default home."""
+    return {**_cli_env(), "MODACLOUDS_BATCH_HOME": str(gateway.home)}
 
 
 def test_an_idle_job_says_why_it_waits(client):

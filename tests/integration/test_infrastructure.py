@@ -52,9 +52,7 @@ def test_a_runtime_nobody_offers_is_refused_with_what_exists(client):
 
 @pytest.fixture(scope="module")
 def added_worker(gateway):
-    from .gateway import Client
-
-    client = Client(gateway.url)
+    client = gateway.client()
     resp = client.post("/workers", json={"provider": "local", "params": {"cpus": 2, "runtimes": ["bash", "julia"]}})
     assert resp.status_code == 202, resp.text
     request_id = resp.json()["id"]

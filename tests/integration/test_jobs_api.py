@@ -126,10 +126,11 @@ def test_unknown_and_malformed_ids(client):
     assert client.post(f"/jobs/{uuid.uuid4()}/explode").status_code == 404
 
 
-def test_artifacts_are_404_before_the_job_ends(client):
+def test_the_output_is_404_with_retry_after_before_the_job_ends(client):
     job_id = client.submit(pack_bundle("sleeper"), name="early", arguments="300").json()["job_id"]
-    resp = client.get(f"/jobs/{job_id}/artifacts/stdout")
+    resp = client.get(f"/jobs/{job_id}/artifacts/output")
     assert resp.status_code == 404 and "available once it ends" in resp.json()["error"]
+    assert int(resp.headers["Retry-After"]) >= 1 and resp.json()["job_status"] in ("idle", "running")
     client.post(f"/jobs/{job_id}/remove")
 
 

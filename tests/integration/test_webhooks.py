@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 from ..receiver import Receiver
 from .fixtures import GATEWAY_ENV as FAST_RETRIES
 from .fixtures import WEBHOOK_SECRET
-from .gateway import Client, GatewayProcess, free_port, pack_bundle
+from .gateway import GatewayProcess, free_port, pack_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_each_finished_job_notifies_once_after_outputs_with_a_valid_signature(cl
 
 def test_receiver_down_then_up_still_gets_it_even_across_a_gateway_kill(tmp_path, condor_config):
     gateway = GatewayProcess(tmp_path / "home", condor_config, env=FAST_RETRIES).start()
-    client = Client(gateway.url)
+    client = gateway.client()
     port = free_port()
     try:
         job_id = client.submit(pack_bundle("hello"), name="late-receiver",
@@ -65,7 +65,7 @@ def test_receiver_down_then_up_still_gets_it_even_across_a_gateway_kill(tmp_path
             [request] = receiver.wait_for(1, timeout=60)
             assert Webhook(WEBHOOK_SECRET).verify(request["body"], request["headers"])["job-uuid"] == job_id
             # The receiver has the request; the gateway records it once the answer is back.
-            after = Client(gateway.url)
+            after = gateway.client()
             deadline = time.monotonic() + 15
             while (note := after.get(f"/jobs/{job_id}/notifications").json()[0])["status"] != "delivered":
                 assert time.monotonic() < deadline, note

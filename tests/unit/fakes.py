@@ -65,9 +65,14 @@ class FakeCondor:
         self.act("remove", constraint, reason)
 
     def submit_spooled(self, description, itemdata=None):
-        """Queue a cluster (one proc per item); ``submit_delay`` seconds stand for the spooling."""
+        """Queue the job idle (one proc; arrays take their ids from the item data);
+        ``submit_delay`` seconds stand for the spooling, ``clusters`` counts the submissions."""
         self._trip("submit", "")
         time.sleep(getattr(self, "submit_delay", 0.0))
         self.clusters = getattr(self, "clusters", 0) + 1
-        self.submitted = getattr(self, "submitted", []) + [(description, list(itemdata or []))]
-        return self.clusters, 0
+        cluster = len(self.queue) + len(self.history_ads) + 1
+        ids = ([item["gateway_job_id"] for item in itemdata] if itemdata
+               else [str(description["My.GatewayJobId"]).strip('"')])
+        for proc, job_id in enumerate(ids):
+            self.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": proc, "JobStatus": 1}
+        return cluster, 0

@@ -3,13 +3,13 @@
 import json
 import uuid
 
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import JobFilter, Store
 
+from .apps import admin_client
 from .fakes import FakeCondor
 
 JSON = {"Content-Type": "application/json"}
@@ -28,7 +28,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def client(gateway):
-    return falcon.testing.TestClient(create_app(gateway))
+    return admin_client(gateway)
 
 
 def test_a_json_body_past_max_body_bytes_is_413(client, gateway):

@@ -396,3 +396,19 @@ def free_loopback_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_logs_follow_prints_what_comes_asking_only_for_new_bytes(stub, monkeypatch):
+    monkeypatch.setattr("modaclouds_batch.client.time.sleep", lambda s: None)
+    stdout = f"/jobs/{JOB_ID}/artifacts/stdout"
+    stub.on("GET", f"/jobs/{JOB_ID}", job("idle"), job("running"), job("running"), job("completed"))
+    stub.on("GET", stdout,
+            (404, {"Retry-After": "1"}, {"error": "the job is idle; its stdout is available once it starts"}),
+            (206, {"Content-Type": "text/plain"}, b"tick 1\n"),
+            (416, {}, {"error": "nothing new"}),
+            (206, {"Content-Type": "text/plain"}, b"tick 2\ndone\n"))
+    result = run_cli(stub, "logs", "-f", JOB_ID)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "tick 1\ntick 2\ndone\n"
+    ranges = [r["headers"].get("Range") for r in stub.requests if r["path"] == stdout]
+    assert ranges == ["bytes=0-", "bytes=0-", "bytes=7-", "bytes=7-"]

@@ -7,6 +7,8 @@ from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.errors import Unauthorized
 from modaclouds_batch.settings import load_settings
 
+from .apps import admin_client
+
 
 @pytest.fixture
 def gateway(tmp_path):
@@ -17,7 +19,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def client(gateway):
-    return falcon.testing.TestClient(create_app(gateway))
+    return admin_client(gateway)
 
 
 @pytest.mark.parametrize("body, field", [

@@ -12,6 +12,8 @@ from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import JobChange
 from modaclouds_batch.timefmt import now_iso
 
+from .apps import admin_client
+
 
 @pytest.fixture
 def gateway(tmp_path):
@@ -21,7 +23,7 @@ def gateway(tmp_path):
 
 
 def test_metrics_expose_requests_transitions_and_jobs_by_state(gateway):
-    client = falcon.testing.TestClient(create_app(gateway))
+    client = admin_client(gateway)
     job_id = str(uuid.uuid4())
     now = now_iso()
     gateway.store.insert_job({"id": job_id, "name": "j", "owner": "anonymous", "state": "idle",
@@ -46,7 +48,7 @@ def test_log_lines_are_json_with_the_request_id(gateway, capsys):
     configure_logging("json")
     stream = io.StringIO()
     logging.getLogger().handlers[0].stream = stream
-    client = falcon.testing.TestClient(create_app(gateway))
+    client = admin_client(gateway)
     client.simulate_get(f"/jobs/{uuid.uuid4()}", headers={"X-Request-Id": "req-123"})
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "modaclouds_batch.access"]

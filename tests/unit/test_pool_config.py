@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from modaclouds_batch.condor.pool import PoolError, render_daemon_config
-from modaclouds_batch.condor.pool.config import NodeConfig, render_client_config
+from modaclouds_batch.condor.pool.config import (NodeConfig, configured_execute_accounts, execute_accounts,
+                                                 render_client_config)
 from modaclouds_batch.condor.pool.layout import PoolLayout
 from modaclouds_batch.condor.pool.mirror import find_debian_mirror
 from modaclouds_batch.condor.pool.mounts import mount_points
 from modaclouds_batch.condor.pool.probe import count_slots
-from modaclouds_batch.condor.pool.runtime import free_id, select_mode
+from modaclouds_batch.condor.pool.runtime import (EXECUTE_IDS_PER_POOL, execute_uid_base, free_id,
+                                                  select_mode)
 from modaclouds_batch.settings import load_settings
 
 
@@ -285,3 +287,73 @@ def test_the_mirror_comes_from_the_hosts_apt_files_unless_overridden(tmp_path):
     assert choose_mirror("http://other.example/debian/", root=tmp_path) == "http://other.example/debian"
     with pytest.raises(PoolError, match="--mirror"):
         choose_mirror(None, root=tmp_path / "empty")
+
+
+# --- execute accounts: one Unix user per dynamic slot ------------------------------------------
+
+
+def test_each_dynamic_slot_runs_its_job_as_an_account_of_its_own_never_the_owner():
+    accounts = execute_accounts("batch", "main", 8)
+    cfg = knobs(render_daemon_config(node(num_cpus=8, execute_accounts=accounts)))
+
+    assert cfg["STARTER_ALLOW_RUNAS_OWNER"] == "False"
+    slot_users = [cfg[f"SLOT1_{n}_USER"] for n in range(1, 9)]
+    assert slot_users == [f"batch-main-{n}" for n in range(1, 9)]
+    assert len(set(slot_users)) == 8 and "batch" not in slot_users
+    assert "SLOT1_9_USER" not in cfg
+
+
+def test_the_accounts_are_dedicated_so_the_starter_kills_what_a_job_leaves_running():
+    import re
+
+    cfg = knobs(render_daemon_config(node(num_cpus=2, execute_accounts=execute_accounts("batch", "main", 2))))
+
+    pattern = re.compile(f"^{cfg['DEDICATED_EXECUTE_ACCOUNT_REGEXP']}$")  # the starter anchors it so
+    assert pattern.match("batch-main-1") and pattern.match("batch-main-2")
+    assert not pattern.match("batch") and not pattern.match("batch-exec-1a2b-1") and not pattern.match("root")
+    assert cfg["STARTER_JOB_ENVIRONMENT"] == '"MODACLOUDS_BATCH_DEDICATED_ACCOUNT=1"'
+
+
+def test_execute_nodes_get_accounts_of_their_own():
+    main = set(execute_accounts("batch", "main", 8))
+    extra = set(execute_accounts("batch", "exec-1a2b3c4d", 64))
+
+    assert not main & extra and len(extra) == 64
+    assert max(map(len, extra)) <= 32
+
+
+def test_without_accounts_jobs_are_said_not_to_be_isolated():
+    text = render_daemon_config(node(execute_accounts=()))
+
+    assert "SLOT1_1_USER" not in knobs(text) and "STARTER_ALLOW_RUNAS_OWNER" not in knobs(text)
+    assert "not isolated" in text
+
+
+def test_a_node_needs_an_account_per_core_and_names_useradd_accepts():
+    with pytest.raises(ValueError):
+        node(num_cpus=8, execute_accounts=execute_accounts("batch", "main", 4))
+    with pytest.raises(ValueError):
+        execute_accounts("a-pool-identity-far-too-long", "exec-1a2b3c4d", 8)
+
+
+def test_a_nodes_accounts_are_read_back_from_its_config_to_delete_them():
+    accounts = execute_accounts("batch", "exec-1a2b3c4d", 3)
+    text = render_daemon_config(node(role="execute", node="exec-1a2b3c4d", num_cpus=3, execute_accounts=accounts))
+
+    assert configured_execute_accounts(text) == accounts
+
+
+def test_execute_uids_of_two_running_pools_never_meet():
+    first, second = execute_uid_base(9618), execute_uid_base(9619)
+
+    assert first + EXECUTE_IDS_PER_POOL <= second
+    assert first > 60000  # above every ordinary and Debian-reserved id
+
+
+def test_jobs_cannot_read_the_queue_as_their_execute_account():
+    with_accounts = knobs(render_daemon_config(node(num_cpus=2, execute_accounts=execute_accounts("batch", "main", 2))))
+    without = knobs(render_daemon_config(node(execute_accounts=())))
+
+    assert with_accounts["ALLOW_READ"] == "$(ALLOW_WRITE)"
+    assert "batch-main" not in with_accounts["ALLOW_WRITE"] and "*" not in with_accounts["ALLOW_WRITE"]
+    assert without["ALLOW_READ"] == "*@$(UID_DOMAIN)/127.0.0.1"

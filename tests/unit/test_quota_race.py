@@ -2,12 +2,12 @@
 
 import threading
 
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.settings import load_settings
 
+from .apps import admin_client
 from .fakes import FakeCondor
 
 
@@ -22,7 +22,7 @@ def gateway(tmp_path):
 
 
 def test_16_concurrent_submissions_accept_exactly_the_limit(gateway):
-    client = falcon.testing.TestClient(create_app(gateway))
+    client = admin_client(gateway)
     start = threading.Barrier(16)
     statuses = []
 
@@ -38,11 +38,11 @@ def test_16_concurrent_submissions_accept_exactly_the_limit(gateway):
     assert sorted(statuses) == [201] * 3 + [429] * 13
     assert gateway.store.count_jobs() == 3
     assert gateway.service.condor.clusters == 3  # the refused ones never reached the schedd
-    assert gateway.store.usage("anonymous", ["idle"], "")["charged_jobs"] == 0
+    assert gateway.store.usage("admin", ["idle"], "")["charged_jobs"] == 0
 
 
 def test_a_failed_submission_gives_its_place_back(gateway):
-    client = falcon.testing.TestClient(create_app(gateway))
+    client = admin_client(gateway)
     gateway.service.condor.fail.add("submit")
     for _ in range(4):
         assert client.simulate_post("/jobs", json={"command": "true"}).status_code == 503
@@ -52,7 +52,7 @@ def test_a_failed_submission_gives_its_place_back(gateway):
 
 
 def test_an_array_is_charged_all_its_items(gateway):
-    client = falcon.testing.TestClient(create_app(gateway))
+    client = admin_client(gateway)
     assert client.simulate_post("/jobs", json={"command": "true", "count": 2}).status_code == 201
     resp = client.simulate_post("/jobs", json={"command": "true", "count": 2})
     assert resp.status_code == 429 and resp.json["limit"] == "max_active_jobs"

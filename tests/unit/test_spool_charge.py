@@ -4,13 +4,13 @@ import io
 import os
 import tarfile
 
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import JobChange
 
+from .apps import admin_client
 from .fakes import FakeCondor
 
 
@@ -35,7 +35,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def client(gateway):
-    return falcon.testing.TestClient(create_app(gateway))
+    return admin_client(gateway)
 
 
 def upload(client, size: int) -> str:
@@ -84,5 +84,5 @@ def test_the_spool_held_by_active_jobs_counts_until_they_end(client, gateway):
 
 def test_an_admin_raises_a_users_spool_quota(client, gateway):
     data_id = upload(client, 100_000)
-    assert client.simulate_put("/users/anonymous/limits", json={"max_spool_bytes": 10 << 20}).status_code == 200
+    assert client.simulate_put("/users/admin/limits", json={"max_spool_bytes": 10 << 20}).status_code == 200
     assert client.simulate_post("/jobs", json={"command": "true", "input_ids": [data_id], "count": 20}).status_code == 201

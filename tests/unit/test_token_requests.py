@@ -4,11 +4,13 @@ import pytest
 from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.settings import load_settings
 
+from .apps import admin_client
+
 
 @pytest.fixture
 def client(tmp_path):
     gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
-    yield falcon.testing.TestClient(create_app(gw))
+    yield admin_client(gw)
     gw.store.close()
 
 

@@ -15,7 +15,7 @@ def world(tmp_path):
     store = Store(tmp_path / "gw.db")
     condor = FakeCondor()
     service = SimpleNamespace(store=store, condor=condor, in_flight=lambda: set())
-    return SimpleNamespace(store=store, condor=condor, tracker=Tracker(service, interval=60, sweep_expired=False))
+    return SimpleNamespace(store=store, condor=condor, tracker=Tracker(service, interval=60, sweep_expired=False, orphan_grace=0))
 
 
 def add_job(world, status=1, **ad):

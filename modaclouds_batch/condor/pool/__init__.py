@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 from . import credentials, daemons, host, probe, rootfs
-from .config import NodeConfig, render_daemon_config
+from .config import DEFAULT_NUM_CPUS, NodeConfig, execute_accounts, render_daemon_config
 from .errors import PoolError
 from .layout import MAIN_NODE, PoolLayout
 from .locking import exclusive
-from .runtime import CHROOT, LOCAL, ChrootRuntime, LocalRuntime, find_condor_master, select_mode
+from .runtime import (CHROOT, LOCAL, ChrootRuntime, LocalRuntime, execute_uid_base, find_condor_master,
+                      select_mode)
 
 __all__ = ["PoolError", "PoolStatus", "up", "down", "status", "token", "render_daemon_config"]
 
@@ -170,7 +171,8 @@ def _runtime(mode: str, settings, layout: PoolLayout, build: bool, say: Say):
     return ChrootRuntime(layout, tree)
 
 
-def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node: str = MAIN_NODE) -> NodeConfig:
+def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node: str = MAIN_NODE,
+                 num_cpus: int = DEFAULT_NUM_CPUS, accounts: tuple[str, ...] = ()) -> NodeConfig:
     return NodeConfig(
         role=role,
         node=node,
@@ -182,7 +184,28 @@ def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node:
         collector_port=settings.collector_port,
         schedd_port=settings.schedd_port,
         base_config=runtime.base_config,
+        num_cpus=num_cpus,
+        execute_accounts=accounts,
     )
+
+
+def _prepare_node(runtime, settings, layout: PoolLayout, node: str, num_cpus: int, say: Say) -> tuple[str, ...]:
+    """Make a node's folders (the daemons' own) and its slots' execute accounts.
+
+    The log folder holds every finished job's ad (startd_history) and the daemons' logs:
+    closed to jobs (0750), which run as execute accounts outside the condor group.
+    Returns the accounts the node's config must name (none when not root).
+    """
+    writable = list(layout.runtime_dirs(node).values())
+    for folder in writable:
+        folder.mkdir(parents=True, exist_ok=True)
+    runtime.chown_to_condor(writable)
+    os.chmod(layout.log_dir(node), 0o750)
+    try:
+        names = execute_accounts(settings.pool_identity, node, num_cpus)
+    except ValueError as exc:
+        raise PoolError(str(exc)) from exc
+    return runtime.ensure_execute_accounts(names, execute_uid_base(settings.collector_port), say)
 
 
 def _start(runtime, settings, layout: PoolLayout, say: Say) -> int:
@@ -199,12 +222,9 @@ def _start(runtime, settings, layout: PoolLayout, say: Say) -> int:
     for private in (layout.password_dir, layout.system_token_dir):
         private.mkdir(parents=True, exist_ok=True)
         os.chmod(private, 0o700)
-    writable = list(layout.runtime_dirs(MAIN_NODE).values())
-    for folder in writable:
-        folder.mkdir(parents=True, exist_ok=True)
-    runtime.chown_to_condor(writable)
+    accounts = _prepare_node(runtime, settings, layout, MAIN_NODE, DEFAULT_NUM_CPUS, say)
     layout.daemon_config(MAIN_NODE).write_text(
-        render_daemon_config(_node_config(settings, layout, runtime)), encoding="utf-8")
+        render_daemon_config(_node_config(settings, layout, runtime, accounts=accounts)), encoding="utf-8")
     pid = daemons.start_master(runtime, layout, MAIN_NODE)
     say(f"started condor_master pid {pid} ({runtime.mode} mode); logs in {layout.log_dir(MAIN_NODE)}")
     return pid

@@ -14,6 +14,7 @@ operator reading the file on disk gets the reasons too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_NUM_CPUS = 8
 # What the execute node can run; jobs may require one (`GatewayRuntimes`).
 DEFAULT_RUNTIMES = ("bash", "python3")
+# Set in a job's environment when it runs as a dedicated execute account (launcher.sh).
+DEDICATED_ACCOUNT_ENV = "MODACLOUDS_BATCH_DEDICATED_ACCOUNT"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class NodeConfig:
     # The installation's own config, read first so that its paths (RELEASE_DIR, LIBEXEC...)
     # hold; every setting below overrides it. None when there is none to read.
     base_config: Path | None = None
+    # The Unix accounts this node's dynamic slots run jobs as, one per slot (see
+    # execute_accounts()); empty when the daemons cannot switch users (not root), and
+    # every job then runs as whoever started the pool.
+    execute_accounts: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -55,6 +62,67 @@ class NodeConfig:
             raise ValueError(f"node name must be alphanumeric (with - or _), not {self.node!r}")
         if any("," in r or '"' in r or not r for r in self.runtimes):
             raise ValueError(f"runtime names cannot be empty or hold ',' or '\"': {self.runtimes!r}")
+        if self.execute_accounts and len(self.execute_accounts) < self.num_cpus:
+            # A dynamic slot takes at least one core, so there are at most num_cpus of them.
+            raise ValueError(f"{self.num_cpus} cores need {self.num_cpus} execute accounts, "
+                             f"not {len(self.execute_accounts)}")
+        if any(not ACCOUNT_NAME.fullmatch(a) for a in self.execute_accounts):
+            raise ValueError(f"execute accounts must be Unix user names: {self.execute_accounts!r}")
+
+
+# What useradd accepts (Debian's default NAME_REGEX, 32 characters at most).
+ACCOUNT_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def execute_accounts(pool_identity: str, node: str, num_cpus: int) -> tuple[str, ...]:
+    """The accounts the dynamic slots of ``node`` run jobs as: ``<identity>-<node>-<n>``.
+
+    One per dynamic slot, so no two running jobs ever share a Unix user, and of this node
+    only, so that a node's DEDICATED_EXECUTE_ACCOUNT_REGEXP never matches another's.
+    """
+    names = tuple(f"{pool_identity}-{node}-{n}".lower() for n in range(1, num_cpus + 1))
+    too_long = [name for name in names if not ACCOUNT_NAME.fullmatch(name)]
+    if too_long:
+        raise ValueError(f"execute account {too_long[-1]!r} is not a valid Unix user name "
+                         f"(at most 32 of a-z, 0-9, - and _): choose a shorter pool_identity")
+    return names
+
+
+_SLOT_USER_LINE = re.compile(r"^SLOT1_[0-9]+_USER = (\S+)$", re.MULTILINE)
+
+
+def configured_execute_accounts(daemon_config_text: str) -> tuple[str, ...]:
+    """The execute accounts a rendered daemon config names (to delete with its node)."""
+    return tuple(_SLOT_USER_LINE.findall(daemon_config_text))
+
+
+def _execute_account_lines(cfg: NodeConfig) -> list[str]:
+    if not cfg.execute_accounts:
+        return [
+            "## Execute accounts: none (the daemons run unprivileged, so every job runs as the",
+            "## user who started the pool and jobs are not isolated from each other).",
+            "",
+        ]
+    prefix = cfg.execute_accounts[0].rsplit("-", 1)[0]
+    lines = [
+        "## Execute accounts: every dynamic slot runs its job as a Unix account of its own,",
+        "## never as the job's Owner. Spooled files (job dirs in SPOOL are 0700, owned by the",
+        "## Owner) and other jobs' sandboxes (execute/dir_*, 0700, owned by their slot's",
+        "## account) are then closed to a job. Dynamic slots are named slot1_<n>, n from 1,",
+        "## lowest free first, and each takes at least one core: one account per core.",
+        "STARTER_ALLOW_RUNAS_OWNER = False",
+    ]
+    lines += [f"SLOT1_{n}_USER = {name}" for n, name in enumerate(cfg.execute_accounts, start=1)]
+    lines += [
+        "# These accounts are used by nothing else: at a job's end the starter kills every",
+        "# process they own, so nothing a job left running meets the slot's next job.",
+        f"DEDICATED_EXECUTE_ACCOUNT_REGEXP = {re.escape(prefix)}-[0-9]+",
+        "# The launcher, told so, removes what the previous job of its account left in the",
+        "# shared temporary folders (/tmp, /var/tmp, /dev/shm, /run/lock) before the job starts.",
+        f'STARTER_JOB_ENVIRONMENT = "{DEDICATED_ACCOUNT_ENV}=1"',
+        "",
+    ]
+    return lines
 
 
 def _daemon_list(role: str) -> str:
@@ -161,6 +229,7 @@ def render_daemon_config(cfg: NodeConfig) -> str:
         "SLOT_TYPE_1 = 100%",
         "SLOT_TYPE_1_PARTITIONABLE = True",
         "",
+        *_execute_account_lines(cfg),
         "## What jobs may require of this node.",
         f'GatewayRuntimes = "{",".join(cfg.runtimes)}"',
         "STARTD_ATTRS = $(STARTD_ATTRS) GatewayRuntimes",
@@ -183,10 +252,20 @@ def render_daemon_config(cfg: NodeConfig) -> str:
         f"ALLOW_DAEMON = {ident('condor')} {ident('root')}",
         f"ALLOW_NEGOTIATOR = {ident('condor')}",
         f"ALLOW_WRITE = $(ALLOW_DAEMON) {ident(cfg.pool_identity)}",
-        f"ALLOW_READ = *@$(UID_DOMAIN)/{LOOPBACK}",
+        *_read_lines(cfg),
         "",
     ]
     return "\n".join(lines)
+
+
+def _read_lines(cfg: NodeConfig) -> list[str]:
+    if not cfg.execute_accounts:
+        return [f"ALLOW_READ = *@$(UID_DOMAIN)/{LOOPBACK}"]
+    return [
+        "# Not the execute accounts: a job authenticates as its account (FS) on loopback,",
+        "# and the queue's job ads (every user's job names, owners, folders) are not its own.",
+        "ALLOW_READ = $(ALLOW_WRITE)",
+    ]
 
 
 def render_client_config(*, collector_port: int, token_dir: Path) -> str:

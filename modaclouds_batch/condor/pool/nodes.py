@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-from . import _extra_nodes, _load_state, _node_config, _runtime, daemons
-from .config import render_daemon_config
+from . import _extra_nodes, _load_state, _node_config, _prepare_node, _runtime, daemons
+from .config import configured_execute_accounts, render_daemon_config
 from .errors import PoolError
 from .layout import MAIN_NODE, PoolLayout
 from .locking import exclusive
@@ -28,13 +28,11 @@ def add_execute_node(settings, node: str, *, num_cpus: int, runtimes: tuple[str,
         if daemons.running_master(layout, node):
             raise PoolError(f"execute node {node} already runs")
         runtime = _runtime(state["mode"], settings, layout, build=False, say=log)
-        folders = list(layout.runtime_dirs(node).values())
-        for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-        runtime.chown_to_condor(folders)
+        accounts = _prepare_node(runtime, settings, layout, node, num_cpus, log)
         config = dataclasses.replace(
-            _node_config(settings, layout, runtime, role="execute", node=node),
-            num_cpus=num_cpus, runtimes=tuple(runtimes))
+            _node_config(settings, layout, runtime, role="execute", node=node, num_cpus=num_cpus,
+                         accounts=accounts),
+            runtimes=tuple(runtimes))
         layout.daemon_config(node).write_text(render_daemon_config(config), encoding="utf-8")
         pid = daemons.start_master(runtime, layout, node)
         log(f"started execute node {node} (condor_master pid {pid}); logs in {layout.log_dir(node)}")
@@ -42,7 +40,7 @@ def add_execute_node(settings, node: str, *, num_cpus: int, runtimes: tuple[str,
 
 
 def remove_execute_node(settings, node: str, log=print) -> None:
-    """Stop node ``node``'s master (fast shutdown) and delete its folders and config."""
+    """Stop node ``node``'s master (fast shutdown); delete its folders, config and accounts."""
     if node == MAIN_NODE:
         raise PoolError(f"'{MAIN_NODE}' is the pool itself; use `pool down`")
     layout = PoolLayout.from_settings(settings)
@@ -50,6 +48,17 @@ def remove_execute_node(settings, node: str, log=print) -> None:
         pid = daemons.running_master(layout, node)
         if pid:
             daemons.stop_master(pid, log)
+        try:
+            accounts = configured_execute_accounts(layout.daemon_config(node).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            accounts = ()
+        if accounts:
+            state = _load_state(layout)
+            runtime = _runtime(state.get("mode") or "chroot", settings, layout, build=False, say=log)
+            try:
+                runtime.remove_execute_accounts(accounts, log)
+            except PoolError as exc:
+                log(f"could not delete the execute accounts of {node} ({exc}); they stay unused")
         shutil.rmtree(layout.node_dir(node), ignore_errors=True)
         layout.daemon_config(node).unlink(missing_ok=True)
 

@@ -79,6 +79,20 @@ class LocalRuntime:
             return
         _ensure_user(self.command, identity, say, env=clean_env())
 
+    def ensure_execute_accounts(self, names: tuple[str, ...], first_uid: int, say: Say) -> tuple[str, ...]:
+        """Create the slots' job accounts on this host; none when not root (the daemons
+        cannot switch users then). ``first_uid`` is for the chroot only: host accounts
+        get the host's own next ids."""
+        if not host.is_root():
+            return ()
+        for name in names:
+            _ensure_user(self.command, name, say, env=clean_env())
+        return names
+
+    def remove_execute_accounts(self, names: tuple[str, ...], say: Say) -> None:
+        if host.is_root():
+            _remove_users(self.command, names, say, env=clean_env())
+
     def chown_to_condor(self, paths: list[Path]) -> None:
         if host.is_root():
             run(["chown", "condor:condor", *paths], "giving the pool folders to the condor user "
@@ -127,7 +141,11 @@ class ChrootRuntime:
             mount(["-t", "overlay", "overlay", "-o", options], root,
                   f"mounting the pool's overlay of {self.rootfs}")
             say(f"mounted {root} (overlay of {self.rootfs})")
-        mount(["-t", "proc", "proc"], root / "proc", "mounting proc in the chroot")
+        # hidepid: a job sees only its own account's processes (not another job's command
+        # line, environment or open files); the daemons (root, or the condor group) see all.
+        condor_gid = _group_id(_inside(root, Path("/etc/group")), "condor")
+        mount(["-t", "proc", "-o", f"hidepid=invisible,gid={condor_gid}", "proc"], root / "proc",
+              "mounting proc in the chroot")
         # Jobs (Python multiprocessing, for one) expect a writable /dev/shm.
         mount(["-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs"], root / "dev" / "shm",
               "mounting /dev/shm in the chroot")
@@ -144,6 +162,22 @@ class ChrootRuntime:
             "creating /run/condor and /var/lock/condor in the chroot", env=clean_env())
         taken = _ids_in(Path("/"), root)
         _ensure_user(self.command, identity, say, env=clean_env(), uid=free_id(taken))
+
+    def ensure_execute_accounts(self, names: tuple[str, ...], first_uid: int, say: Say) -> tuple[str, ...]:
+        """Create the slots' job accounts in the chroot, with ids from ``first_uid`` on
+        that no account of the host or the chroot has (see execute_uid_base)."""
+        taken = _ids_in(Path("/"), self.root)
+        for name in names:
+            uid = free_id(taken, start=first_uid)
+            if uid >= first_uid + EXECUTE_IDS_PER_POOL:
+                raise PoolError(f"no free uid left for {name} in this pool's block "
+                                f"({first_uid}-{first_uid + EXECUTE_IDS_PER_POOL - 1})")
+            if _ensure_user(self.command, name, say, env=clean_env(), uid=uid):
+                taken.add(uid)
+        return names
+
+    def remove_execute_accounts(self, names: tuple[str, ...], say: Say) -> None:
+        _remove_users(self.command, names, say, env=clean_env())
 
     def chown_to_condor(self, paths: list[Path]) -> None:
         """chown by the chroot's own condor account (its uid means nothing on the host)."""
@@ -184,6 +218,18 @@ def _inside(root: Path, path: Path) -> Path:
 # Where uids of chroot job users start: above the host's usual human accounts, below the
 # ranges Debian reserves (60000+).
 FIRST_JOB_ID = 50000
+# Execute accounts (one per dynamic slot) get ids far above any host's accounts, in a
+# block of their own per pool: chroots of two pools share the host's pid space, and the
+# starter kills every process of a dedicated account at a job's end, so two running
+# pools must never give an execute account the same uid. The block is chosen by the
+# collector port, which no two running pools on one host can share.
+EXECUTE_ID_BASE = 1_000_000
+EXECUTE_IDS_PER_POOL = 1000
+
+
+def execute_uid_base(collector_port: int) -> int:
+    """The first uid of this pool's execute accounts (a block of EXECUTE_IDS_PER_POOL)."""
+    return EXECUTE_ID_BASE + int(collector_port) * EXECUTE_IDS_PER_POOL
 
 
 def free_id(taken: set[int], start: int = FIRST_JOB_ID) -> int:
@@ -192,6 +238,15 @@ def free_id(taken: set[int], start: int = FIRST_JOB_ID) -> int:
     while candidate in taken:
         candidate += 1
     return candidate
+
+
+def _group_id(group_file: Path, name: str) -> int:
+    """The gid of group ``name`` in a group(5) file."""
+    for line in group_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    raise PoolError(f"no group {name} in {group_file}")
 
 
 def _ids_in(*roots: Path) -> set[int]:
@@ -211,8 +266,9 @@ def _ids_in(*roots: Path) -> set[int]:
     return taken
 
 
-def _ensure_user(command, name: str, say: Say, env, uid: int | None = None) -> None:
-    """Create the account jobs run as (the pool identity's user part) when missing.
+def _ensure_user(command, name: str, say: Say, env, uid: int | None = None) -> bool:
+    """Create an account (the pool identity, or a slot's execute account) when missing;
+    True when it was created.
 
     In a chroot, processes still share the host's pid space: a job whose uid belongs to
     some host account could signal that account's processes. So the chroot's job user
@@ -220,7 +276,7 @@ def _ensure_user(command, name: str, say: Say, env, uid: int | None = None) -> N
     """
     try:
         run(command(["getent", "passwd", name]), f"looking up user {name}", env=env)
-        return
+        return False
     except PoolError as exc:
         log.debug("user %s missing (%s); creating it", name, exc)
     ids = []
@@ -231,4 +287,16 @@ def _ensure_user(command, name: str, say: Say, env, uid: int | None = None) -> N
         ids = ["--user-group"]
     run(command(["useradd", *ids, "--no-create-home", "--home-dir", "/nonexistent",
                  "--shell", "/usr/sbin/nologin", name]), f"creating the job user {name}", env=env)
-    say(f"created user {name}" + (f" (uid {uid})" if uid is not None else "") + "; jobs run as it")
+    say(f"created user {name}" + (f" (uid {uid})" if uid is not None else ""))
+    return True
+
+
+def _remove_users(command, names: tuple[str, ...], say: Say, env) -> None:
+    """Delete accounts (and their groups) that exist; a missing one is no error."""
+    for name in names:
+        try:
+            run(command(["getent", "passwd", name]), f"looking up user {name}", env=env)
+        except PoolError:
+            continue
+        run(command(["userdel", name]), f"deleting the execute account {name}", env=env)
+        say(f"deleted user {name}")
