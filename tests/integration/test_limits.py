@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,32 +26,41 @@ def limited(tmp_path_factory, condor_config):
     leaves queued is removed."""
     env = {**GATEWAY_ENV, "MODACLOUDS_BATCH_MAX_ACTIVE_JOBS_PER_USER": "3",
            "MODACLOUDS_BATCH_MAX_INPUT_IDS": "100", "MODACLOUDS_BATCH_MAX_SPOOL_BYTES_PER_USER": str(8 << 20),
-           "MODACLOUDS_BATCH_MAX_OUTPUT_BYTES": str(1 << 20)}
+           "MODACLOUDS_BATCH_MAX_OUTPUT_BYTES": str(1 << 20),
+           # The race below is about max_active_jobs, not the per-user archive-check limit.
+           "MODACLOUDS_BATCH_ARCHIVE_VALIDATIONS_PER_USER": "16"}
     process = GatewayProcess(tmp_path_factory.mktemp("limited"), condor_config, env=env).start()
     yield process
     try:
-        _remove_active(Client(process.url))
+        _remove_active(process.client())
     finally:
         process.stop()
 
 
-def _remove_active(client: Client) -> None:
+def _remove_active(client: Client, timeout: float = 90.0) -> None:
+    """Remove what is still queued and wait until the gateway has seen it go (quota freed)."""
     for job in client.get("/jobs", params={"status": ACTIVE}).json():
         client.post(f"/jobs/{job['id']}/remove")
+    deadline = time.monotonic() + timeout
+    while client.get("/jobs", params={"status": ACTIVE}).json():
+        assert time.monotonic() < deadline, "jobs still active after their removal"
+        time.sleep(0.5)
 
 
 def test_16_concurrent_submissions_accept_exactly_max_active_jobs(limited):
-    client = Client(limited.url)
+    client = limited.client()
 
     def submit(index: int) -> requests.Response:
-        return requests.post(limited.url + "/jobs", json={"command": "sleep 60", "name": f"race-{index}"}, timeout=120)
+        return requests.post(limited.url + "/jobs", json={"command": "sleep 60", "name": f"race-{index}"},
+                             headers={"Authorization": f"Bearer {limited.admin_token}"}, timeout=120)
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(submit, range(16)))
     try:
         statuses = sorted(a.status_code for a in answers)
         assert statuses == [201] * 3 + [429] * 13, [a.text for a in answers if a.status_code not in (201, 429)]
-        assert all(a.json()["limit"] == "max_active_jobs" for a in answers if a.status_code == 429)
+        limits = {a.json().get("limit") for a in answers if a.status_code == 429}
+        assert limits == {"max_active_jobs"}, [a.text for a in answers if a.status_code == 429][:3]
         assert int(client.get("/jobs").headers["X-Total-Count"]) == 3
         assert client.get("/quota").json()["active_jobs"] == 3
     finally:
@@ -64,7 +74,8 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def _send_streamed(url: str, path: str, head: bytes, size: int, tail: bytes, chunked: bool) -> tuple[int, dict]:
+def _send_streamed(url: str, token: str, path: str, head: bytes, size: int, tail: bytes,
+                   chunked: bool) -> tuple[int, dict]:
     """POST a JSON body of ``size`` filler bytes without ever holding it: 1 MiB at a time."""
     import http.client
     from urllib.parse import urlsplit
@@ -73,6 +84,7 @@ def _send_streamed(url: str, path: str, head: bytes, size: int, tail: bytes, chu
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
     conn.putrequest("POST", path)
     conn.putheader("Content-Type", "application/json")
+    conn.putheader("Authorization", f"Bearer {token}")
     if chunked:
         conn.putheader("Transfer-Encoding", "chunked")
     else:
@@ -97,16 +109,16 @@ def _send_streamed(url: str, path: str, head: bytes, size: int, tail: bytes, chu
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_300_mb_argument_is_refused_without_the_gateway_holding_it(limited, chunked):
-    jobs_before = int(Client(limited.url).get("/jobs").headers["X-Total-Count"])
+    jobs_before = int(limited.client().get("/jobs").headers["X-Total-Count"])
     before = _peak_rss_mb(limited.proc.pid)
-    status, body = _send_streamed(limited.url, "/jobs", b'{"command": "true", "arguments": ["',
+    status, body = _send_streamed(limited.url, limited.admin_token, "/jobs", b'{"command": "true", "arguments": ["',
                                   300 * (1 << 20), b'"]}', chunked)
     assert status == 413, body
     assert "max_body_bytes" in body["error"] and body["limit"] == 1 << 20
     grown = _peak_rss_mb(limited.proc.pid) - before
     print(f"300 MB body ({'chunked' if chunked else 'content-length'}): peak RSS {before:.0f} MB, grew {grown:.1f} MB")
     assert grown < 50, f"the gateway's peak RSS grew by {grown:.0f} MB"
-    assert int(Client(limited.url).get("/jobs").headers["X-Total-Count"]) == jobs_before
+    assert int(limited.client().get("/jobs").headers["X-Total-Count"]) == jobs_before
 
 
 def _archive(size: int) -> bytes:
@@ -135,7 +147,7 @@ def _spooled_bytes(schedd, cluster: int) -> tuple[int, int]:
 
 
 def test_the_spool_charge_is_what_the_schedd_spools_once_per_item(limited, schedd):
-    client = Client(limited.url)
+    client = limited.client()
     data_id = _upload(client, _archive(1 << 20))
     before = client.get("/quota").json()["spool_bytes"]
     resp = client.post("/jobs", json={"command": "sleep 60", "input_ids": [data_id], "count": 3, "name": "spooled"})
@@ -151,7 +163,7 @@ def test_the_spool_charge_is_what_the_schedd_spools_once_per_item(limited, sched
 
 
 def test_a_100_id_request_over_the_spool_quota_is_refused_before_the_schedd(limited, schedd):
-    client = Client(limited.url)
+    client = limited.client()
     ids = [_upload(client, _archive(100_000)) for _ in range(100)]  # 100 distinct objects, ~10 MB > the 8 MiB quota
     before = client.get("/quota").json()["spool_bytes"]
     resp = client.post("/jobs", json={"command": "true", "input_ids": ids, "name": "over-quota"})
@@ -168,7 +180,7 @@ def _job_files(limited, job_id: str) -> list[str]:
 
 
 def test_2000_files_left_in_the_sandbox_do_not_come_back(limited):
-    client = Client(limited.url)
+    client = limited.client()
     script = 'cd .. && i=0; while [ $i -lt 2000 ]; do echo x > "stray-$i"; i=$((i + 1)); done; echo made'
     resp = client.post("/jobs", json={"command": script, "name": "strays"})
     assert resp.status_code == 201, resp.text
@@ -182,7 +194,7 @@ def test_2000_files_left_in_the_sandbox_do_not_come_back(limited):
 
 
 def test_output_past_max_output_bytes_is_held_and_not_returned(limited):
-    client = Client(limited.url)
+    client = limited.client()
     script = 'head -c 3000000 /dev/urandom > "$MODACLOUDS_BATCH_OUTPUT/big.bin"'
     resp = client.post("/jobs", json={"command": script, "name": "too-much-output"})
     assert resp.status_code == 201, resp.text
