@@ -135,8 +135,8 @@ class Settings:
     # Per-user default: input bytes the user's active jobs may hold in the schedd's spool,
     # where every job and every array item keeps its own copy; admins override it per user.
     max_spool_bytes_per_user: int = 64 << 30
-    # Bytes one job may send back (output.tar.gz, stdout and stderr together); HTCondor
-    # holds a job past it (max_transfer_output_mb, rounded up to whole MiB).
+    # Bytes one job may send back at exit (output.tar.gz, and stdout/stderr unless streamed
+    # live); HTCondor holds a job past it (max_transfer_output_mb, rounded up to whole MiB).
     max_output_bytes: int = 1 << 31
 
     def resolved(self) -> "Settings":

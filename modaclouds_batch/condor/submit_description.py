@@ -95,7 +95,7 @@ class JobSpec:
     request_disk_kb: int = 1024 * 1024
     # Seconds run.sh may run (None: no limit).
     time_limit: int | None = None
-    # MiB the job may send back (output.tar.gz, stdout, stderr); None: HTCondor's default.
+    # MiB the job may send back at exit (output.tar.gz; stdout/stderr unless streamed); None: HTCondor's default.
     max_output_mb: int | None = None
     # Stream stdout and stderr into the schedd's spool as the job prints them (live output).
     stream_output: bool = False
