@@ -14,9 +14,13 @@ Three figures:
    ``schedd.query`` of one job by constraint;
 3. schedd round trips and duration of one real ``Tracker.run_cycle()`` at 10 and 1,000 jobs;
 4. the delay from the schedd recording a job's completion (``CompletionDate``) to its
-   webhook arriving at a receiver, over jobs that really run (median and p95).
+   webhook arriving at a receiver, over jobs that really run (median and p95);
+5. the live-output delay: a running job prints a timestamped line every half second, and
+   each line's arrival through ``GET .../artifacts/stdout`` with ``Range`` (what ``logs -f``
+   does) is set beside its arrival in the schedd's spool file, read directly (HTCondor's
+   own streaming: the floor).
 
-Except in 4, every job the benchmark queues asks for a runtime no worker offers, so none
+Except in 4 and 5, every job the benchmark queues asks for a runtime no worker offers, so none
 ever runs: the figures measure the gateway and the schedd, not jobs competing with them
 for the 2 cores.
 All of them are removed at the end, and the temporary gateway homes deleted.
@@ -56,7 +60,7 @@ from modaclouds_batch.condor.schedd import configure, locate_schedd  # noqa: E40
 from modaclouds_batch.settings import Settings, load_settings  # noqa: E402
 from modaclouds_batch.store import Store  # noqa: E402
 from modaclouds_batch.timefmt import to_iso  # noqa: E402
-from tests.integration.gateway import GatewayProcess, pack_bundle  # noqa: E402
+from tests.integration.gateway import GatewayProcess, pack, pack_bundle  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
 
 # A runtime no worker offers: the job matches no slot and stays idle (see the module doc).
@@ -71,6 +75,8 @@ GATEWAY_ENV = {
     "MODACLOUDS_BATCH_SUBMISSIONS_PER_MINUTE": "1000000",
     "MODACLOUDS_BATCH_AUTH": "false",
     "MODACLOUDS_BATCH_ARCHIVE_VALIDATIONS_PER_USER": "64",
+    # The webhook receiver listens on loopback.
+    "MODACLOUDS_BATCH_WEBHOOK_ALLOW_PRIVATE": "true",
 }
 STORE_BATCH = 500
 
@@ -325,9 +331,9 @@ def bench_busy_gateway(args, pool: Pool, url: str, bundle: bytes, job_dir: Path,
     }
 
 
-def start_gateway(home: Path, pool: Pool, stack: ExitStack) -> GatewayProcess:
+def start_gateway(home: Path, pool: Pool, stack: ExitStack, env: dict[str, str] | None = None) -> GatewayProcess:
     """A served gateway on a free port; its jobs are removed and it is stopped at the end."""
-    gateway = GatewayProcess(home, pool.condor_config, env=GATEWAY_ENV)
+    gateway = GatewayProcess(home, pool.condor_config, env={**GATEWAY_ENV, **(env or {})})
     # The instance id exists before the gateway starts, so its jobs can always be cleaned up.
     store = Store(home / "gateway.db")
     pool.track(store.instance_id)
@@ -550,6 +556,93 @@ def bench_webhooks(args, pool: Pool, work: Path, bundle: bytes, stack: ExitStack
     }
 
 
+# --- 5. live-output delay -----------------------------------------------------------------------
+
+# Prints "line <n> <epoch seconds with ns>" every half second: each line says when it was printed.
+TICKER = b"""#!/bin/sh
+n=0
+while [ "$n" -lt "$1" ]; do
+    n=$((n + 1))
+    echo "line $n $(date +%s.%N)"
+    sleep 0.5
+done
+"""
+LIVE_POLL_SECONDS = 0.05
+
+
+def _arrivals(read: Callable[[int], bytes | None], lines: int, timeout: float) -> dict[int, float]:
+    """Poll ``read(offset)`` (the bytes past offset, or None) until ``lines`` lines arrived:
+    each line's delay from its printed time to the moment it was first read."""
+    delays: dict[int, float] = {}
+    offset, pending = 0, b""
+    deadline = time.monotonic() + timeout
+    while len(delays) < lines and time.monotonic() < deadline:
+        chunk = read(offset)
+        if chunk:
+            now = time.time()
+            offset += len(chunk)
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                _, number, printed = line.decode().split()
+                delays[int(number)] = now - float(printed)
+        time.sleep(LIVE_POLL_SECONDS)
+    return delays
+
+
+def _read_file_from(path: Path, offset: int) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def bench_live_output(args, pool: Pool, work: Path, stack: ExitStack) -> dict:
+    """One job printing ``args.live_lines`` lines; their delays via the API and in the spool."""
+    gateway = start_gateway(work / "live", pool, stack, env={"MODACLOUDS_BATCH_LIVE_OUTPUT": "true"})
+    http = requests.Session()
+    resp = http.post(f"{gateway.url}/jobs", files={"job-bundle": ("ticker.tar.gz", pack(None, {"run.sh": TICKER}))},
+                     data={"job-name": "bench-live", "job-arguments": str(args.live_lines)}, timeout=60)
+    resp.raise_for_status()
+    job_id = resp.json()["job_id"]
+    url = f"{gateway.url}/jobs/{job_id}/artifacts/stdout"
+
+    def through_api(offset: int) -> bytes | None:
+        answer = http.get(url, headers={"Range": f"bytes={offset}-"}, timeout=10)
+        return answer.content if answer.status_code in (200, 206) else None
+
+    # Where HTCondor streams it: the job's spool folder, from its ad, read directly.
+    deadline = time.monotonic() + 120
+    while not (ads := pool.schedd.query(f"{sd.GATEWAY_JOB_ID} == {classad2.quote(job_id)} && JobStatus == 2",
+                                        ["Iwd"])):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the live-output job did not start within 120 s")
+        time.sleep(0.2)
+    spool_file = Path(ads[0]["Iwd"]) / sd.STDOUT_FILE
+    timeout = args.live_lines * 0.5 + 60
+    with ThreadPoolExecutor(2) as both:
+        api = both.submit(_arrivals, through_api, args.live_lines, timeout)
+        raw = both.submit(_arrivals, lambda offset: _read_file_from(spool_file, offset), args.live_lines, timeout)
+        api_delays, raw_delays = api.result(), raw.result()
+    # The first lines may be printed before the job is seen running: compare the lines both saw.
+    common = sorted(set(api_delays) & set(raw_delays))
+    api_s = sorted(api_delays[n] for n in common)
+    raw_s = sorted(raw_delays[n] for n in common)
+    return {
+        "n": len(common),
+        "api_median_s": round(statistics.median(api_s), 3),
+        "api_p95_s": round(percentile(api_s, 95) / 1000, 3),
+        "spool_median_s": round(statistics.median(raw_s), 3),
+        "spool_p95_s": round(percentile(raw_s, 95) / 1000, 3),
+        "api_minus_spool_median_s": round(statistics.median(a - r for a, r in zip(
+            (api_delays[n] for n in common), (raw_delays[n] for n in common))), 3),
+        "poll_s": LIVE_POLL_SECONDS,
+        "tracker_interval_s": float(GATEWAY_ENV["MODACLOUDS_BATCH_TRACKER_INTERVAL"]),
+    }
+
+
 def run(args) -> dict:
     condor_config = Path(args.condor_config or load_settings().condor_config)
     if not condor_config.is_file():
@@ -575,6 +668,9 @@ def run(args) -> dict:
         if args.webhook_jobs:
             with ExitStack() as stack:
                 results["webhooks"] = bench_webhooks(args, pool, work, bundle, stack)
+        if args.live_lines:
+            with ExitStack() as stack:
+                results["live_output"] = bench_live_output(args, pool, work, stack)
     finally:
         say("cleaning up: removing the benchmark's jobs and its temporary homes")
         try:
@@ -650,6 +746,13 @@ def table(results: dict) -> str:
         lines += ["", f"4. webhook delay after the schedd records completion ({w['n']} jobs that ran, "
                       f"tracker every {w['tracker_interval_s']:.0f} s)",
                   f"   median {w['median_s']:.2f} s, p95 {w['p95_s']:.2f} s, max {w['max_s']:.2f} s ({w['note']})"]
+    if "live_output" in results:
+        v = results["live_output"]
+        lines += ["", f"5. live-output delay, job prints -> client reads ({v['n']} lines, clients poll every "
+                      f"{v['poll_s']} s, tracker every {v['tracker_interval_s']:.0f} s)",
+                  f"   GET stdout with Range   median {v['api_median_s']:.3f} s, p95 {v['api_p95_s']:.3f} s",
+                  f"   spool file, read raw    median {v['spool_median_s']:.3f} s, p95 {v['spool_p95_s']:.3f} s",
+                  f"   the gateway adds (median per line) {v['api_minus_spool_median_s']:.3f} s"]
     lines += ["", f"removed {results['cleanup_removed_jobs']} benchmark jobs; total {results['total_seconds']} s"]
     return "\n".join(lines)
 
@@ -680,6 +783,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="jobs that run for the webhook delay figure (default 50; 0 skips)")
     parser.add_argument("--webhook-timeout", type=float, default=600.0,
                         help="seconds to wait for all their webhooks (default 600)")
+    parser.add_argument("--live-lines", type=int, default=40,
+                        help="lines the live-output job prints, one every 0.5 s (default 40; 0 skips)")
     args = parser.parse_args(argv)
     if min(args.submits, args.clients, args.rounds, args.jobs_in_store, args.gets, args.list_gets, args.raw_queries,
            args.tracker_cycles, *args.tracker_sizes) < 1 or args.warmup < 1 or args.busy_jobs < 0:

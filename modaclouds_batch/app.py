@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import falcon
 import falcon.media
 
 from . import errors
-from .access.audit import AuditLog
+from .access.audit import AuditLog, client_address_var
 from .access.quota import QuotaService
 from .access.tokens import TokenService
 from .api import bodies
@@ -24,7 +23,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
-from .api.guard import Guard, RequestGuard, body_allowance, is_loopback_address
+from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance, is_loopback_address
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
@@ -53,7 +52,6 @@ from .store import Store
 from .timefmt import now_iso
 
 log = logging.getLogger(__name__)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 @dataclass
@@ -97,6 +95,7 @@ class Gateway:
         stale = self.store.fail_unfinished_worker_requests(now_iso())
         if stale:
             log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
+        self.infra.check_added_workers(at_start=True)
         self.tracker.start()
         self.webhooks.start()
 
@@ -118,10 +117,10 @@ def build_gateway(settings: Settings) -> Gateway:
     store = Store(settings.db_path, on_state_change=on_state_change)
     metrics.registry.register(JobsByState(store.count_by_state))
     condor = CondorClient(settings.condor_config)
-    audit = AuditLog(store)
+    audit = AuditLog(store, settings.audit_refusals_per_minute)
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
-                         cache_seconds=settings.pool_cache_seconds)
+                         cache_seconds=settings.pool_cache_seconds, lost_after=settings.worker_lost_after)
     quota = QuotaService(settings, store)
     service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers,
                          reserve=quota.reserve)
@@ -132,6 +131,7 @@ def build_gateway(settings: Settings) -> Gateway:
         metrics.on_cycle(report)
         if report.changes:
             webhooks.wake()
+        infra.check_added_workers()  # after the wake: a failure here must not delay webhooks
 
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds)
@@ -153,13 +153,21 @@ def _providers(settings: Settings) -> dict:
 
 
 class RequestContext:
-    """Gives every request an id (echoed as X-Request-Id)."""
+    """Gives every request an id (echoed as X-Request-Id), notes its client's address for
+    the audit log, and tells browsers never to guess a content type (every answer carries
+    ``X-Content-Type-Options: nosniff``)."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         given = req.get_header("X-Request-Id")
-        req.context.request_id = given if given and _REQUEST_ID_RE.match(given) else str(uuid.uuid4())
+        req.context.request_id = given if given and REQUEST_ID_RE.match(given) else str(uuid.uuid4())
         request_id_var.set(req.context.request_id)
+        client_address_var.set(req.remote_addr)
         resp.set_header("X-Request-Id", req.context.request_id)
+        resp.set_header("X-Content-Type-Options", "nosniff")
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded) -> None:
+        resp.set_header("X-Content-Type-Options", "nosniff")  # also on answers made before process_request
+        client_address_var.set(None)
 
 
 def create_app(gateway: Gateway) -> falcon.App:
@@ -176,7 +184,7 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = True
 
     app.add_error_handler(Exception, api_errors.handle_unexpected)
-    app.add_error_handler(errors.GatewayError, api_errors.handle_gateway_error)
+    app.add_error_handler(errors.GatewayError, api_errors.GatewayErrors(gateway.audit))
     app.set_error_serializer(api_errors.serialize_http_error)
 
     dialects = all_dialects()
@@ -210,6 +218,9 @@ def request_guard(gateway: Gateway, *, on_loopback: bool) -> RequestGuard:
         proxy_names=settings.proxy_names,
         check_host=on_loopback or not settings.auth_enabled,
         allowance=lambda actor: body_allowance(gateway.quota.limits_for(actor.user)["max_upload_bytes"]),
+        on_refusal=lambda refusal, method, path, client, request_id: gateway.audit.refused(
+            None, refusal.status, method=method, path=path, reason=refusal.message, client=client,
+            request_id=request_id),
     )
 
 

@@ -20,6 +20,15 @@ class NotFound(GatewayError):
     """No such job, data object or artifact (404)."""
 
 
+class NotYours(NotFound):
+    """It exists but belongs to another user: answered 404 like a missing one, so ids do
+    not leak, and audited as a refusal (``target`` names what was asked for)."""
+
+    def __init__(self, message: str, *, target: str, **details):
+        super().__init__(message, **details)
+        self.target = target
+
+
 class NotYet(NotFound):
     """Not there yet, but it will be: 404 with ``Retry-After``, so a script knows to ask again."""
 

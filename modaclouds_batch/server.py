@@ -117,7 +117,7 @@ class _Refused(Error):
         self.code = refusal.status
 
     def to_response(self, ident=None):
-        return self.refusal.status_line, self.refusal.response_headers()[:1] + list(self.refusal.headers), \
+        return self.refusal.status_line, self.refusal.response_headers()[:1] + list(self.refusal.extra_headers), \
             self.refusal.body()
 
 
@@ -131,6 +131,10 @@ def guarded_channel(guard: RequestGuard) -> type[HTTPChannel]:
     """
 
     class GuardedParser(HTTPRequestParser):
+        def __init__(self, adj, client: str | None = None):
+            super().__init__(adj)
+            self.client = client
+
         def received(self, data):
             headers_were_in = self.headers_finished
             consumed = super().received(data)
@@ -141,12 +145,16 @@ def guarded_channel(guard: RequestGuard) -> type[HTTPChannel]:
                     log.exception("the early check of %s %s failed", self.command, self.path)
                     refusal = Refusal(503, "the gateway could not check this request; retry")
                 if refusal is not None:
+                    guard.report(refusal, self.command, self.path, self.client, self.headers)
                     self.error = _Refused(refusal)
                     self.completed = True
                     self.expect_continue = False
             return consumed
 
     class GuardedChannel(HTTPChannel):
-        parser_class = GuardedParser
+        @property
+        def parser_class(self):
+            client = self.addr[0] if isinstance(self.addr, tuple) and self.addr else None
+            return lambda adj: GuardedParser(adj, client)
 
     return GuardedChannel

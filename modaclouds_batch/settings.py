@@ -94,10 +94,11 @@ class Settings:
     # Absolute base URL used in links sent to webhook receivers; derived when empty.
     public_url: str | None = None
     webhook_secret: str | None = None
+    # Seconds one delivery attempt may take in all (connect, send, the answer's headers).
     webhook_timeout: float = 10.0
     webhook_give_up_after: float = 24 * 3600.0
-    # None: private/loopback webhook targets allowed only when serving on loopback.
-    webhook_allow_private: bool | None = None
+    # Whether webhook receivers may be private or loopback addresses (an operator's choice).
+    webhook_allow_private: bool = False
     # Retry schedule: exponential from this many seconds, capped, with jitter.
     webhook_backoff_initial: float = 2.0
     webhook_backoff_max: float = 600.0
@@ -125,6 +126,16 @@ class Settings:
     archive_validations_per_user: int = 2
     # What a job bundle (code) may unpack to; inputs and data objects keep max_unpacked_bytes.
     max_bundle_unpacked_bytes: int = 1 << 28
+    # Seconds a worker the gateway added may be missing from the collector before
+    # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
+    worker_lost_after: float = 120.0
+    # Most deliveries in flight at once to one receiver host (so a slow one cannot hold all senders).
+    webhook_host_concurrency: int = 2
+    # Refused requests (401, 403, 429, 404 on another user's id) audited per client address
+    # and status each minute; the rest are counted in the next entry.
+    audit_refusals_per_minute: int = 60
+    # Most deliveries in flight at once for one user's jobs, whatever hosts they go to.
+    webhook_owner_concurrency: int = 2
     # Request bodies that are not file uploads (JSON, urlencoded, a form field): bytes; larger is 413.
     max_body_bytes: int = 1 << 20
     # One job's (or array item's) arguments: how many words, and their total UTF-8 bytes.
@@ -210,9 +221,7 @@ class Settings:
 
     @property
     def private_webhooks_allowed(self) -> bool:
-        if self.webhook_allow_private is not None:
-            return self.webhook_allow_private
-        return self.listens_on_loopback
+        return bool(self.webhook_allow_private)
 
 
 def _coerce(name: str, raw: Any) -> Any:

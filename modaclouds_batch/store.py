@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+from urllib.parse import urlsplit
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -206,6 +207,19 @@ def m015_live_output(db: Database) -> None:
 
 
 @migrations()
+def m009_worker_requests_lost(db: Database) -> None:
+    # When an added worker was found gone from the pool (status 'lost').
+    db["worker_requests"].add_column("lost_at", str)
+
+
+@migrations()
+def m011_audit_refusals(db: Database) -> None:
+    # Refused requests are audited too, with the address they came from.
+    db["audit"].add_column("client", str)
+    db["audit"].create_index(["outcome", "at"])
+
+
+@migrations()
 def m008_spool_charge(db: Database) -> None:
     # What a submission in flight holds against its owner's limits, between the check and
     # the job rows: taken and checked in one transaction, dropped with the rows' insert.
@@ -218,6 +232,15 @@ def m008_spool_charge(db: Database) -> None:
     # and the per-user override of the quota they are charged against.
     db["jobs"].add_column("spool_bytes", int)
     db["user_limits"].add_column("max_spool_bytes", int)
+
+
+def url_host(url: str | None) -> str:
+    """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
+    of the webhook worker's per-host limit."""
+    try:
+        return (urlsplit(url or "").hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 # What a list entry shows (api/views.job_summary) and how lists are paged: all a list reads.
@@ -260,6 +283,7 @@ class Store:
         self.db.execute("PRAGMA foreign_keys = ON")
         self.db.execute("PRAGMA synchronous = NORMAL")
         self._lock = threading.RLock()
+        self.db.register_function(url_host, name="url_host", deterministic=True)
         with self._lock:
             migrations.apply(self.db)
             self.instance_id = self._ensure_instance_id()
@@ -500,15 +524,37 @@ class Store:
 
     # --- notifications ---------------------------------------------------------------
 
-    def due_notifications(self, now: str, limit: int, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
-        exclude = list(exclude)
-        skip = f" and id not in ({','.join('?' * len(exclude))})" if exclude else ""
+    def due_notifications(self, now: str, limit: int, exclude: Iterable[str] = (), per_host: int | None = None,
+                          busy_hosts: Iterable[str] = (), per_owner: int | None = None,
+                          busy_owners: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Pending events due by ``now``, oldest first, each with its job's ``owner``.
+
+        With ``per_host`` / ``per_owner``: at most that many per receiver host and per job
+        owner, and none for ``busy_hosts`` / ``busy_owners`` (so one host's or one user's
+        backlog cannot fill the page and hide everyone else's events).
+        """
+        exclude, busy_hosts, busy_owners = list(exclude), list(busy_hosts), list(busy_owners)
+        skip = f" and o.id not in ({','.join('?' * len(exclude))})" if exclude else ""
+        where, params = ["1"], []
+        for column, most, busy in (("host", per_host, busy_hosts), ("owner", per_owner, busy_owners)):
+            if most is not None:
+                where.append(f"{column}_rank <= ?")
+                params.append(most)
+            if busy:
+                where.append(f"{column} not in ({','.join('?' * len(busy))})")
+                params.extend(busy)
+        sql = ("select * from (select o.*, coalesce(j.owner, '') as owner, url_host(o.url) as host,"
+               " row_number() over (partition by url_host(o.url) order by o.next_attempt_at) as host_rank,"
+               " row_number() over (partition by coalesce(j.owner, '') order by o.next_attempt_at) as owner_rank"
+               " from outbox o left join jobs j on j.id = o.job_id"
+               f" where o.status = 'pending' and o.next_attempt_at <= ?{skip})"
+               f" where {' and '.join(where)} order by next_attempt_at limit ?")
         with self._lock:
-            return list(self.db.query(
-                "select * from outbox where status = 'pending' and next_attempt_at <= ?"
-                f"{skip} order by next_attempt_at limit ?",
-                [now, *exclude, limit],
-            ))
+            rows = [dict(r) for r in self.db.query(sql, [now, *exclude, *params, limit])]
+        for row in rows:
+            for key in ("host", "host_rank", "owner_rank"):
+                row.pop(key, None)
+        return rows
 
     def next_notification_due(self) -> str | None:
         with self._lock:
@@ -715,12 +761,20 @@ class Store:
                 " where status = 'running'", [at]).rowcount
 
     def provisioned_worker(self, worker: str) -> dict[str, Any] | None:
-        """The request that started ``worker``, if the gateway started it and has not retired it."""
+        """The request that started ``worker``, if the gateway started it and has not retired it
+        (it may be lost: gone from the pool, still the gateway's to retire)."""
         with self._lock:
             rows = list(self.db.query(
-                "select * from worker_requests where worker = ? and action = 'provision' and status = 'ready'"
-                " order by created_at desc limit 1", [worker]))
+                "select * from worker_requests where worker = ? and action = 'provision'"
+                " and status in ('ready', 'lost') order by created_at desc limit 1", [worker]))
         return rows[0] if rows else None
+
+    def added_workers(self) -> list[dict[str, Any]]:
+        """Provision requests whose worker the gateway still holds: ready or lost."""
+        with self._lock:
+            return [dict(r) for r in self.db.query(
+                "select * from worker_requests where action = 'provision' and status in ('ready', 'lost')"
+                " order by created_at")]
 
     # --- tokens, limits, audit ------------------------------------------------------------
 
@@ -764,9 +818,10 @@ class Store:
         with self.transaction() as db:
             db["audit"].insert(entry)
 
-    def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int) -> list[dict[str, Any]]:
+    def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int,
+                      outcome: str | None = None) -> list[dict[str, Any]]:
         where, params = [], []
-        for column, value in (("actor", actor), ("action", action)):
+        for column, value in (("actor", actor), ("action", action), ("outcome", outcome)):
             if value:
                 where.append(f"{column} = ?")
                 params.append(value)

@@ -9,12 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    """Records every POST; ``behaviour`` picks the answer: ok, error, slow, or retry_after."""
+    """Records every POST; ``behaviour`` picks the answer: ok, error, slow, retry_after,
+    redirect (302), or trickle (the answer one byte every ``trickle_seconds``)."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1"):
         self.requests: list[dict] = []
         self.behaviour = "ok"
         self.hang_seconds = 30.0
+        self.trickle_seconds = 2.0
         self.arrived = threading.Condition()
         receiver = self
 
@@ -34,17 +36,30 @@ class Receiver:
                         "behaviour": behaviour,
                     })
                     receiver.arrived.notify_all()
-                status = {"ok": 204, "error": 500, "slow": 204, "retry_after": 503}[behaviour]
+                if behaviour == "trickle":
+                    answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+                    try:
+                        for i in range(len(answer)):
+                            self.wfile.write(answer[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(receiver.trickle_seconds)
+                    except OSError:
+                        pass  # the sender gave up: what the test wants to see
+                    self.close_connection = True
+                    return
+                status = {"ok": 204, "error": 500, "slow": 204, "retry_after": 503, "redirect": 302}[behaviour]
                 self.send_response(status)
                 if behaviour == "retry_after":
                     self.send_header("Retry-After", "1")
+                if behaviour == "redirect":
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.paths: dict[str, str] = {}
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

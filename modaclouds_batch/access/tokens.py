@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ..errors import InvalidRequest, NotFound, Unauthorized
+from ..errors import InvalidRequest, NotFound, NotYours, Unauthorized
 from ..store import Store
 from ..timefmt import now_iso, parse_iso, to_iso
 from .identity import ROLES, Actor, check_user_name
@@ -83,5 +83,8 @@ class TokenService:
 
     def revoke(self, actor: Actor, token_id: str) -> None:
         visible = {t["id"] for t in self.list(actor)}
+        message = f"no active token {token_id} that you may revoke"
+        if token_id not in visible and any(t["id"] == token_id for t in self.store.list_tokens()):
+            raise NotYours(message, target=token_id)
         if token_id not in visible or not self.store.revoke_token(token_id, now_iso()):
-            raise NotFound(f"no active token {token_id} that you may revoke")
+            raise NotFound(message)

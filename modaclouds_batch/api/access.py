@@ -150,4 +150,5 @@ class AuditResource:
         resp.media = self.audit.entries(
             req.context.actor, user=req.get_param("actor"), action=req.get_param("action"), since=since,
             limit=req.get_param_as_int("limit", min_value=1, max_value=10_000, default=100),
+            outcome=req.get_param("outcome"),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import falcon
 
 from ..data.service import DataService
@@ -13,6 +15,18 @@ from .views import data_view
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
+# Types a data object is served with as its uploader gave them: data formats no browser
+# runs as a page or a script. Anything else (text/html, image/svg+xml, JavaScript, XML...)
+# is served as application/octet-stream; its metadata still shows the type it was given.
+SERVED_TYPES = frozenset({
+    "application/octet-stream", "application/gzip", "application/x-gzip", "application/x-tar",
+    "application/zip", "application/x-bzip2", "application/x-xz", "application/zstd",
+    "application/json", "application/x-ndjson", "application/pdf", "application/x-hdf5",
+    "application/x-netcdf", "application/vnd.apache.parquet",
+    "text/plain", "text/csv", "text/tab-separated-values",
+    "image/png", "image/jpeg", "image/gif", "image/webp", "image/tiff",
+})
+_CHARSET = re.compile(r"""charset\s*=\s*"?([A-Za-z0-9._-]{1,40})"?""", re.IGNORECASE)
 
 
 def _upload(req: falcon.Request):
@@ -34,9 +48,20 @@ def _upload(req: falcon.Request):
     return req.bounded_stream, req.get_param("filename"), req.content_type, ttl
 
 
+def served_content_type(recorded: str | None) -> str:
+    """The Content-Type a data object is served with: its own when on SERVED_TYPES (text
+    keeps a plain charset), else application/octet-stream."""
+    base, _, params = (recorded or "").partition(";")
+    base = base.strip().lower()
+    if base not in SERVED_TYPES:
+        return "application/octet-stream"
+    charset = _CHARSET.search(params) if base.startswith("text/") else None
+    return f"{base}; charset={charset.group(1)}" if charset else base
+
+
 def _set_entity_headers(resp: falcon.Response, row: dict) -> None:
     resp.etag = row["sha256"]
-    resp.content_type = row["content_type"]
+    resp.content_type = served_content_type(row["content_type"])
     resp.downloadable_as = row["filename"]
     resp.accept_ranges = "bytes"
     resp.set_header("X-Data-Sha256", row["sha256"])

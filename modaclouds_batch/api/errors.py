@@ -34,6 +34,29 @@ def _status_for(exc: errors.GatewayError) -> str:
     return falcon.HTTP_500
 
 
+# Refusals the audit log records: no valid token, not allowed, over a limit, another user's id.
+AUDITED = (errors.Unauthorized, errors.Forbidden, errors.RateLimited, errors.NotYours)
+
+
+class GatewayErrors:
+    """The handler of domain errors: the answer, and an audit entry for a refusal."""
+
+    def __init__(self, audit):
+        self.audit = audit
+
+    def __call__(self, req: falcon.Request, resp: falcon.Response, exc: errors.GatewayError, params) -> None:
+        handle_gateway_error(req, resp, exc, params)
+        if not isinstance(exc, AUDITED):
+            return
+        try:
+            self.audit.refused(
+                getattr(req.context, "actor", None), int(resp.status.split()[0]), method=req.method,
+                path=req.path, reason=exc.message, target=getattr(exc, "target", None),
+                request_id=getattr(req.context, "request_id", None))
+        except Exception:  # the refusal is answered whatever happens to its record
+            log.exception("could not audit a refused %s %s", req.method, req.path)
+
+
 def handle_gateway_error(req: falcon.Request, resp: falcon.Response, exc: errors.GatewayError, params) -> None:
     resp.status = _status_for(exc)
     resp.media = {"error": exc.message, **exc.details}

@@ -11,6 +11,8 @@ waitress reads a byte of the body (``server.py``).
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Callable, Mapping
@@ -22,6 +24,9 @@ from ..errors import Unauthorized
 from ..settings import is_loopback_address  # noqa: F401  (re-exported for app and server)
 from .access import ACTOR_KEY, is_public
 
+log = logging.getLogger(__name__)
+# A request id a client may choose (X-Request-Id); others get a fresh one.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A request that shows no token may still carry a small body (a public route ignores it).
 UNAUTHENTICATED_BODY_BYTES = 64 * 1024
@@ -47,11 +52,19 @@ class Refusal:
     def body(self) -> bytes:
         return json.dumps({"error": self.message}).encode()
 
+    @property
+    def extra_headers(self) -> tuple[tuple[str, str], ...]:
+        """Its own headers, and nosniff (which every answer of the gateway carries)."""
+        return (NOSNIFF, *self.headers)
+
     def response_headers(self) -> list[tuple[str, str]]:
-        return [("Content-Type", "application/json"), ("Content-Length", str(len(self.body()))), *self.headers]
+        return [("Content-Type", "application/json"), ("Content-Length", str(len(self.body()))), *self.extra_headers]
 
 
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 UNAUTHENTICATED = (("WWW-Authenticate", 'Bearer realm="modaclouds-batch"'),)
+# Refusals the audit log records (the rest, 400 and 413 on a Content-Length, are malformed requests).
+AUDITED_STATUSES = frozenset({401, 403})
 
 
 def split_host(value: str) -> tuple[str, int | None]:
@@ -75,7 +88,10 @@ class RequestGuard:
     """The check itself; ``headers`` are named as waitress names them (``CONTENT_LENGTH``, ``HOST``)."""
 
     def __init__(self, tokens: TokenService, *, auth_enabled: bool, host_names: frozenset[str],
-                 check_host: bool, allowance: Callable[[Actor], int], proxy_names: frozenset[str] = frozenset()):
+                 check_host: bool, allowance: Callable[[Actor], int], proxy_names: frozenset[str] = frozenset(),
+                 on_refusal: Callable[[Refusal, str, str, str | None, str | None], None] | None = None):
+        # Told of each refusal to audit: (refusal, method, path, client address, request id).
+        self.on_refusal = on_refusal
         self.tokens = tokens
         self.auth_enabled = auth_enabled
         self.host_names = host_names
@@ -112,6 +128,18 @@ class RequestGuard:
         refusal = self._check_length(headers.get("CONTENT_LENGTH"), actor)
         return refusal, (None if refusal else actor)
 
+    def report(self, refusal: Refusal, method: str, path: str, client: str | None,
+               headers: Mapping[str, str]) -> None:
+        """Hand a refusal to the audit (401 and 403 only), with the client's X-Request-Id if it
+        gave a valid one; never fails the answer."""
+        if self.on_refusal is None or refusal.status not in AUDITED_STATUSES:
+            return
+        given = headers.get("X_REQUEST_ID") or ""
+        try:
+            self.on_refusal(refusal, method, path, client, given if REQUEST_ID_RE.match(given) else None)
+        except Exception:  # the refusal is answered whatever happens to its record
+            log.exception("could not audit a refused %s %s", method, path)
+
     def _own_origin(self, origin: str, host_header: str) -> bool:
         """Same origin as the request (scheme, name and port), or a proxy name the operator listed."""
         try:
@@ -147,9 +175,12 @@ class Guard:
         self.guard = guard
 
     def __call__(self, environ, start_response):
+        headers = _EnvironHeaders(environ)
         refusal, actor = self.guard.check(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/",
-                                          _EnvironHeaders(environ), read_only=False)
+                                          headers, read_only=False)
         if refusal is not None:
+            self.guard.report(refusal, environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO") or "/",
+                              environ.get("REMOTE_ADDR"), headers)
             start_response(refusal.status_line, refusal.response_headers())
             return [refusal.body()]
         if actor is not None:

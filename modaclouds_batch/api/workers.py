@@ -5,10 +5,8 @@ from __future__ import annotations
 import falcon
 
 from ..errors import InvalidRequest
-from .bodies import json_object
 from ..infra.service import InfraService
-
-
+from .bodies import json_object
 
 
 class PoolResource:
@@ -67,7 +65,9 @@ class WorkerDrainResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         body = json_object(req)
-        how = body["how"] if "how" in body else req.get_param("how") or "graceful"
+        how = body.get("how")  # null or absent: the query string's, else graceful
+        if how is None:
+            how = req.get_param("how", default="graceful")
         if not isinstance(how, str):
             raise InvalidRequest("how must be a string: graceful (default), quick or fast", field="how")
         resp.status = falcon.HTTP_202

@@ -31,6 +31,12 @@ DRAIN_TYPES = {
 }
 
 
+def startd_constraint(worker: str) -> str:
+    """Matches the startd daemon ad named exactly ``worker`` (``=?=``: case and all), so
+    ``localhost`` never finds ``exec-1a2b3c4d@localhost``."""
+    return f"Name =?= {classad2.quote(worker)}"
+
+
 def worker_name(slot_name: str) -> str:
     """``slot1_2@worker2@host`` -> ``worker2@host``: the startd that owns the slot."""
     return slot_name.split("@", 1)[1] if "@" in slot_name else slot_name
@@ -58,15 +64,38 @@ class CollectorClient:
         return ([r for r in rows if r.get("MyType") == "Machine"],
                 [r for r in rows if r.get("MyType") == "Scheduler"])
 
-    def _startd(self, worker: str) -> htcondor2.Startd:
+    def _startd_ad(self, worker: str):
+        """The daemon ad of the startd named exactly ``worker``, or None."""
+        try:
+            constraint = startd_constraint(worker)
+        except (UnicodeEncodeError, ValueError):  # a NUL or a lone surrogate: no startd's name
+            return None
         configure(self.condor_config)
         self.round_trips += 1
         ads = htcondor2.Collector().query(
-            htcondor2.AdType.Startd, constraint=f"regexp({classad2.quote('@' + worker + '$')}, Name)",
+            htcondor2.AdType.StartDaemon, constraint=constraint,
             projection=["MyAddress", "Name", "Machine"])
-        if not ads:
+        return ads[0] if ads else None
+
+    def _startd(self, worker: str) -> htcondor2.Startd:
+        ad = self._startd_ad(worker)
+        if ad is None:
             raise CondorUnavailable(f"no startd named {worker} in the collector")
-        return htcondor2.Startd(ads[0])
+        return htcondor2.Startd(ad)
+
+    def worker_slots(self, worker: str) -> list[dict[str, Any]] | None:
+        """The worker's slot ads as its startd says now (not the collector's copy, which
+        lags a drain by an update interval); None when no startd has that exact name."""
+        with self._lock:
+            try:
+                ad = self._startd_ad(worker)
+                if ad is None:
+                    return None
+                self.round_trips += 1
+                ads = htcondor2.Collector(ad["MyAddress"]).query(htcondor2.AdType.Startd, projection=SLOT_PROJECTION)
+            except htcondor2.HTCondorException as exc:
+                raise CondorUnavailable(f"worker {worker} does not answer: {exc}") from exc
+        return [ad_to_dict(slot, SLOT_PROJECTION) for slot in ads]
 
     def drain(self, worker: str, how: str, reason: str) -> str:
         """Ask the worker's startd to drain; returns HTCondor's drain request id."""

@@ -21,7 +21,7 @@ from .. import errors
 from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..home import open_private, private_dir
-from ..errors import Conflict, Gone, InvalidRequest, NotFound, TooLarge
+from ..errors import Conflict, Gone, InvalidRequest, NotFound, NotYours, TooLarge
 from ..jobs.states import ACTIVE_STATES
 from ..store import Store
 from ..timefmt import now_iso, to_iso
@@ -166,7 +166,8 @@ class DataService:
             raise InvalidRequest(f"'{data_id}' is not a data id; data ids are UUIDs") from None
         row = self.store.get_data(data_id)
         if row is None or not actor.may_see(row["owner"]):
-            raise NotFound(f"no data object {data_id}; GET /data lists yours")
+            message = f"no data object {data_id}; GET /data lists yours"
+            raise NotFound(message) if row is None else NotYours(message, target=data_id)
         if row["expires_at"] and row["expires_at"] <= now_iso():
             raise Gone(f"data object {data_id} has expired")
         return row
@@ -183,9 +184,22 @@ class DataService:
         except (NotFound, InvalidRequest, Gone) as exc:
             raise type(exc)(f"{field}: {exc.message}", field=field) from None
 
-    def note_archive_check(self, data_id: str, sha256: str, verdict: str) -> None:
-        """Remember that this exact content passed the archive checks (keyed by its sha256)."""
-        self.store.update_data(data_id, {"archive_check": f"{verdict}:{sha256}"}, expected_sha256=sha256)
+    def note_archive_check(self, data_id: str, sha256: str, verdict: str, *, links: bool) -> None:
+        """Remember that this exact content passed the archive checks (keyed by its sha256),
+        as a ``bundle`` or an ``archive``, and whether it holds symlinks."""
+        check = f"{verdict}:{sha256}:{'links' if links else 'nolinks'}"
+        self.store.update_data(data_id, {"archive_check": check}, expected_sha256=sha256)
+
+    @staticmethod
+    def archive_check(row: dict[str, Any]) -> tuple[str, bool] | None:
+        """(verdict, holds symlinks) noted for the row's current content, or None.
+
+        Checks noted before symlinks were recorded count as none: they are checked again."""
+        verdict, _, rest = (row.get("archive_check") or "").partition(":")
+        sha256, _, links = rest.partition(":")
+        if sha256 != row["sha256"] or links not in ("links", "nolinks"):
+            return None
+        return verdict, links == "links"
 
     # --- change ----------------------------------------------------------------------------
 

@@ -82,6 +82,14 @@ class LocalProvider:
         raise BackendRefused(f"execute node {node} started but did not join the collector within "
                              f"{APPEAR_TIMEOUT:.0f} s; see its logs under the pool folder")
 
+    def is_running(self, worker: str) -> bool | None:
+        """Whether the node behind ``worker`` has a running condor_master (None: cannot tell)."""
+        try:
+            return worker.split("@", 1)[0] in pool_nodes.execute_nodes(self.settings)
+        except (pool_tooling.PoolError, OSError) as exc:
+            log.warning("could not tell whether execute node %s runs: %s", worker, exc)
+            return None
+
     def retire(self, worker: str) -> None:
         node = worker.split("@", 1)[0]
         with self._lock:

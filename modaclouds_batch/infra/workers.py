@@ -64,8 +64,10 @@ def workers_from_slots(slots: Iterable[dict[str, Any]]) -> dict[str, dict[str, A
     return workers
 
 
-def pool_summary(slots: list[dict[str, Any]], schedds: list[dict[str, Any]]) -> dict[str, Any]:
-    workers = workers_from_slots(slots)
+def pool_summary(slots: list[dict[str, Any]], schedds: list[dict[str, Any]],
+                 workers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Totals over the slots; per worker from ``workers`` (default: built from the slots)."""
+    workers = workers_from_slots(slots) if workers is None else workers
     counted = [s for s in slots if not s.get("PartitionableSlot")] or slots
     return {
         "workers": len(workers),

@@ -20,6 +20,13 @@ The rules, and why each exists:
   A hard link must name a regular file that came earlier. No member may sit below a
   symlink or a file (``l -> sub`` then ``l/f``), and a name may appear once (folders
   excepted): GNU tar would otherwise write through links or replace what was checked.
+- One tree for a job: the launcher unpacks the bundle, then each input, into one folder,
+  so they are validated as one tree in that order (:func:`validate_archives`). A later
+  archive may replace an earlier one's file or link by a file or link (input files win
+  a name clash), but no member may lie below an earlier archive's link or file, a
+  folder may not replace a link or file (tar would keep the link and write through it)
+  nor a file or link a folder, and every link must stay inside through all the links
+  unpacked so far: a link planted by one archive cannot be followed by the next.
 - Structure: the archive must end with tar's end-of-archive block followed only by
   zero bytes. ``tarfile`` stops at the first zero block (and quietly at a corrupt
   header), GNU tar warns "A lone zero block" and stops, ``tar -i`` and other tars read
@@ -139,6 +146,19 @@ class ArchiveSummary:
     run_sh_executable: bool
     # Members carrying setuid, setgid or sticky bits, which the launcher strips.
     special_bits_stripped: int
+    # Symlink members (archives without any cannot change where another's members land).
+    symlinks: int = 0
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    """One archive of a job, in the order the launcher unpacks them."""
+
+    path: Path
+    field: str
+    require_run_sh: bool = False
+    # Its own limits (a bundle's are lower than an input's); None: those of the call.
+    limits: ArchiveLimits | None = None
 
 
 class _Refused(Exception):
@@ -251,8 +271,24 @@ class _Tree:
         self._children: dict[tuple[int, str], int] = {}
         self.kind: list[str] = ["dir"]  # "dir", "implied-dir", "file", "symlink"
         self.mode: list[int] = [0]
+        # Which archive (an index into ``fields``) made each node.
+        self.layer: list[int] = [-1]
+        self.fields: list[str] = []
         # node -> (member name as shown, its path components, its target)
         self.symlinks: dict[int, tuple[str, list[str], str]] = {}
+
+    def begin(self, field: str) -> None:
+        """The following members come from the next archive unpacked into the same folder."""
+        self.fields.append(field)
+
+    @property
+    def current(self) -> int:
+        return len(self.fields) - 1
+
+    def made_by(self, node: int) -> str:
+        """'' for a node of the archive being read, else ' (from job-bundle)'."""
+        layer = self.layer[node]
+        return "" if layer in (self.current, -1) else f" (from {self.fields[layer]})"
 
     def lookup(self, parts: list[str]) -> int | None:
         node = self.ROOT
@@ -273,12 +309,15 @@ class _Tree:
                 self._children[(node, part)] = child
                 self.kind.append(kind if last else "implied-dir")
                 self.mode.append(mode if last else 0)
+                self.layer.append(self.current)
             elif not last and self.kind[child] not in ("dir", "implied-dir"):
                 above = "/".join(parts[: depth + 1])
                 raise _Refused(
                     f"member {shown} lies below {_show(above)}, which is a "
-                    f"{self.kind[child]}: unpacking would write through it"
+                    f"{self.kind[child]}{self.made_by(child)}: unpacking would write through it"
                 )
+            elif last and self.layer[child] != self.current:
+                self._replace(child, kind, mode, shown)
             elif last:
                 if kind == "dir" and self.kind[child] in ("dir", "implied-dir"):
                     self.kind[child] = "dir"
@@ -294,6 +333,26 @@ class _Tree:
                     )
             node = child
         return node
+
+    def _replace(self, node: int, kind: str, mode: int, shown: str) -> None:
+        """A member over what an earlier archive unpacked at the same path."""
+        was = self.kind[node]
+        folders = ("dir", "implied-dir")
+        if kind == "dir" and was in folders:
+            self.kind[node] = "dir"
+            return
+        if kind == "dir" or was in folders:
+            what = "a folder" if kind == "dir" else f"a {kind}"
+            raise _Refused(
+                f"member {shown} is {what}, but it is a {'folder' if was in folders else was}"
+                f"{self.made_by(node)}: unpacking would "
+                + ("keep that and write through it" if kind == "dir" else "have to replace a folder")
+            )
+        # A file or link over a file or link: tar removes the old one first (input files win).
+        self.symlinks.pop(node, None)
+        self.kind[node] = kind
+        self.mode[node] = mode
+        self.layer[node] = self.current
 
     def escapes(self, link_node: int, link_parts: list[str], target: str) -> str | None:
         """Resolve a symlink through the archive's own symlinks; say why it escapes, or None."""
@@ -357,11 +416,13 @@ def _split_name(raw: str, what: str, shown: str) -> list[str]:
 class _Validation:
     """One pass over one archive: the running totals and the rules, member by member."""
 
-    def __init__(self, limits: ArchiveLimits, require_run_sh: bool):
+    def __init__(self, limits: ArchiveLimits, require_run_sh: bool, tree: "_Tree | None" = None):
         self.limits = limits
         self.require_run_sh = require_run_sh
-        self.tree = _Tree()
+        # Shared with the archives unpacked before this one into the same folder.
+        self.tree = tree or _Tree()
         self.members = 0
+        self.symlink_count = 0
         self.unpacked = 0
         self.special_bits = 0
         self.run_sh: int | None = None
@@ -420,6 +481,7 @@ class _Validation:
         elif len(parts) == 2 and parts[1] == RUN_SH and kind == "file" and self.nested_run_sh is None:
             self.nested_run_sh = parts[0]
         if member.type == tarfile.SYMTYPE:
+            self.symlink_count += 1
             self._check_symlink(member, shown, parts, node)
 
         if member.type in _FILE_TYPES:
@@ -485,9 +547,11 @@ class _Validation:
         for node, (shown, parts, target) in self.tree.symlinks.items():
             problem = self.tree.escapes(node, parts, target)
             if problem:
+                others = "the archive's other links" if len(self.tree.fields) < 2 else (
+                    f"the links of {', '.join(dict.fromkeys(self.tree.fields))}, unpacked into one folder")
                 raise _Refused(
-                    f"symlink {shown} points to {_show(target)}, which {problem} "
-                    "when followed through the archive's other links"
+                    f"symlink {shown}{self.tree.made_by(node)} points to {_show(target)}, which {problem} "
+                    f"when followed through {others}"
                 )
         if self.require_run_sh and self.run_sh is None and self.nested_run_sh is not None:
             name = self.nested_run_sh
@@ -512,10 +576,25 @@ def validate_archive(
     Returns what it holds; raises :class:`ArchiveRejected` naming ``field``. Writes
     nothing and holds at most one chunk of data plus the member names in memory.
     """
-    path = Path(path)
+    return _validate(Path(path), field, limits, require_run_sh, _Tree())
+
+
+def validate_archives(archives: list[ArchiveSource], *, limits: ArchiveLimits) -> list[ArchiveSummary]:
+    """Archives unpacked one after the other into one folder, validated as one tree.
+
+    Each is checked as :func:`validate_archive` does (the limits apply to each), and the
+    paths and links of those before it count: see "One tree" in the module's notes.
+    Raises :class:`ArchiveRejected` naming the field of the archive that breaks a rule.
+    """
+    tree = _Tree()
+    return [_validate(Path(a.path), a.field, a.limits or limits, a.require_run_sh, tree) for a in archives]
+
+
+def _validate(path: Path, field: str, limits: ArchiveLimits, require_run_sh: bool, tree: _Tree) -> ArchiveSummary:
     if path.stat().st_size == 0:
         raise ArchiveRejected(f"{field} is empty; it must be a .tar.gz ({_HOW_TO_PACK})", field=field)
-    validation = _Validation(limits, require_run_sh)
+    tree.begin(field)
+    validation = _Validation(limits, require_run_sh, tree)
     reader = _InflatingReader(path, limits.max_inflated_bytes, limits.setting)
     try:
         _walk(reader, validation)
@@ -541,6 +620,7 @@ def validate_archive(
         has_run_sh=run_sh is not None,
         run_sh_executable=run_sh is not None and bool(validation.tree.mode[run_sh] & 0o100),
         special_bits_stripped=validation.special_bits,
+        symlinks=validation.symlink_count,
     )
 
 

@@ -29,7 +29,7 @@ from ..access.identity import Actor
 from ..data.service import MAX_TTL_SECONDS, DataService, link_or_copy, receive_stream
 from ..home import make_private_dir, mark_job_dir, private_dir, restrict_tree, write_private
 from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYet,
-                      TooLarge)
+                      NotYours, TooLarge)
 from ..settings import Settings
 from ..store import JobFilter, Store
 from ..timefmt import now_iso, to_iso
@@ -262,12 +262,13 @@ class JobService:
         spool = [inputs + len(_arguments_file(words, index, request.is_array).encode())
                  for index, words in enumerate(item_arguments)]
         with self.reserve(actor, len(item_arguments), sum(spool)) as charge_id:
-            self._validate_archive(actor, staging.bundle_path, "job-bundle", require_run_sh=True,
-                                   data_id=refs.get("bundle"))
+            archives = [(bundles.ArchiveSource(staging.bundle_path, "job-bundle", True, self.bundle_limits),
+                         refs.get("bundle"))]
             for path, data_id in [(staging.input_path, refs.get("input"))] + [
                     (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
                 if path.exists():
-                    self._validate_archive(actor, path, "job-input", require_run_sh=False, data_id=data_id)
+                    archives.append((bundles.ArchiveSource(path, "job-input", False, self.limits), data_id))
+            self._validate_archives(actor, archives)
             return self._queue(staging, request, refs, name, notification_url, ttl, runtime, wanted,
                                item_arguments, spool, charge_id)
 
@@ -511,24 +512,51 @@ class JobService:
         except targets.UnsafeTarget as exc:
             raise InvalidRequest(f"job-notification {exc}", field="job-notification") from exc
 
-    def _validate_archive(self, actor: Actor, path: Path, field_name: str, require_run_sh: bool,
-                          data_id: dict[str, Any] | None = None) -> None:
-        """Check an archive on the validation pool; a data object's verdict is remembered for its exact content."""
-        verdict = "bundle" if require_run_sh else "archive"
-        if data_id and data_id.get("archive_check") in (f"bundle:{data_id['sha256']}", f"{verdict}:{data_id['sha256']}"):
-            return
-        limits = self.bundle_limits if require_run_sh else self.limits
+    def _validate_archives(self, actor: Actor,
+                           archives: list[tuple[bundles.ArchiveSource, dict[str, Any] | None]]) -> None:
+        """Check the job's archives as one tree, in the order the launcher unpacks them, on
+        the validation pool (one task for the job).
+
+        A data object's verdict is remembered for its exact content, with whether it holds
+        symlinks: one known valid is walked again only when links could chain across
+        archives (it is not alone, and some archive of the job holds a link).
+        """
+        def known(source: bundles.ArchiveSource, row: dict[str, Any] | None) -> str | None:
+            check = self.data.archive_check(row) if row else None
+            if not check or (check[0] != "bundle" and source.require_run_sh):
+                return None
+            return "links" if check[1] else "nolinks"
+
+        skipped = [i for i, (source, row) in enumerate(archives)
+                   if known(source, row) == "nolinks" or (len(archives) == 1 and known(source, row))]
+        walked = [i for i in range(len(archives)) if i not in skipped]
+
+        def check() -> list[bundles.ArchiveSummary]:
+            try:
+                found = bundles.validate_archives([archives[i][0] for i in walked], limits=self.limits)
+            except bundles.ArchiveRejected:
+                if not skipped:
+                    raise
+                found = None
+            if skipped and (found is None or any(summary.symlinks for summary in found)):
+                # Links meet archives not read this time: the chain needs all their names.
+                walked[:] = range(len(archives))
+                return bundles.validate_archives([source for source, _ in archives], limits=self.limits)
+            return found
+
         try:
-            summary = self.validations.run(actor.user, lambda: bundles.validate_archive(
-                path, field=field_name, limits=limits, require_run_sh=require_run_sh))
+            summaries = self.validations.run(actor.user, check) if walked else []
         except bundles.ArchiveRejected as exc:
             error = TooLarge if exc.too_large else InvalidRequest
-            raise error(exc.reason, field=field_name) from exc
-        if data_id:
-            # "bundle" only for what a bundle may hold: an input's run.sh does not make a 4 GiB bundle.
-            fits_a_bundle = summary.has_run_sh and summary.unpacked_bytes <= self.bundle_limits.max_unpacked_bytes \
-                and summary.inflated_bytes <= self.bundle_limits.max_inflated_bytes
-            self.data.note_archive_check(data_id["id"], data_id["sha256"], "bundle" if fits_a_bundle else "archive")
+            raise error(exc.reason, field=exc.field) from exc
+        for i, summary in zip(walked, summaries):
+            row = archives[i][1]
+            if row:
+                # "bundle" only for what a bundle may hold: an input's run.sh does not make a 4 GiB bundle.
+                fits_a_bundle = summary.has_run_sh and summary.unpacked_bytes <= self.bundle_limits.max_unpacked_bytes \
+                    and summary.inflated_bytes <= self.bundle_limits.max_inflated_bytes
+                self.data.note_archive_check(row["id"], row["sha256"], "bundle" if fits_a_bundle else "archive",
+                                             links=bool(summary.symlinks))
 
     # --- reads ------------------------------------------------------------------
 
@@ -536,7 +564,8 @@ class JobService:
         """The job, if ``actor`` may see it; another user's job is 'not found' so ids do not leak."""
         job = self.store.get_job(check_job_id(job_id))
         if job is None or not actor.may_see(job["owner"]):
-            raise NotFound(f"no job with id {job_id}; GET /jobs lists the jobs you can see")
+            message = f"no job with id {job_id}; GET /jobs lists the jobs you can see"
+            raise NotFound(message) if job is None else NotYours(message, target=job_id)
         if job.get("expired_at"):
             raise Gone(f"job {job_id} expired at {job['expired_at']}; its record and artifacts were cleaned up",
                        expired_at=job["expired_at"])
@@ -545,7 +574,8 @@ class JobService:
     def get_array(self, array_id: str, actor: Actor) -> dict[str, Any]:
         array = self.store.get_array(check_job_id(array_id))
         if array is None or not actor.may_see(array["owner"]):
-            raise NotFound(f"no array with id {array_id}")
+            message = f"no array with id {array_id}"
+            raise NotFound(message) if array is None else NotYours(message, target=array_id)
         items = self.store.array_items(array["id"])
         counts: dict[str, int] = {}
         for item in items:

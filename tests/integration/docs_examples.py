@@ -3,7 +3,8 @@
 A page's ```sh blocks form one session (variables carry over from block to block). Each
 command's comment starts with the statuses its curl calls answer: `# 201 ...`, `# 200+`
 for a loop that polls, `# 200* 410` for polls that end in a 410. The session runs with
-`curl` wrapped to log every status (and to send the test client's token, if it has one).
+`curl` wrapped to log every status, and `$TOKEN` set to the test client's token (the pages
+send it, as their readers do).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _TOKEN = re.compile(r"^(\d{3})([+*]?)$")
 WRAPPER = r"""
 set -eu
 curl() {
-    command curl -sS -D "$CURL_HEADERS" ${CURL_AUTH:+-H "Authorization: $CURL_AUTH"} "$@"
+    command curl -sS -D "$CURL_HEADERS" "$@"
     awk '/^HTTP\//{code=$2} END{print code}' "$CURL_HEADERS" >> "$CURL_STATUSES"
 }
 """
@@ -54,7 +55,7 @@ def run_page(page: str, client: Client, cwd: Path, timeout: float = 300.0) -> st
     statuses = cwd / "statuses"
     statuses.write_text("")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "CURL_HEADERS": str(cwd / "headers"),
-           "CURL_STATUSES": str(statuses), "CURL_AUTH": client.http.headers.get("Authorization", "")}
+           "CURL_STATUSES": str(statuses), "TOKEN": client.http.headers.get("Authorization", "").removeprefix("Bearer ")}
     done = subprocess.run(["bash", "-c", WRAPPER + script.replace(DOCS_HOST, client.url)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{page}: the examples failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"

@@ -119,6 +119,33 @@ def test_audit_log_records_who_did_what(secured, alice_job):
     assert all(e["actor"] == "alice" for e in entries)
 
 
+def test_refused_requests_appear_in_the_audit_with_the_client_address(secured, alice_job):
+    gateway, clients, _ = secured
+    no_token, not_yours = str(uuid.uuid4()), str(uuid.uuid4())
+    anonymous = Client(gateway.url).get("/jobs", headers={"X-Request-Id": no_token})
+    assert anonymous.status_code == 401 and anonymous.headers["X-Content-Type-Options"] == "nosniff"
+    assert clients["bob"].get(f"/jobs/{alice_job}", headers={"X-Request-Id": not_yours}).status_code == 404
+    entries = clients["root"].get("/audit", params={"action": "request.refused"}).json()
+    by_request = {e["request_id"]: e for e in entries}
+    assert by_request[no_token]["actor"] is None and by_request[no_token]["client"] == "127.0.0.1"
+    assert by_request[no_token]["detail"]["status"] == 401 and by_request[no_token]["outcome"] == "refused"
+    assert by_request[not_yours]["actor"] == "bob" and by_request[not_yours]["target"] == alice_job
+    assert by_request[not_yours]["detail"] == {
+        "status": 404, "method": "GET", "path": f"/jobs/{alice_job}",
+        "error": f"no job with id {alice_job}; GET /jobs lists the jobs you can see"}
+
+
+def test_data_is_served_as_octet_stream_unless_its_type_is_safe(secured):
+    _, clients, _ = secured
+    alice = clients["alice"]
+    page = alice.post("/data", data=b"<script>alert(document.cookie)</script>",
+                      params={"filename": "page.html"}, headers={"Content-Type": "text/html"}).json()
+    served = alice.get(f"/data/{page['id']}")
+    assert served.headers["Content-Type"] == "application/octet-stream"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert page["content_type"] == "text/html"  # kept as given, in the metadata
+
+
 def test_limits_answer_429_with_retry_after_and_quota_tells_what_is_left(secured):
     gateway, clients, _ = secured
     root = clients["root"]

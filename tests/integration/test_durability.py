@@ -95,6 +95,20 @@ def test_hostile_input_is_refused_too(gateway, client):
     assert resp.json()["field"] == "job-input"
 
 
+def test_a_link_of_the_bundle_cannot_be_followed_by_the_input(gateway, client, condor_queue):
+    # Each archive alone is fine; unpacked one after the other, d/passwd would be written through d.
+    bundle = tar_with([member("sub", tarfile.DIRTYPE), member("d", tarfile.SYMTYPE, "sub")])
+    chained = tar_with([member("d/passwd")], {"d/passwd": b"root::0:0::/:/bin/sh\n"})
+    (gateway.home / "jobs").mkdir(exist_ok=True)
+    before_dirs = sorted(p.name for p in (gateway.home / "jobs").iterdir())
+    before_total, before_queue = client.get("/jobs").headers["X-Total-Count"], condor_queue()
+    resp = client.submit(bundle, name="hostile chain", input_archive=chained)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["field"] == "job-input" and "which is a symlink (from job-bundle)" in resp.json()["error"]
+    assert_nothing_left(gateway, client, before_dirs, before_total)
+    assert condor_queue() == before_queue
+
+
 def test_decompression_bomb_is_refused_with_413(small_limits_gateway):
     gateway, client = small_limits_gateway
     before = sorted(p.name for p in (gateway.home / "jobs").iterdir()) if (gateway.home / "jobs").exists() else []

@@ -101,3 +101,92 @@ def test_retiring_an_added_worker_removes_it(client, gateway):
     main = next(w["name"] for w in client.get("/workers").json() if not w["managed_by_gateway"])
     refused = client.http.delete(f"{client.url}/workers/{main}")
     assert refused.status_code == 409 and "not started by the gateway" in refused.json()["error"]
+
+
+def worker(client, name):
+    resp = client.get(f"/workers/{name}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_draining_localhost_drains_that_worker_and_not_one_whose_name_ends_with_it(client, added_worker):
+    main = next(w["name"] for w in client.get("/workers").json() if not w["managed_by_gateway"])
+    assert added_worker.endswith(f"@{main}")  # localhost and exec-...@localhost: the case that went wrong
+    try:
+        drained = client.post(f"/workers/{main}/drain", json={"how": "graceful"})
+
+        assert drained.status_code == 202, drained.text
+        assert drained.json()["name"] == main and drained.json()["draining"] is True
+        assert worker(client, main)["draining"] is True
+        assert worker(client, added_worker)["draining"] is False
+        listed = {w["name"]: w["draining"] for w in client.get("/workers").json()}
+        assert listed[main] is True and listed[added_worker] is False  # at once, not after the collector
+        again = client.post(f"/workers/{main}/drain", json={"how": "graceful"})
+        assert again.status_code == 409 and "already" in again.json()["error"]
+        undrained = client.post(f"/workers/{main}/undrain")  # right after the 202, no waiting
+        assert undrained.status_code == 202, undrained.text
+        assert undrained.json()["draining"] is False
+    finally:
+        if worker(client, main)["draining"]:
+            client.post(f"/workers/{main}/undrain")
+    assert worker(client, added_worker)["draining"] is False
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Type": "application/x-www-form-urlencoded"}])
+def test_a_drain_body_that_is_not_json_is_refused_and_nothing_drains(client, added_worker, headers):
+    resp = client.post(f"/workers/{added_worker}/drain", data='{"how": "bogus"}', headers=headers)
+
+    assert resp.status_code == 415, resp.text
+    assert "application/json" in resp.json()["error"]
+    assert worker(client, added_worker)["draining"] is False
+    assert client.post(f"/workers/{added_worker}/drain", json={"how": "bogus"}).status_code == 400
+
+
+def test_an_added_worker_a_pool_restart_stopped_is_marked_lost(tmp_path, pool, condor_config):
+    """Stopping the node's master is what a pool restart does to the nodes the gateway
+    added (`up` brings back only the main node); the record must not stay 'ready'."""
+    from modaclouds_batch.condor.pool import nodes as pool_nodes
+
+    from .fixtures import GATEWAY_ENV
+    from .gateway import GatewayProcess
+
+    env = {**GATEWAY_ENV, "MODACLOUDS_BATCH_POOL_DIR": str(pool.pool_dir),
+           "MODACLOUDS_BATCH_COLLECTOR_PORT": str(pool.collector_port),
+           "MODACLOUDS_BATCH_SCHEDD_PORT": str(pool.schedd_port),
+           "MODACLOUDS_BATCH_WORKER_LOST_AFTER": "8"}
+    gateway = GatewayProcess(tmp_path / "gateway", condor_config, env=env).start()
+    client = gateway.client()
+    started: list[str] = []
+
+    def add_worker() -> dict:
+        request_id = client.post("/workers", json={"provider": "local", "params": {"cpus": 1}}).json()["id"]
+        record = wait(lambda: next((r for r in client.get("/workers/requests").json()
+                                    if r["id"] == request_id and r["status"] in ("ready", "failed")), None),
+                      120, "worker start")
+        assert record["status"] == "ready", record
+        started.append(record["worker"].split("@", 1)[0])
+        return record
+
+    def status(record) -> dict:
+        return next(r for r in client.get("/workers/requests").json() if r["id"] == record["id"])
+
+    try:
+        # While the gateway runs: gone from the collector for worker_lost_after seconds.
+        first = add_worker()
+        pool_nodes.remove_execute_node(pool, started[0], log=lambda line: None)
+        lost = wait(lambda: status(first) if status(first)["status"] == "lost" else None, 60, "the record to say lost")
+        assert lost["lost_at"] and "missing from the collector" in lost["error"]
+        assert client.get(f"/workers/{first['worker']}").status_code == 404
+
+        # While the gateway was stopped: at start, the local node not running settles it at once.
+        second = add_worker()
+        gateway.stop()
+        pool_nodes.remove_execute_node(pool, started[1], log=lambda line: None)
+        gateway.start()
+        at_start = status(second)
+        assert at_start["status"] == "lost", at_start
+        assert "not running" in at_start["error"]
+    finally:
+        gateway.stop()
+        for node in started:
+            pool_nodes.remove_execute_node(pool, node, log=lambda line: None)

@@ -93,22 +93,47 @@ def test_a_spooled_echo_job_runs_as_the_pool_identity_and_its_output_comes_back(
     schedd.edit(f"ClusterId == {cluster}", "LeaveJobInQueue", "false")
 
 
+def wait_until_executing(schedd: htcondor2.Schedd, cluster: int, timeout: float = 120) -> dict:
+    """Until the job's process runs on the worker, not merely JobStatus 2.
+
+    The schedd marks a job running (2) when it starts the shadow; the shadow then activates
+    the claim and the starter fetches input and spawns the job, and only then does the shadow
+    set JobCurrentStartExecutingDate (and push it to the schedd at once). A suspend sent in
+    between reaches a claim with no job yet: measured on 2 busy cores, 1 in 5 such jobs then
+    never ran nor suspended (JobStatus stayed 2), the flake this wait closes.
+    """
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline:
+        ads = schedd.query(f"ClusterId == {cluster}", ["JobStatus", "JobCurrentStartExecutingDate"])
+        seen = ads[0] if ads else None
+        if seen and seen["JobStatus"] == RUNNING and seen.get("JobCurrentStartExecutingDate"):
+            return seen
+        time.sleep(0.5)
+    pytest.fail(f"job {cluster} never began executing; last seen {seen}")
+
+
+@pytest.mark.timeout(600)  # three waits of up to 120 s each on a busy machine
 def test_an_explicit_suspend_holds_the_job_suspended_until_continue(pool, tmp_path):
     schedd = use_client_config(pool)
     cluster = submit_spooled(schedd, tmp_path, {
-        "executable": "/bin/sleep", "arguments": "120", "transfer_executable": "false",
+        "executable": "/bin/sleep", "arguments": "300", "transfer_executable": "false",
         "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
     })
     try:
-        wait_for_status(schedd, cluster, RUNNING)
+        wait_until_executing(schedd, cluster)
 
-        schedd.act(htcondor2.JobAction.Suspend, f"ClusterId == {cluster}")
-        wait_for_status(schedd, cluster, SUSPENDED, timeout=30)
+        # Suspend and continue are asynchronous: the schedd accepts the action for the job,
+        # the shadow asks the startd, the starter stops (or resumes) the process and tells
+        # the shadow, which then updates JobStatus in the schedd. Seconds when idle; the
+        # generous timeouts are for 2 busy cores, and the states checked are the same.
+        assert schedd.act(htcondor2.JobAction.Suspend, f"ClusterId == {cluster}")["TotalSuccess"] == 1
+        wait_for_status(schedd, cluster, SUSPENDED, timeout=120)
         time.sleep(8)  # several startd/negotiator cycles: nothing resumes or evicts it
         assert schedd.query(f"ClusterId == {cluster}", ["JobStatus"])[0]["JobStatus"] == SUSPENDED
 
-        schedd.act(htcondor2.JobAction.Continue, f"ClusterId == {cluster}")
-        wait_for_status(schedd, cluster, RUNNING, timeout=30)
+        assert schedd.act(htcondor2.JobAction.Continue, f"ClusterId == {cluster}")["TotalSuccess"] == 1
+        wait_for_status(schedd, cluster, RUNNING, timeout=120)
     finally:
         forget(schedd, cluster)
 

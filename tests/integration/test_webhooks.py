@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
 from standardwebhooks import Webhook
 
+from modaclouds_batch.timefmt import parse_iso
+
 from ..receiver import Receiver
 from .fixtures import GATEWAY_ENV as FAST_RETRIES
 from .fixtures import WEBHOOK_SECRET
-from .gateway import GatewayProcess, free_port, pack_bundle
+from .gateway import Client, GatewayProcess, free_port, pack_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +110,52 @@ def test_admin_can_resend_a_notification(client, receiver):
     assert client.post(f"/jobs/{job_id}/notifications/msg_nope/resend").status_code == 404
 
 
+def _status(client, job_id) -> str | None:
+    notes = client.get(f"/jobs/{job_id}/notifications").json()
+    return notes[0]["status"] if notes else None
+
+
 def _attempts(client, job_id) -> int:
     notes = client.get(f"/jobs/{job_id}/notifications").json()
     return notes[0]["attempts"] if notes else 0
 
+
+
+def test_a_trickling_receiver_is_cut_at_the_deadline_and_others_arrive_on_time(tmp_path, condor_config):
+    # A gateway of its own (the trickling notifications keep retrying until it stops), with
+    # tokens, so that the two tenants are two users.
+    home = tmp_path / "home"
+    gateway = GatewayProcess(home, condor_config, env={**FAST_RETRIES, "MODACLOUDS_BATCH_AUTH": "true"}).start()
+    mallory, bob = (Client(gateway.url, _token(home, name)) for name in ("mallory", "bob"))
+    # Mallory's receivers, under two host names, answer one byte every 2 s: each read is
+    # quick, the answer never ends.
+    slow = [Receiver(host="127.0.0.2"), Receiver(host="127.0.0.3")]
+    fast = Receiver()
+    for receiver in slow:
+        receiver.behaviour, receiver.trickle_seconds = "trickle", 2.0
+    try:
+        trickled = [mallory.submit(pack_bundle("hello"), name=f"trickle-{i}",
+                                   notify=f"{slow[i % 2].url}/t{i}").json()["job_id"] for i in range(6)]
+        for job_id in trickled:
+            mallory.wait_for(job_id, "completed", timeout=180)
+        mallory.wait_until(trickled[0], lambda job: _attempts(mallory, trickled[0]) >= 1, what="a first attempt")
+        # Bob's receiver, while Mallory's six keep retrying.
+        on_time = bob.submit(pack_bundle("hello"), name="on-time",
+                             notify=f"http://localhost:{fast.port}/fine").json()["job_id"]
+        fast.wait_for(1, path="/fine", timeout=180)
+        bob.wait_until(on_time, lambda job: _status(bob, on_time) == "delivered", what="delivery recorded")
+        note = bob.get(f"/jobs/{on_time}/notifications").json()[0]
+        waited = (parse_iso(note["attempts_log"][0]["at"]) - parse_iso(note["created_at"])).total_seconds()
+        assert note["attempts"] == 1 and waited < 1.5, note
+        cut = mallory.get(f"/jobs/{trickled[0]}/notifications").json()[0]["attempts_log"][0]
+        assert "deadline" in cut["error"] and 2500 <= cut["duration_ms"] <= 4500, cut  # webhook_timeout is 3 s
+    finally:
+        gateway.stop()
+        for receiver in (*slow, fast):
+            receiver.close()
+
+
+def _token(home, owner) -> str:
+    out = subprocess.run([sys.executable, "-m", "modaclouds_batch", "--home", str(home), "token", "create",
+                          "--owner", owner, "--json"], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["token"]

@@ -20,8 +20,10 @@ import pytest
 from modaclouds_batch.jobs.bundles import (
     ArchiveLimits,
     ArchiveRejected,
+    ArchiveSource,
     pack_directory,
     validate_archive,
+    validate_archives,
     write_script_bundle,
 )
 
@@ -649,3 +651,72 @@ def test_run_sh_one_folder_down_is_refused_naming_the_tar_command(tmp_path):
 def test_an_input_archive_with_a_folder_holding_run_sh_is_fine(tmp_path):
     path = archive(tmp_path, entry("myjob/run.sh", data=SCRIPT))
     assert validate(path, require_run_sh=False, field="job-input").members == 1
+
+
+# --- a job's archives as one tree -------------------------------------------------------------
+
+
+def job_archives(tmp_path, bundle_entries, *inputs):
+    """The bundle and inputs of one job, as the launcher unpacks them: bundle first."""
+    sources = [ArchiveSource(gz(tmp_path, tar_bytes(run_sh(), *bundle_entries), "bundle.tar.gz"), "job-bundle", True)]
+    for i, entries in enumerate(inputs):
+        sources.append(ArchiveSource(gz(tmp_path, tar_bytes(*entries), f"input-{i}.tar.gz"), "job-input"))
+    return sources
+
+
+def refused_together(sources) -> ArchiveRejected:
+    for source in sources:  # each one alone is fine: only the chain is the problem
+        validate(source.path, require_run_sh=source.require_run_sh, field=source.field)
+    with pytest.raises(ArchiveRejected) as caught:
+        validate_archives(sources, limits=ArchiveLimits())
+    return caught.value
+
+
+def test_a_member_below_a_link_of_the_bundle_is_refused(tmp_path):
+    exc = refused_together(job_archives(
+        tmp_path, [entry("sub", tarfile.DIRTYPE), entry("d", tarfile.SYMTYPE, linkname="sub")],
+        [entry("d/passwd", data=b"x")]))
+    assert exc.field == "job-input"
+    assert "'d/passwd' lies below 'd', which is a symlink (from job-bundle)" in exc.reason
+
+
+def test_a_link_chain_across_archives_that_escapes_is_refused(tmp_path):
+    # x/b -> .. stays inside the bundle; q -> x/b/.. stays inside the input alone (x/b is
+    # not there); unpacked together, q is the folder above the job's working directory.
+    exc = refused_together(job_archives(
+        tmp_path, [entry("x", tarfile.DIRTYPE), entry("x/b", tarfile.SYMTYPE, linkname="..")],
+        [entry("q", tarfile.SYMTYPE, linkname="x/b/..")]))
+    assert exc.field == "job-input" and "'q'" in exc.reason and "outside" in exc.reason
+
+
+def test_a_folder_over_a_link_of_the_bundle_is_refused(tmp_path):
+    # GNU tar keeps an existing link to a folder when a folder member comes: what follows lands through it.
+    exc = refused_together(job_archives(
+        tmp_path, [entry("sub", tarfile.DIRTYPE), entry("d", tarfile.SYMTYPE, linkname="sub")],
+        [entry("d", tarfile.DIRTYPE)]))
+    assert "'d' is a folder, but it is a symlink (from job-bundle)" in exc.reason
+
+
+def test_a_file_over_a_folder_of_the_bundle_is_refused(tmp_path):
+    exc = refused_together(job_archives(tmp_path, [entry("lib/x.py", data=b"x")], [entry("lib", data=b"x")]))
+    assert "'lib' is a file, but it is a folder (from job-bundle)" in exc.reason
+
+
+def test_a_link_of_one_input_cannot_be_followed_by_the_next(tmp_path):
+    exc = refused_together(job_archives(
+        tmp_path, [entry("sub", tarfile.DIRTYPE)],
+        [entry("e", tarfile.SYMTYPE, linkname="sub")], [entry("e/x", data=b"x")]))
+    assert exc.field == "job-input" and "(from job-input)" in exc.reason
+
+
+def test_inputs_may_replace_the_bundles_files_and_links_and_add_to_its_folders(tmp_path):
+    sources = job_archives(
+        tmp_path,
+        [entry("data.txt", data=b"old"), entry("a", data=b"a"), entry("l", tarfile.SYMTYPE, linkname="a"),
+         entry("sub/keep.txt", data=b"k")],
+        [entry("data.txt", data=b"new"), entry("l", data=b"now a file"), entry("sub", tarfile.DIRTYPE),
+         entry("sub/new.txt", data=b"n"), entry("m", tarfile.SYMTYPE, linkname="sub/keep.txt")],
+        [entry("l2", tarfile.SYMTYPE, linkname="l")])
+    summaries = validate_archives(sources, limits=ArchiveLimits())
+    assert [s.symlinks for s in summaries] == [1, 1, 1]
+    assert summaries[0].has_run_sh and not summaries[1].has_run_sh

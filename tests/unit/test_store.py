@@ -1,3 +1,4 @@
+import re
 import uuid
 
 import pytest
@@ -45,3 +46,15 @@ def test_instance_id_survives_reopening(tmp_path):
 def test_forged_cursor_is_refused():
     with pytest.raises(ValueError):
         decode_cursor("not-a-cursor!")
+
+
+def test_every_migration_function_is_registered():
+    """A merge can drop the @migrations() line above a migration; it would then never run."""
+    import inspect
+
+    from modaclouds_batch import store
+
+    defined = [name for name, fn in inspect.getmembers(store, inspect.isfunction)
+               if fn.__module__ == store.__name__ and re.match(r"m\d{3}_", name)]
+    registered = [m.name for m in store.migrations._migrations]
+    assert sorted(defined) == sorted(registered) and len(registered) == len(set(registered))
