@@ -13,6 +13,7 @@ from . import errors
 from .access.audit import AuditLog, client_address_var
 from .access.quota import QuotaService
 from .access.tokens import TokenService
+from .api import bodies
 from .api import errors as api_errors
 from .api.access import (
     AuditResource,
@@ -86,6 +87,8 @@ class Gateway:
                                      self.store.instance_id)
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
+        if self.store.clear_charges():
+            log.info("dropped the quota charges of submissions a stopped gateway left unfinished")
         incoming = self.service.data.sweep_incoming()
         if incoming:
             log.info("removed %d unfinished uploads of data objects", incoming)
@@ -119,7 +122,9 @@ def build_gateway(settings: Settings) -> Gateway:
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds, lost_after=settings.worker_lost_after)
-    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers)
+    quota = QuotaService(settings, store)
+    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers,
+                         reserve=quota.reserve)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
                                  on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
 
@@ -132,7 +137,7 @@ def build_gateway(settings: Settings) -> Gateway:
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store), QuotaService(settings, store), audit, infra, metrics)
+                   TokenService(store), quota, audit, infra, metrics)
 
 
 def _providers(settings: Settings) -> dict:
@@ -172,8 +177,11 @@ def create_app(gateway: Gateway) -> falcon.App:
         Authenticate(gateway.tokens, gateway.settings.auth_enabled)])
     multipart = falcon.media.MultipartFormHandler()
     multipart.parse_options.max_body_part_count = 16
-    multipart.parse_options.max_body_part_buffer_size = 1024 * 1024
+    # A form field (not a file) is buffered up to the same cap as a whole JSON body.
+    multipart.parse_options.max_body_part_buffer_size = gateway.settings.max_body_bytes
     app.req_options.media_handlers[falcon.MEDIA_MULTIPART] = multipart
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = bodies.BoundedJSONHandler(gateway.settings.max_body_bytes)
+    app.req_options.media_handlers[falcon.MEDIA_URLENCODED] = bodies.BoundedFormHandler(gateway.settings.max_body_bytes)
     app.req_options.strip_url_path_trailing_slash = True
 
     app.add_error_handler(Exception, api_errors.handle_unexpected)

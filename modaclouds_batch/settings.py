@@ -140,6 +140,19 @@ class Settings:
     # and how long GET /mecrm/worker/contract waits for a match before answering 204.
     dialect_003_max_data_bytes: int = 16 * 1024 * 1024
     dialect_003_contract_wait_seconds: float = 30.0
+    # Request bodies that are not file uploads (JSON, urlencoded, a form field): bytes; larger is 413.
+    max_body_bytes: int = 1 << 20
+    # One job's (or array item's) arguments: how many words, and their total UTF-8 bytes.
+    max_arguments: int = 4096
+    max_argument_bytes: int = 64 * 1024
+    # Data ids one job may name in job-input-ids (and in a command job's input_files).
+    max_input_ids: int = 32
+    # Per-user default: input bytes the user's active jobs may hold in the schedd's spool,
+    # where every job and every array item keeps its own copy; admins override it per user.
+    max_spool_bytes_per_user: int = 64 << 30
+    # Bytes one job may send back at exit (output.tar.gz, and stdout/stderr unless streamed
+    # live); HTCondor holds a job past it (max_transfer_output_mb, rounded up to whole MiB).
+    max_output_bytes: int = 1 << 31
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

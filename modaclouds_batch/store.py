@@ -225,6 +225,21 @@ def m017_dialect_003(db: Database) -> None:
     db["jobs"].add_column("answer_into", str)
 
 
+@migrations()
+def m008_spool_charge(db: Database) -> None:
+    # What a submission in flight holds against its owner's limits, between the check and
+    # the job rows: taken and checked in one transaction, dropped with the rows' insert.
+    db["charges"].create(
+        {"id": str, "owner": str, "jobs": int, "spool_bytes": int, "created_at": str},
+        pk="id", not_null={"owner", "jobs", "spool_bytes", "created_at"},
+    )
+    db["charges"].create_index(["owner"])
+    # Bytes the job's input costs in the schedd's spool (its own copy of every input),
+    # and the per-user override of the quota they are charged against.
+    db["jobs"].add_column("spool_bytes", int)
+    db["user_limits"].add_column("max_spool_bytes", int)
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -233,6 +248,9 @@ def url_host(url: str | None) -> str:
     except ValueError:
         return ""
 
+
+# What a list entry shows (api/views.job_summary) and how lists are paged: all a list reads.
+SUMMARY_COLUMNS = "id, name, owner, state, created_at, cluster_id, proc_id, array_id"
 
 # Given a job row as just stored in a new state, the outbox rows to write with it.
 StateChangeHook = Callable[[dict[str, Any]], list[dict[str, Any]]]
@@ -275,6 +293,10 @@ class Store:
         with self._lock:
             migrations.apply(self.db)
             self.instance_id = self._ensure_instance_id()
+            # What the tracker and sweeps read: every column but the user's words, which can be
+            # large and which none of them needs.
+            self._tracking_columns = ", ".join(
+                c for c in self.db["jobs"].columns_dict if c not in ("arguments", "command"))
 
     def close(self) -> None:
         with self._lock:
@@ -321,12 +343,16 @@ class Store:
         self.insert_jobs([job], reason)
 
     def insert_jobs(self, jobs: list[dict[str, Any]], reason: str | None = None,
-                    data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None) -> None:
+                    data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None,
+                    charge_id: str | None = None) -> None:
         """Record newly queued jobs (an array's items, its record, the data they use) at once,
-        durably, replacing their submission intents."""
+        durably, replacing their submission intents and dropping the charge that held their
+        place against the owner's limits."""
         with self.durable_transaction() as db:
             db.execute(f"delete from submission_intents where job_id in ({','.join('?' * len(jobs))})",
                        [job["id"] for job in jobs])
+            if charge_id:
+                db.execute("delete from charges where id = ?", [charge_id])
             if array:
                 db["job_arrays"].insert(array)
             db["jobs"].insert_all(jobs)
@@ -382,7 +408,7 @@ class Store:
         marks = ",".join("?" * len(states))
         with self._lock:
             rows = self.db.query(
-                f"select * from jobs where state in ({marks}) order by created_at", states
+                f"select {self._tracking_columns} from jobs where state in ({marks}) order by created_at", states
             )
             return [_decode_job(r) for r in rows]
 
@@ -392,7 +418,7 @@ class Store:
         marks = ",".join("?" * len(states))
         with self._lock:
             rows = self.db.query(
-                f"select * from jobs where state in ({marks}) and outputs_retrieved_at is null"
+                f"select {self._tracking_columns} from jobs where state in ({marks}) and outputs_retrieved_at is null"
                 " and cluster_id is not null",
                 states,
             )
@@ -413,7 +439,7 @@ class Store:
                 where.append("(created_at < ? or (created_at = ? and id < ?))")
                 params += [created_at, created_at, job_id]
             sql = (
-                f"select * from jobs where {' and '.join(where) or '1'}"
+                f"select {SUMMARY_COLUMNS} from jobs where {' and '.join(where) or '1'}"
                 " order by created_at desc, id desc limit ?"
             )
             rows = [_decode_job(r) for r in self.db.query(sql, params + [limit + 1])]
@@ -589,6 +615,43 @@ class Store:
                 [owner, *states],
             ).fetchone()[0]
 
+    def usage(self, owner: str, active_states: Iterable[str], since: str) -> dict[str, Any]:
+        """What the owner holds now: active jobs, submissions since a time (creation times,
+        oldest first) and spool bytes of active jobs, each with what charges in flight add."""
+        states = list(active_states)
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            active, spool = self.db.execute(
+                f"select count(*), coalesce(sum(spool_bytes), 0) from jobs where owner = ? and state in ({marks})",
+                [owner, *states]).fetchone()
+            charged_jobs, charged_bytes = self.db.execute(
+                "select coalesce(sum(jobs), 0), coalesce(sum(spool_bytes), 0) from charges where owner = ?",
+                [owner]).fetchone()
+            return {"active_jobs": active + charged_jobs, "recent": self.submissions_since(owner, since),
+                    "charged_jobs": charged_jobs, "spool_bytes": spool + charged_bytes}
+
+    def take_charge(self, owner: str, jobs: int, spool_bytes: int, active_states: Iterable[str], since: str,
+                    decide: Callable[[dict[str, Any]], None]) -> str:
+        """Check and hold a submission's place at once: ``decide`` sees the owner's usage
+        (as ``usage``) and raises to refuse; otherwise a charge is recorded and its id returned.
+        Concurrent submissions see each other's charges, so a limit cannot be overshot."""
+        with self.transaction() as db:
+            decide(self.usage(owner, active_states, since))
+            charge_id = str(uuid.uuid4())
+            db["charges"].insert({"id": charge_id, "owner": owner, "jobs": jobs, "spool_bytes": spool_bytes,
+                                  "created_at": now_iso()})
+            return charge_id
+
+    def release_charge(self, charge_id: str) -> None:
+        """Drop a charge (a no-op once the jobs it held were recorded)."""
+        with self.transaction() as db:
+            db.execute("delete from charges where id = ?", [charge_id])
+
+    def clear_charges(self) -> int:
+        """At start-up: charges a stopped gateway left behind hold nothing any more."""
+        with self.transaction() as db:
+            return db.execute("delete from charges").rowcount
+
     def submissions_since(self, owner: str, since: str) -> list[str]:
         """Creation times of the owner's jobs since a time, oldest first."""
         with self._lock:
@@ -671,13 +734,13 @@ class Store:
     def array_items(self, array_id: str) -> list[dict[str, Any]]:
         with self._lock:
             return [_decode_job(r) for r in self.db.query(
-                "select * from jobs where array_id = ? order by proc_id", [array_id])]
+                f"select {SUMMARY_COLUMNS} from jobs where array_id = ? order by proc_id", [array_id])]
 
     def jobs_past_expiry(self, now: str) -> list[dict[str, Any]]:
         with self._lock:
             return [_decode_job(r) for r in self.db.query(
-                "select * from jobs where expired_at is null and expires_at is not null and expires_at <= ?",
-                [now])]
+                f"select {self._tracking_columns} from jobs"
+                " where expired_at is null and expires_at is not null and expires_at <= ?", [now])]
 
     def mark_expired(self, job_id: str, at: str) -> None:
         """Keep a tombstone (so the id answers 410), drop what the job no longer needs."""
@@ -690,7 +753,8 @@ class Store:
         states = list(final_states)
         with self._lock:
             return [_decode_job(r) for r in self.db.query(
-                f"select * from jobs where expired_at is null and state in ({','.join('?' * len(states))})"
+                f"select {self._tracking_columns} from jobs"
+                f" where expired_at is null and state in ({','.join('?' * len(states))})"
                 " and coalesce(completed_at, updated_at) < ?", [*states, before])]
 
     # --- worker requests ----------------------------------------------------------------
@@ -837,10 +901,8 @@ def _make_private(path: Path) -> None:
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
     row = dict(row)
-    if row.get("arguments"):
-        row["arguments"] = json.loads(row["arguments"])
-    else:
-        row["arguments"] = []
+    if "arguments" in row:  # lists and the tracker do not read them
+        row["arguments"] = json.loads(row["arguments"]) if row["arguments"] else []
     for flag in ("has_input", "exit_by_signal"):
         if row.get(flag) is not None:
             row[flag] = bool(row[flag])

@@ -30,8 +30,8 @@ def submit_job(service: JobService, quota, actor, parse: Callable[[Staging], Sub
     quota.check_submission(actor)
     with service.staging(quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
         request = parse(staging)
-        quota.check_submission(actor, request.item_count)
-        created = service.submit(staging, request)
+        quota.check_submission(actor, request.item_count)  # before validating archives
+        created = service.submit(staging, request)  # reserves its place (jobs, spool), atomically
     if on_submitted:
         on_submitted(created)
     return request, created

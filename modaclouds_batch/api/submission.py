@@ -166,7 +166,7 @@ def _count(value: Any) -> int | None:
         return None
     try:
         count = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         raise InvalidRequest("job-count must be a whole number", field="job-count") from None
     if isinstance(value, bool) or str(count) != str(value).strip():
         raise InvalidRequest("job-count must be a whole number", field="job-count")

@@ -68,6 +68,8 @@ class WorkerDrainResource:
         how = body.get("how")  # null or absent: the query string's, else graceful
         if how is None:
             how = req.get_param("how", default="graceful")
+        if not isinstance(how, str):
+            raise InvalidRequest("how must be a string: graceful (default), quick or fast", field="how")
         resp.status = falcon.HTTP_202
         resp.media = self.infra.drain(req.context.actor, name, how, req.context.request_id)
 

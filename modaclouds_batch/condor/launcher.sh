@@ -15,7 +15,8 @@
 #   4. runs ./run.sh with the job's arguments in work/ (with /bin/sh when run.sh is not
 #      executable and has no #! line), forwarding TERM, INT, HUP and QUIT to it;
 #   5. always packs output/ into output.tar.gz, which HTCondor brings back, even when
-#      run.sh failed or was killed;
+#      run.sh failed or was killed (an empty one is written first of all, so it exists
+#      however the launcher ends: it is the only file HTCondor transfers back);
 #   6. exits with run.sh's status: 128+N when run.sh was killed by signal N (said on
 #      stderr), 1 when the bundle cannot be unpacked or has no run.sh;
 #   7. with MODACLOUDS_BATCH_TIME_LIMIT=N (the job's wall-time limit), stops run.sh
@@ -39,6 +40,9 @@
 # the gateway (modaclouds_batch/jobs/bundles.py); the tar options are a second fence.
 
 sandbox=$(pwd -P) || exit 1
+# HTCondor brings back output.tar.gz and nothing else (transfer_output_files): it must
+# exist however the job ends, so an empty one is there before anything can fail.
+tar -czf "$sandbox/output.tar.gz" -T /dev/null 2>/dev/null || : > "$sandbox/output.tar.gz"
 work=$sandbox/work
 output=$sandbox/output
 scratch=$sandbox/scratch

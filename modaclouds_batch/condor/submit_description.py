@@ -95,6 +95,8 @@ class JobSpec:
     request_disk_kb: int = 1024 * 1024
     # Seconds run.sh may run (None: no limit).
     time_limit: int | None = None
+    # MiB the job may send back at exit (output.tar.gz; stdout/stderr unless streamed); None: HTCondor's default.
+    max_output_mb: int | None = None
     # Stream stdout and stderr into the schedd's spool as the job prints them (live output).
     stream_output: bool = False
 
@@ -134,8 +136,10 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
         "initialdir": str(spec.job_dir),
         "should_transfer_files": "YES",
         "when_to_transfer_output": "ON_EXIT",
-        # Only output.tar.gz is written at the top of the sandbox; listing no files
-        # means a job killed before writing it ends normally instead of being held.
+        # Only what the contract defines comes back: output.tar.gz (the launcher writes an
+        # empty one before anything else, so it always exists), stdout and stderr; not
+        # whatever else the job leaves at the top of its sandbox.
+        "transfer_output_files": OUTPUT_FILE,
         "transfer_input_files": ",".join(inputs),
         "output": STDOUT_FILE,
         "error": STDERR_FILE,
@@ -151,6 +155,9 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
         "accounting_group": accounting_group(spec.owner),
         "accounting_group_user": spec.owner,
     }
+    if spec.max_output_mb:
+        # Past it HTCondor holds the job (HoldReasonCode 33) rather than fill the spool.
+        description["max_transfer_output_mb"] = str(int(spec.max_output_mb))
     if spec.stream_output:
         # The files then never travel at exit: the tracker copies them from the spool (Iwd).
         description["stream_output"] = "true"

@@ -16,10 +16,10 @@ import shutil
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, ContextManager, Iterator
 
 from ..condor import submit_description as sd
 from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
@@ -43,7 +43,6 @@ ARTIFACT_FILES = {"output": sd.OUTPUT_FILE, "stdout": sd.STDOUT_FILE, "stderr": 
 MAX_NAME_LENGTH = 200
 # Seconds an action waits for a just-submitted job's input spooling hold to end.
 SPOOLING_WAIT = 10.0
-MAX_ARGUMENTS_LENGTH = 64 * 1024
 MAX_SCRIPT_BYTES = 1024 * 1024
 COPY_CHUNK = 1024 * 1024
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -171,6 +170,15 @@ class Staging:
         dest.chmod(0o700 if executable else 0o600)
         self.has_files = True
 
+    def input_bytes(self) -> int:
+        """Bytes of the files HTCondor will transfer (and spool) for one job."""
+        total = 0
+        for name in self.sources():
+            path = self.path / name
+            paths = path.rglob("*") if path.is_dir() else [path]
+            total += sum(p.stat().st_size for p in paths if p.is_file())
+        return total
+
     def sources(self) -> list[str]:
         """The files HTCondor transfers besides arguments.sh, in the order the launcher uses them."""
         names = [sd.BUNDLE_FILE]
@@ -185,8 +193,11 @@ class Staging:
 class JobService:
     def __init__(self, settings: Settings, store: Store, condor: CondorClient, audit: AuditLog, data: DataService,
                  runtimes: Callable[[], set[str]] | None = None,
-                 offers: Callable[[], list[dict[str, int]]] | None = None):
+                 offers: Callable[[], list[dict[str, int]]] | None = None,
+                 reserve: Callable[[Actor, int, int], ContextManager[str | None]] | None = None):
         self.runtimes = runtimes
+        # Holds a submission's place (jobs, spool bytes) against its owner's limits (QuotaService.reserve).
+        self.reserve = reserve or (lambda actor, jobs, spool_bytes: nullcontext())
         # The largest slot each worker could give one job, from the collector.
         self.offers = offers
         self.settings = settings
@@ -250,20 +261,34 @@ class JobService:
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
         wanted = self._check_resources(request)
         item_arguments = self._item_arguments(request)
-        archives = [(bundles.ArchiveSource(staging.bundle_path, "job-bundle", True, self.bundle_limits),
-                     refs.get("bundle"))]
-        for path, data_id in [(staging.input_path, refs.get("input"))] + [
-                (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
-            if path.exists():
-                archives.append((bundles.ArchiveSource(path, "job-input", False, self.limits), data_id))
-        self._validate_archives(actor, archives)
+        # What the schedd's spool will hold: every item its own copy of every input, of its
+        # arguments.sh and of the launcher (measured on HTCondor 25: nothing is shared).
+        inputs = staging.input_bytes() + sd.LAUNCHER.stat().st_size
+        spool = [inputs + len(_arguments_file(words, index, request.is_array).encode())
+                 for index, words in enumerate(item_arguments)]
+        with self.reserve(actor, len(item_arguments), sum(spool)) as charge_id:
+            archives = [(bundles.ArchiveSource(staging.bundle_path, "job-bundle", True, self.bundle_limits),
+                         refs.get("bundle"))]
+            for path, data_id in [(staging.input_path, refs.get("input"))] + [
+                    (staging.path / n, d) for n, d in zip(staging.extra_inputs, refs.get("extra_inputs", []))]:
+                if path.exists():
+                    archives.append((bundles.ArchiveSource(path, "job-input", False, self.limits), data_id))
+            self._validate_archives(actor, archives)
+            return self._queue(staging, request, refs, name, notification_url, ttl, runtime, wanted,
+                               item_arguments, spool, charge_id)
 
+    def _queue(self, staging: Staging, request: SubmitRequest, refs: dict[str, Any], name: str,
+               notification_url: str | None, ttl: int | None, runtime: str | None, wanted: resources.Resources,
+               item_arguments: list[list[str]], spool: list[int], charge_id: str | None) -> dict[str, Any]:
+        """Submit the validated job as one cluster and record it with the charge that held its place."""
+        actor = request.actor
         items = self._prepare_items(staging, item_arguments, request.is_array)
         spec = sd.JobSpec(
             job_id=items[0][0], instance_id=self.store.instance_id, owner=actor.user, name=name,
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
+            max_output_mb=-(-self.settings.max_output_bytes // (1 << 20)),
             stream_output=self.settings.live_output_enabled,
         )
         # Durably before the submit: whoever tracks this database sees these jobs are ours.
@@ -283,6 +308,8 @@ class JobService:
             raise BackendRefused(f"HTCondor refused the job: {exc}") from exc
 
         now = now_iso()
+        # The data object the answer goes into (seed 003's data2_id), checked with the sources.
+        answer_into = next((data_id for role, data_id in refs["all"] if role == "answer"), None)
         array_id = str(uuid.uuid4()) if request.is_array else None
         expires_at = to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None
         rows = [{
@@ -294,14 +321,14 @@ class JobService:
             "array_id": array_id, "kind": "command" if request.command else "bundle",
             "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
             "request_cpus": wanted.cpus, "request_memory_mb": wanted.memory_mb,
-            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit,
+            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit, "spool_bytes": spool[index],
             "answer_into": answer_into,
         } for index, (job_id, job_dir, arguments) in enumerate(items)]
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
                  "count": len(items), "created_at": now} if array_id else None
         try:
-            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array)
+            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id)
         except Exception:
             self.condor.remove_quietly(f"ClusterId == {cluster_id}", "the gateway could not record the job")
             self._discard_items(staging, items)
@@ -374,6 +401,8 @@ class JobService:
         """Bring data objects and commands into the staging folder; returns what came from where."""
         refs: dict[str, Any] = {"all": [], "extra_inputs": []}
         actor = request.actor
+        self._check_ids(request.input_ids, "job-input-ids")
+        self._check_ids(request.input_file_ids, "input_files")
         given = [staging.has_bundle, bool(request.bundle_id), bool(request.command)]
         if sum(given) > 1:
             raise InvalidRequest("give one of job-bundle, job-bundle-id or command", field="job-bundle")
@@ -384,8 +413,11 @@ class JobService:
             refs["bundle"] = row
             refs["all"].append(("bundle", row["id"]))
         elif request.command:
-            if len(request.command) > MAX_ARGUMENTS_LENGTH or "\0" in request.command:
-                raise InvalidRequest(f"command must be at most {MAX_ARGUMENTS_LENGTH} characters, without NUL", field="command")
+            if len(request.command.encode()) > self.settings.max_argument_bytes:
+                raise TooLarge(f"command is longer than {self.settings.max_argument_bytes} bytes (max_argument_bytes)",
+                               field="command", limit=self.settings.max_argument_bytes)
+            if "\0" in request.command:
+                raise InvalidRequest("command cannot contain NUL characters", field="command")
             bundles.write_script_bundle(f"#!/bin/sh\n{request.command}\n", staging.bundle_path)
             staging.has_bundle = True
         if not staging.has_bundle:
@@ -413,6 +445,17 @@ class JobService:
             refs["all"].append(("input_file", row["id"]))
         return refs
 
+    def _check_ids(self, ids: list[str], field_name: str) -> None:
+        """Each data id is one more copy in the schedd's spool: a few, each once."""
+        most = self.settings.max_input_ids
+        if len(ids) > most:
+            raise TooLarge(f"{field_name} names {len(ids)} data ids; a job takes at most {most} (max_input_ids)",
+                           field=field_name, limit=most)
+        repeated = sorted({data_id for data_id in ids if ids.count(data_id) > 1})
+        if repeated:
+            raise InvalidRequest(f"{field_name} names {', '.join(repeated)} more than once; name each data id once",
+                                 field=field_name, repeated=repeated)
+
     def _item_arguments(self, request: SubmitRequest) -> list[list[str]]:
         if request.array is not None and request.count is not None:
             raise InvalidRequest("give either an array of argument sets or a count, not both", field="array")
@@ -421,16 +464,38 @@ class JobService:
             if not 1 <= count <= self.settings.max_array_items:
                 raise InvalidRequest(f"an array has 1 to {self.settings.max_array_items} items", field="array")
         if request.array is not None:
-            return [item if isinstance(item, list) else _parse_arguments(item) for item in request.array]
-        base = request.arguments if isinstance(request.arguments, list) else _parse_arguments(request.arguments)
-        return [list(base) for _ in range(request.item_count)]
+            items = [self._words(item, "job-array") for item in request.array]
+        else:
+            items = [self._words(request.arguments, "job-arguments")] * request.item_count
+        # Every item's words are stored with its record: the items together are capped too.
+        total = sum(_size(words) for words in items)
+        if request.is_array and total > self.settings.max_body_bytes:
+            raise TooLarge(f"the array's arguments come to {total} bytes over its {len(items)} items; all items "
+                           f"together may have at most {self.settings.max_body_bytes} (max_body_bytes)",
+                           field="job-array", limit=self.settings.max_body_bytes)
+        return [list(words) for words in items]
+
+    def _words(self, value: str | list[str] | None, field_name: str) -> list[str]:
+        """One job's arguments as words (a string is split like a shell would), within the limits."""
+        limit, most = self.settings.max_argument_bytes, self.settings.max_arguments
+        if isinstance(value, str) and len(value.encode()) > limit:
+            raise TooLarge(f"{field_name} is longer than {limit} bytes (max_argument_bytes)", field=field_name,
+                           limit=limit)
+        words = list(value) if isinstance(value, list) else _parse_arguments(value, field_name)
+        if len(words) > most:
+            raise TooLarge(f"{field_name} has {len(words)} arguments; a job takes at most {most} (max_arguments)",
+                           field=field_name, limit=most)
+        if _size(words) > limit:
+            raise TooLarge(f"{field_name} come to {_size(words)} bytes; a job's arguments are at most {limit} bytes "
+                           "(max_argument_bytes)", field=field_name, limit=limit)
+        return _check_words(words, field_name)
 
     def _prepare_items(self, staging: Staging, item_arguments: list[list[str]],
                        is_array: bool) -> list[tuple[str, Path, list[str]]]:
         """One folder per item: the staging folder for a lone job, linked copies for an array."""
         restrict_tree(staging.path)  # copies and a command's bundle were made under the umask
         if not is_array:
-            write_private(staging.path / sd.ARGUMENTS_FILE, sd.arguments_script(item_arguments[0]))
+            write_private(staging.path / sd.ARGUMENTS_FILE, _arguments_file(item_arguments[0], 0, False))
             return [(staging.job_id, staging.path, item_arguments[0])]
         items = []
         sources = staging.sources()
@@ -445,8 +510,7 @@ class JobService:
                 mark_job_dir(job_dir, self.store.instance_id)
                 for name in sources:
                     _link_tree(staging.path / name, job_dir / name)
-                write_private(job_dir / sd.ARGUMENTS_FILE,
-                              sd.arguments_script(arguments) + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n")
+                write_private(job_dir / sd.ARGUMENTS_FILE, _arguments_file(arguments, index, True))
         except BaseException:
             self._discard_items(staging, items)
             raise
@@ -701,12 +765,18 @@ class JobService:
         self.store.apply_job_changes(changes)
 
 
+def _arguments_file(words: list[str], index: int, is_array: bool) -> str:
+    """arguments.sh of one job, or of one array item (which also learns its index)."""
+    script = sd.arguments_script(words)
+    return script + f"export MODACLOUDS_BATCH_ARRAY_INDEX={index}\n" if is_array else script
+
+
 def _check_ttl(ttl: Any) -> int | None:
     if ttl is None or ttl == "":
         return None
     try:
         value = int(ttl)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         raise InvalidRequest("ttl must be a whole number of seconds", field="ttl") from None
     if not 0 < value <= MAX_TTL_SECONDS:
         raise InvalidRequest(f"ttl must be a positive number of seconds, at most {MAX_TTL_SECONDS}", field="ttl")
@@ -744,16 +814,23 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _parse_arguments(text: str | None) -> list[str]:
-    """Split like a POSIX shell would, without ever running one."""
+def _parse_arguments(text: str | None, field_name: str = "job-arguments") -> list[str]:
+    """Split like a POSIX shell would, without ever running one (the caller caps the length)."""
     if not text:
         return []
-    if len(text) > MAX_ARGUMENTS_LENGTH:
-        raise TooLarge(f"job-arguments is longer than {MAX_ARGUMENTS_LENGTH} characters", field="job-arguments")
     try:
-        args = shlex.split(text, posix=True)
+        return shlex.split(text, posix=True)
     except ValueError as exc:
-        raise InvalidRequest(f"job-arguments could not be split like a shell would: {exc}", field="job-arguments") from exc
-    if any("\0" in arg for arg in args):
-        raise InvalidRequest("job-arguments cannot contain NUL characters", field="job-arguments")
-    return args
+        raise InvalidRequest(f"{field_name} could not be split like a shell would: {exc}", field=field_name) from exc
+
+
+def _size(words: list[str]) -> int:
+    """Bytes the words take as the job receives them (UTF-8, one separator each)."""
+    return sum(len(word.encode()) + 1 for word in words)
+
+
+def _check_words(words: list[str], field_name: str) -> list[str]:
+    """Arguments travel as C strings to the job: a NUL would cut one short, so it is refused."""
+    if any("\0" in word for word in words):
+        raise InvalidRequest(f"{field_name} cannot contain NUL characters", field=field_name)
+    return words

@@ -37,6 +37,9 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
+MAX_URL_LENGTH = 2048
+
+
 class UnsafeTarget(ValueError):
     """The URL may not be called; the message says why."""
 
@@ -58,13 +61,19 @@ class Target:
 def parse_url(url: str) -> Target:
     """The URL's parts, or UnsafeTarget when it is no http(s) URL one may call."""
     url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeTarget(f"must be at most {MAX_URL_LENGTH} characters")
+    if any(ord(c) < 33 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in url):
+        raise UnsafeTarget("must not contain spaces, control characters or lone surrogates; percent-encode them")
     try:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
+        port = parts.port  # raises for a port out of 0-65535 or not a number
+    except ValueError as exc:  # e.g. "Invalid IPv6 URL" for http://[::1/
         raise UnsafeTarget(f"is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("must be an absolute http:// or https:// URL")
+    if port == 0:
+        raise UnsafeTarget("must name a port from 1 to 65535 (or none)")
     if parts.username or parts.password:
         raise UnsafeTarget("must not carry credentials; use webhook signatures instead")
     return Target(url, parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))

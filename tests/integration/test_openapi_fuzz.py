@@ -149,3 +149,111 @@ def test_operation_answers_as_described(fuzzed_gateway, known_ids, label, mode):
     except Unsatisfiable:
         assert mode is GenerationMode.NEGATIVE, f"{label}: no well-formed request can be generated"
         pytest.skip(f"{label}: the description leaves nothing to break")
+
+
+# --- hostile values: what schemathesis never generates ----------------------------------
+# Its strings are valid UTF-8 and its numbers finite, so it never sent what once answered
+# 500 (issue 11, item 5). Each case below is a well-formed request of the description
+# with one value replaced by raw JSON text; the first group is invalid anywhere, so it
+# must be refused (4xx), the second only must not break the gateway (no 5xx).
+ALWAYS_REFUSED = ['"\\ud800"', '"a\\udfffb"', '["x", "\\udc00"]', "Infinity", "-Infinity", "NaN", "1e400",
+                  "[" * 100_000 + "]" * 100_000]
+NEVER_A_500 = ['"a\\u0000b"', '["a\\u0000b"]', '[["a\\u0000b"]]', '"http://[::1/"', '"http://example.com:99999/"',
+               "[]", "{}", "[[]]", "123456789012345678901234567890", "-1", "true", '""']
+# Raw query values: percent-encoded invalid UTF-8 (a lone surrogate), NUL, overlong numbers.
+HOSTILE_QUERY = ["%ED%A0%80", "%FF", "%00", "a%00b", "1e400", "Infinity", "99999999999999999999999", "%"]
+SENTINEL = "hostile-value-6b1f"
+# JSON operations; path parameters pinned where a valid request would change the shared pool.
+JSON_OPERATIONS = {
+    "POST /jobs": {}, "POST /tokens": {}, "POST /workers": {},
+    "PUT /users/{user}/limits": {"user": "fuzz"},
+    "POST /workers/{name}/drain": {"name": "no-such-worker"},
+}
+QUERY_OPERATIONS = ["GET /jobs", "GET /data", "GET /workers/requests", "GET /tokens", "GET /audit"]
+HOSTILE_EXAMPLES = max(40, EXAMPLES // 2)
+
+
+def _resolved(schema: dict) -> dict:
+    while "$ref" in schema:
+        schema = SPEC["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def _json_paths(value, prefix=()):
+    """Every place in a JSON document a value can be put: keys, list items, and the document itself."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _json_paths(child, prefix + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _json_paths(child, prefix + (index,))
+
+
+def _with_value_at(document, path, value):
+    if not path:
+        return value
+    copy = json.loads(json.dumps(document))
+    node = copy
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    return copy
+
+
+@st.composite
+def _hostile_json_case(draw, operation, pinned):
+    case = draw(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=pinned or None)
+                .filter(lambda c: c.media_type == "application/json"))
+    body = case.body if isinstance(case.body, dict) else {}
+    properties = _resolved(operation.definition.raw["requestBody"]["content"]["application/json"]["schema"])
+    properties = properties.get("properties", {})
+    paths = list(_json_paths(body)) + [(name,) for name in properties]
+    path = draw(st.sampled_from(paths))
+    raw = draw(st.sampled_from(ALWAYS_REFUSED + NEVER_A_500))
+    text = json.dumps(_with_value_at(body, path, SENTINEL)).replace(json.dumps(SENTINEL), raw)
+    return case, text, raw in ALWAYS_REFUSED
+
+
+@pytest.mark.parametrize("label", sorted(JSON_OPERATIONS))
+def test_hostile_json_values_are_refused_never_a_500(fuzzed_gateway, known_ids, label):
+    operation = OPERATIONS[label]
+    session = fuzzed_gateway.client().http  # the local admin token: answers past authentication
+
+    @hypothesis.given(drawn=_hostile_json_case(operation, JSON_OPERATIONS[label]))
+    @hypothesis.settings(max_examples=HOSTILE_EXAMPLES, deadline=None, database=None,
+                         derandomize=not DEEPER, suppress_health_check=list(hypothesis.HealthCheck))
+    def run(drawn):
+        case, text, must_refuse = drawn
+        kwargs = case.as_transport_kwargs(base_url=fuzzed_gateway.url)
+        kwargs.pop("json", None)
+        kwargs["data"] = text.encode()
+        kwargs["headers"] = {**kwargs["headers"], "Content-Type": "application/json"}
+        response = session.request(**kwargs, timeout=120)
+        FIGURES[(f"hostile {label}", response.status_code)] += 1
+        assert response.status_code != 401, response.text
+        assert response.status_code < 500, f"{label} {text[:200]!r}: {response.status_code} {response.text[:300]}"
+        assert response.headers["Content-Type"].startswith("application/json"), response.text[:300]
+        if must_refuse:
+            assert 400 <= response.status_code < 500, f"{label} accepted {text[:200]!r}: {response.text[:300]}"
+            assert "error" in response.json()
+
+    run()
+
+
+@pytest.mark.parametrize("label", QUERY_OPERATIONS)
+def test_hostile_query_values_are_never_a_500(fuzzed_gateway, label):
+    operation = OPERATIONS[label]
+    names = [p.name for p in operation.query]
+    session = fuzzed_gateway.client().http
+
+    @hypothesis.given(name=st.sampled_from(names), raw=st.sampled_from(HOSTILE_QUERY))
+    @hypothesis.settings(max_examples=len(names) * len(HOSTILE_QUERY), deadline=None, database=None,
+                         derandomize=True, suppress_health_check=list(hypothesis.HealthCheck))
+    def run(name, raw):
+        response = session.get(f"{fuzzed_gateway.url}{operation.path}?{name}={raw}", timeout=60)
+        FIGURES[(f"hostile {label}", response.status_code)] += 1
+        assert response.status_code != 401, response.text
+        assert response.status_code < 500, f"{label} ?{name}={raw}: {response.status_code} {response.text[:300]}"
+
+    run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from modaclouds_batch.condor.schedd import CondorUnavailable
 
@@ -64,8 +65,11 @@ class FakeCondor:
         self.act("remove", constraint, reason)
 
     def submit_spooled(self, description, itemdata=None):
-        """Queue the job idle (one proc; arrays take their ids from the item data)."""
+        """Queue the job idle (one proc; arrays take their ids from the item data);
+        ``submit_delay`` seconds stand for the spooling, ``clusters`` counts the submissions."""
         self._trip("submit", "")
+        time.sleep(getattr(self, "submit_delay", 0.0))
+        self.clusters = getattr(self, "clusters", 0) + 1
         cluster = len(self.queue) + len(self.history_ads) + 1
         ids = ([item["gateway_job_id"] for item in itemdata] if itemdata
                else [str(description["My.GatewayJobId"]).strip('"')])

@@ -298,3 +298,13 @@ def test_a_job_within_its_time_limit_keeps_its_own_status(tmp_path):
     assert status == 3
     assert time.monotonic() - started < 20  # the watchdog does not keep the launcher waiting
     assert "time limit" not in (box / "stderr.txt").read_text()
+
+
+def test_an_output_archive_exists_even_when_the_launcher_stops_before_the_job_starts(tmp_path):
+    # transfer_output_files names output.tar.gz: a missing one would hold the job.
+    box = sandbox_with(tmp_path, "hello")
+    (box / "work").write_text("a file where the launcher makes its work/ folder")
+    status, _, _ = run(box)
+    assert status == 1
+    with tarfile.open(box / "output.tar.gz") as tar:
+        assert tar.getnames() == []

@@ -91,3 +91,73 @@ def test_a_provider_that_is_not_a_name_is_refused(client):
     resp = client.simulate_post("/workers", json={"provider": [""], "params": {}})
     assert resp.status_code == 400, resp.text
     assert resp.json["field"] == "provider"
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("body, field", [
+    (b'{"command": "true", "ttl": Infinity}', "ttl"),
+    (b'{"command": "true", "ttl": -Infinity}', "ttl"),
+    (b'{"command": "true", "ttl": NaN}', "ttl"),
+    (b'{"command": "true", "ttl": 1e400}', "ttl"),
+    (b'{"command": "true", "count": Infinity}', "count"),
+    (b'{"command": "true", "count": 1e400}', "count"),
+    (b'{"command": "true", "arguments": ' + DEEP + b'}', "arguments"),
+    (b'{"command": "true", "name": "a\\ud800b"}', "name"),
+    (b'{"command": "echo \\udfff"}', "command"),
+    (b'{"command": "true", "arguments": ["ok", "\\udc00"]}', "arguments"),
+    (b'{"command": "true", "arguments": "\\udc00"}', "arguments"),
+    (b'{"command": "true", "array": [["a", "\\ud800"]]}', "array"),
+    (b'{"command": "true", "notification": "http://example.com/\\ud800"}', "notification"),
+    (b'{"command": "true", "\\ud800": 1}', "\\ud800"),
+    (b'{"command": "true", "arguments": ["a\\u0000b"]}', "job-arguments"),
+    (b'{"command": "true", "array": [["a\\u0000b"]]}', "job-array"),
+    (b'{"command": "true", "array": ["a\\u0000b"]}', "job-array"),
+    (b'{"command": "true", "notification": "http://example.com:99999/"}', "job-notification"),
+    (b'{"command": "true", "notification": "http://[::1/"}', "job-notification"),
+    (b'{"command": "true", "notification": "http://example.com/a b"}', "job-notification"),
+    (b'{"command": "true", "notification": "http://example.com:0/"}', "job-notification"),
+])
+def test_hostile_json_in_a_submission_is_a_400_naming_the_field(client, gateway, body, field):
+    resp = client.simulate_post("/jobs", body=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json["field"] == field
+    assert gateway.store.count_jobs() == 0
+
+
+def test_a_body_nested_100000_deep_is_a_400_on_every_json_route(client):
+    resp = client.simulate_post("/tokens", body=DEEP, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert "nests deeper" in resp.json["error"]
+
+
+@pytest.mark.parametrize("route, body, field", [
+    ("/tokens", b'{"owner": "alice", "label": "\\ud800"}', "label"),
+    ("/users/alice/limits", b'{"max_active_jobs": Infinity}', "max_active_jobs"),
+    ("/workers", b'{"provider": "local", "params": {"a": {"b": "\\udfff"}}}', "params"),
+])
+def test_surrogates_and_infinities_are_refused_on_other_json_routes_too(client, route, body, field):
+    method = client.simulate_put if route.startswith("/users") else client.simulate_post
+    resp = method(route, body=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json["field"] == field
+
+
+@pytest.mark.parametrize("body", [b'{"how": []}', b'{"how": ["quick"]}', b'{"how": {}}', b'{"how": 1}'])
+def test_a_drain_how_that_is_not_a_string_is_a_400_before_the_pool_is_asked(client, body):
+    resp = client.simulate_post("/workers/localhost/drain", body=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json["field"] == "how"
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"job-bundle=echo+hi&job-notification=http://[::1/", "job-notification"),
+    (b"job-bundle=echo+hi&job-notification=http://example.com:99999/", "job-notification"),
+    (b"job-bundle=echo+hi&job-ttl=1e400", "ttl"),
+    (b"job-bundle=echo+hi&job-count=1e400", "job-count"),
+])
+def test_hostile_form_fields_are_a_400_naming_the_field(client, body, field):
+    resp = client.simulate_post("/jobs", body=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json["field"] == field

@@ -57,3 +57,10 @@ def test_job_runs_the_packaged_launcher_from_its_own_folder():
 def test_constraint_quotes_ids_so_they_cannot_inject_expressions():
     constraint = sd.jobs_constraint("inst", ['a" || true || "'])
     assert constraint == 'GatewayInstance == "inst" && member(GatewayJobId, {"a\\" || true || \\""})'
+
+
+def test_only_the_output_archive_comes_back_and_its_size_is_capped():
+    submit = render(max_output_mb=2048)
+    assert submit["transfer_output_files"] == "output.tar.gz"  # plus stdout/stderr, which are output/error
+    assert submit["max_transfer_output_mb"] == "2048"
+    assert "max_transfer_output_mb" not in render().keys()
