@@ -14,6 +14,8 @@ import tes
 
 from tests.tes.schema import check
 
+from .docs_examples import run_page
+
 pytestmark = pytest.mark.integration
 
 BASE = "/ga4gh/tes/v1"
@@ -142,3 +144,9 @@ def test_list_pages_and_filters(tes_client, client):
         wait_final(client, task_id)
     assert listed(name_prefix=f"tes-list-{run}", state="COMPLETE") == ids[::-1]
     assert listed(name_prefix=f"tes-list-{run}", state="RUNNING") == []
+
+
+def test_the_docs_page_runs_as_printed(client, tmp_path):
+    out = run_page("docs/dialect-tes.md", client, tmp_path)
+    assert '{"state":"COMPLETE","logs":[{"exit_code":0,"stdout":"a\\nb\\n"}]}' in out
+    assert '"state": "CANCELED"' in out and "backend_parameters_strict" in out
