@@ -128,6 +128,9 @@ class Settings:
     # Seconds a worker the gateway added may be missing from the collector before
     # /workers/requests marks it lost (a pool restart, a VM that died); 'ready' again if it returns.
     worker_lost_after: float = 120.0
+    # Folders on the gateway's machine (comma-separated) that TES tasks may read file:// inputs
+    # from and write file:// outputs into; empty: the TES door refuses file:// URLs.
+    tes_file_folders: str = ""
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
@@ -197,6 +200,11 @@ class Settings:
 
             names.append(urlsplit(self.public_url).hostname or "")
         return frozenset(n.lower().strip("[]") for n in names if n)
+
+    @property
+    def tes_folders(self) -> tuple[Path, ...]:
+        """``tes_file_folders`` as real paths."""
+        return tuple(Path(os.path.realpath(f.strip())) for f in self.tes_file_folders.split(",") if f.strip())
 
     @property
     def private_webhooks_allowed(self) -> bool:

@@ -217,7 +217,7 @@ def m016_tes(db: Database) -> None:
     # it goes with the job's row.
     db.execute(
         "create table tes_tasks (job_id text primary key references jobs(id) on delete cascade,"
-        " tes_name text, tags text, task text)"
+        " tes_name text, tags text, task text, delivery text)"
     )
 
 
@@ -757,16 +757,23 @@ class Store:
                                     "task": json.dumps(task)})
 
     def tes_tasks(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The stored TES requests of these jobs, by job id (jobs that are no task are absent)."""
+        """The stored TES requests of these jobs, by job id (jobs that are no task are absent),
+        each with ``_delivery``: what became of its outputs (None until delivered)."""
         job_ids = list(job_ids)
         found: dict[str, dict[str, Any]] = {}
         with self._lock:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start:start + 500]
                 for row in self.db.query(
-                        f"select job_id, task from tes_tasks where job_id in ({','.join('?' * len(chunk))})", chunk):
-                    found[row["job_id"]] = json.loads(row["task"])
+                        f"select job_id, task, delivery from tes_tasks where job_id in ({','.join('?' * len(chunk))})",
+                        chunk):
+                    found[row["job_id"]] = {**json.loads(row["task"]),
+                                            "_delivery": json.loads(row["delivery"]) if row["delivery"] else None}
         return found
+
+    def set_tes_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["tes_tasks"].update(job_id, {"delivery": json.dumps(delivery)})
 
     def known_job_dirs(self) -> set[str]:
         with self._lock:

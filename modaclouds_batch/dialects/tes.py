@@ -8,6 +8,8 @@ only the fields the TES 1.1 schema defines (clients such as py-tes refuse any ot
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from ..jobs.states import JobAction, JobState
 from ..store import JobFilter
 from . import Dialect, submission_hook, word_filter
 from . import tes_task
+
+log = logging.getLogger(__name__)
 
 BASE = "/ga4gh/tes/v1"
 DOCS = "docs/dialect-tes.md"
@@ -53,17 +57,18 @@ IMAGE_NOTE = ("The pool has no container runtime: an executor's image is recorde
               "that holds every path the task declares.")
 
 
-def service_info() -> dict[str, Any]:
+def service_info(folders: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {
         "id": "org.modaclouds.batch.tes",
         "name": "modaclouds-batch TES",
         "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
         "description": "GA4GH TES 1.1 over an HTCondor pool (one task = one HTCondor job). " + IMAGE_NOTE +
-                       " Inputs: inline content only. Outputs: none yet.",
+                       " Inputs: inline content and file:// URLs, outputs: file:// URLs, both in the folders listed in "
+                       "storage (none: file:// is refused).",
         "organization": {"name": "MODAClouds", "url": "https://github.com/modaclouds"},
         "environment": "production",
         "version": __version__,
-        "storage": [],
+        "storage": [folder.as_uri() for folder in folders],
         "tesResources_backend_parameters": sorted(tes_task.BACKEND_PARAMETERS),
     }
 
@@ -79,10 +84,46 @@ def _executor_count(task: dict) -> int:
     return len(task.get("executors") or [])
 
 
+def tes_state(job: dict, task: dict) -> str:
+    """STATES, except for a task with outputs: COMPLETE only once they are delivered."""
+    state = JobState(job["state"])
+    if state is JobState.COMPLETED and task.get("_outputs"):
+        delivery = task.get("_delivery")
+        if delivery is None:
+            return "RUNNING"  # the job's output is still on its way back
+        if delivery.get("error"):
+            return "SYSTEM_ERROR"
+    return STATES[state]
+
+
+class Deliveries:
+    """Outputs are delivered once, when a task whose job completed is first read."""
+
+    def __init__(self, gateway):
+        self.store = gateway.store
+        self.folders = gateway.settings.tes_folders
+        self._lock = threading.Lock()
+
+    def settle(self, job: dict, task: dict) -> dict:
+        if not task.get("_outputs") or task.get("_delivery") is not None:
+            return task
+        if JobState(job["state"]) is not JobState.COMPLETED or not job.get("outputs_retrieved_at"):
+            return task
+        with self._lock:
+            stored = self.store.tes_tasks([job["id"]]).get(job["id"], task)
+            if stored.get("_delivery") is None:
+                archive = Path(job["job_dir"]) / ARTIFACT_FILES["output"]
+                delivery = tes_task.deliver_outputs(archive, stored["_outputs"], self.folders)
+                if delivery["error"]:
+                    log.warning("task %s: outputs not delivered: %s", job["id"], delivery["error"])
+                self.store.set_tes_delivery(job["id"], delivery)
+                stored = {**stored, "_delivery": delivery}
+            return stored
+
+
 def task_view(job: dict, task: dict, view: str) -> dict[str, Any]:
     """A tesTask in ``view``: only the fields TES 1.1 defines, none of them null."""
-    state = JobState(job["state"])
-    answer: dict[str, Any] = {"id": job["id"], "state": STATES[state]}
+    answer: dict[str, Any] = {"id": job["id"], "state": tes_state(job, task)}
     if view == "MINIMAL":
         return answer
     full = view == "FULL"
@@ -97,13 +138,15 @@ def task_view(job: dict, task: dict, view: str) -> dict[str, Any]:
         answer["resources"] = resources
     answer["executors"] = task.get("executors") or []
     answer["creation_time"] = job["created_at"]
-    answer["logs"] = [task_log(job, _executor_count(task), full)]
+    answer["logs"] = [task_log(job, task, full)]
     return answer
 
 
-def task_log(job: dict, executors: int, full: bool) -> dict[str, Any]:
+def task_log(job: dict, task: dict, full: bool) -> dict[str, Any]:
     """The one tesTaskLog (present even before the task runs): executor logs once it ended."""
-    log: dict[str, Any] = {"logs": [], "outputs": []}
+    executors = _executor_count(task)
+    delivery = task.get("_delivery") or {}
+    log: dict[str, Any] = {"logs": [], "outputs": delivery.get("files") or []}
     state = JobState(job["state"])
     output = Path(job["job_dir"]) / ARTIFACT_FILES["output"] if job.get("job_dir") else None
     if output and job.get("outputs_retrieved_at") and output.is_file():
@@ -120,6 +163,8 @@ def task_log(job: dict, executors: int, full: bool) -> dict[str, Any]:
     log["metadata"] = metadata
     if full:
         log["system_logs"] = system_logs(job)
+        if delivery.get("error"):
+            log["system_logs"].append(f"outputs not delivered: {delivery['error']}")
     return log
 
 
@@ -138,31 +183,40 @@ def system_logs(job: dict) -> list[str]:
 
 
 class ServiceInfoResource:
+    def __init__(self, gateway):
+        self.folders = gateway.settings.tes_folders
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = service_info()
+        resp.media = service_info(self.folders)
 
 
 class TasksResource:
-    def __init__(self, gateway):
+    def __init__(self, gateway, deliveries: Deliveries):
         self.service = gateway.service
         self.store = gateway.store
         self.quota = gateway.quota
+        self.folders = gateway.settings.tes_folders
+        self.deliveries = deliveries
         self.on_submitted = submission_hook(gateway)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        task = tes_task.parse_task(json_object(req))
+        task = tes_task.parse_task(json_object(req), self.folders)
 
         def parse(staging):
             request = submission_from_json(task.job_fields, actor, req.context.request_id)
             bundles.write_files_bundle(task.script, task.files, staging.bundle_path)
             staging.has_bundle = True
+            for member, source in task.file_inputs:
+                staging.add_tree_copy(source, member)
             return request
 
         _, created = submit_job(self.service, self.quota, actor, parse, self.on_submitted)
         body = dict(task.body)
         if "resources" in body:
             body["resources"] = tes_task.kept_resources(body["resources"])
+        if task.outputs:
+            body["_outputs"] = task.outputs
         try:
             self.store.add_tes_task(created["id"], task.body.get("name"), task.body.get("tags") or {}, body)
         except Exception:
@@ -191,7 +245,8 @@ class TasksResource:
                         tes_tags=tags)
         rows, next_cursor, _ = self.service.list(req.context.actor, flt, size, req.get_param("page_token"))
         tasks = self.store.tes_tasks(row["id"] for row in rows)
-        resp.media = {"tasks": [task_view(row, tasks.get(row["id"], {}), view) for row in rows]}
+        resp.media = {"tasks": [task_view(row, self.deliveries.settle(row, tasks.get(row["id"], {})), view)
+                                for row in rows]}
         if next_cursor:
             resp.media["next_page_token"] = next_cursor
 
@@ -205,13 +260,15 @@ def _task(service, store, job_id: str, actor) -> tuple[dict, dict]:
 
 
 class TaskResource:
-    def __init__(self, gateway):
+    def __init__(self, gateway, deliveries: Deliveries):
         self.service = gateway.service
         self.store = gateway.store
+        self.deliveries = deliveries
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
+        view = view_param(req)
         job, task = _task(self.service, self.store, task_id, req.context.actor)
-        resp.media = task_view(job, task, view_param(req))
+        resp.media = task_view(job, self.deliveries.settle(job, task), view)
 
 
 class CancelResource:
@@ -234,9 +291,10 @@ class CancelResource:
 
 
 def register(app, gateway) -> None:
-    app.add_route(f"{BASE}/service-info", ServiceInfoResource())
-    app.add_route(f"{BASE}/tasks", TasksResource(gateway))
-    app.add_route(f"{BASE}/tasks/{{task_id}}", TaskResource(gateway))
+    app.add_route(f"{BASE}/service-info", ServiceInfoResource(gateway))
+    deliveries = Deliveries(gateway)
+    app.add_route(f"{BASE}/tasks", TasksResource(gateway, deliveries))
+    app.add_route(f"{BASE}/tasks/{{task_id}}", TaskResource(gateway, deliveries))
     app.add_route(f"{BASE}/tasks/{{task_id}}:cancel", CancelResource(gateway))
 
 

@@ -13,12 +13,15 @@ single-quoted in run.sh (the rewritten part is ``"$root"``).
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import shutil
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..errors import InvalidRequest
 
@@ -27,6 +30,8 @@ TASK_FIELDS = ("name", "description", "inputs", "outputs", "resources", "executo
 READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
 EXECUTOR_FIELDS = ("image", "command", "workdir", "stdin", "stdout", "stderr", "env", "ignore_error")
 INPUT_FIELDS = ("name", "description", "url", "path", "type", "content", "streamable")
+OUTPUT_FIELDS = ("name", "description", "url", "path", "path_prefix", "type")
+GLOB_CHARS = "*?["
 RESOURCE_FIELDS = ("cpu_cores", "preemptible", "ram_gb", "disk_gb", "zones", "backend_parameters",
                    "backend_parameters_strict")
 # backend_parameters the gateway understands (keys are case-insensitive), to the POST /jobs field.
@@ -51,6 +56,10 @@ class Task:
     script: str               # run.sh
     files: dict[str, bytes]   # inline inputs, by their path in the bundle (root/...)
     job_fields: dict[str, Any]  # POST /jobs JSON fields: name, cpus, memory, disk, runtime, time_limit
+    # file:// inputs: (path in the job's working directory, root/..., the gateway-side source).
+    file_inputs: list[tuple[str, Path]] = dc_field(default_factory=list)
+    # file:// outputs, checked: index, path, glob, prefix, dest, type (delivered after the job).
+    outputs: list[dict[str, Any]] = dc_field(default_factory=list)
 
 
 def _fail(message: str, field: str) -> InvalidRequest:
@@ -80,6 +89,30 @@ def _path(value: Any, field: str) -> str:
     if any(norm == p or norm.startswith(p + "/") for p in SYSTEM_PREFIXES):
         raise _fail(f"{field} {norm} is in a system folder of the worker; use a path such as /data/...", field)
     return norm
+
+
+def _within(path: Path, folders: tuple[Path, ...]) -> bool:
+    real = Path(os.path.realpath(path))
+    return any(real == folder or folder in real.parents for folder in folders)
+
+
+def file_url_path(url: str, field: str, folders: tuple[Path, ...]) -> Path:
+    """A file:// URL (or a bare absolute path) as a path inside one of ``folders``, or a 400."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https", "s3", "gs", "ftp"):
+        raise _fail(f"{field}: {parts.scheme}:// URLs are not supported yet; use file:// (in the folders the "
+                    "gateway allows) or inline content", field)
+    if parts.scheme not in ("", "file") or parts.netloc not in ("", "localhost"):
+        raise _fail(f"{field}: only file:// URLs (and inline content) are supported", field)
+    path = unquote(parts.path)
+    if not path.startswith("/") or "\0" in path:
+        raise _fail(f"{field} must be an absolute file:// URL such as file:///data/in.txt", field)
+    if not folders:
+        raise _fail(f"{field}: this gateway allows no file:// URLs (its tes_file_folders setting is empty)", field)
+    if not _within(Path(path), folders):
+        raise _fail(f"{field}: {path} is outside the folders the gateway allows for file:// URLs: "
+                    f"{', '.join(str(f) for f in folders)}", field)
+    return Path(os.path.realpath(path))
 
 
 def _object(value: Any, field: str) -> dict:
@@ -112,8 +145,10 @@ def _string_map(value: Any, field: str) -> dict[str, str]:
     return dict(mapping)
 
 
-def parse_task(body: Any) -> Task:
-    """The TES request checked and translated, or an InvalidRequest naming the field."""
+def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
+    """The TES request checked and translated, or an InvalidRequest naming the field.
+
+    ``folders``: where file:// inputs may be read and file:// outputs written (real paths)."""
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a tesTask object, e.g. {"executors": [{"image": "alpine", '
                              '"command": ["echo", "hello"]}]}')
@@ -124,11 +159,10 @@ def parse_task(body: Any) -> Task:
     tags = _string_map(body.get("tags"), "tags")
     volumes = [_path(v, f"volumes[{i}]") for i, v in enumerate(_list(body.get("volumes"), "volumes"))]
 
-    if _list(body.get("outputs"), "outputs"):
-        raise _fail("outputs are not supported yet: the gateway delivers no output URL; write results to "
-                    "stdout or keep them out of the task (see docs/dialect-tes.md)", "outputs")
+    outputs = [parse_output(item, i, folders) for i, item in enumerate(_list(body.get("outputs"), "outputs"))]
 
     files: dict[str, bytes] = {}
+    file_inputs: list[tuple[str, Path]] = []
     input_paths = []
     for i, item in enumerate(_list(body.get("inputs"), "inputs")):
         field = f"inputs[{i}]"
@@ -143,17 +177,24 @@ def parse_task(body: Any) -> Task:
             _text(item.get(key), f"{field}.{key}")
         if item.get("streamable") is not None and not isinstance(item["streamable"], bool):
             raise _fail(f"{field}.streamable must be true or false", f"{field}.streamable")
+        member = ROOT_DIR + path
+        if member in files or any(member == m for m, _ in file_inputs):
+            raise _fail(f"{field}.path {path} is given twice", f"{field}.path")
         if not content:
-            raise _fail(f"{field}: only inline inputs (content) are supported yet; url inputs are not",
-                        f"{field}.url")
+            url = _text(item.get("url"), f"{field}.url", required=True)
+            source = file_url_path(url, f"{field}.url", folders)
+            if kind == "FILE" and not source.is_file() or kind == "DIRECTORY" and not source.is_dir():
+                raise _fail(f"{field}.url: {source} is not a readable {kind.lower()} on the gateway", f"{field}.url")
+            if not os.access(source, os.R_OK):
+                raise _fail(f"{field}.url: the gateway cannot read {source}", f"{field}.url")
+            file_inputs.append((member, source))
+            input_paths.append(path)
+            continue
         if kind == "DIRECTORY":
             raise _fail(f"{field}: inline content makes a FILE, not a DIRECTORY", f"{field}.type")
         data = content.encode("utf-8")
         if len(data) > MAX_CONTENT_BYTES:
             raise _fail(f"{field}.content is larger than {MAX_CONTENT_BYTES} bytes", f"{field}.content")
-        member = ROOT_DIR + path
-        if member in files:
-            raise _fail(f"{field}.path {path} is given twice", f"{field}.path")
         files[member] = data
         input_paths.append(path)
 
@@ -183,7 +224,7 @@ def parse_task(body: Any) -> Task:
                  for key in ("workdir", "stdin", "stdout", "stderr")}
         checked.append({"command": command, "env": env, "ignore_error": bool(item.get("ignore_error")), **paths})
 
-    declared = {*input_paths, *volumes}
+    declared = {*input_paths, *volumes, *(out["declared"] for out in outputs)}
     for ex in checked:
         declared.update(p for key in ("workdir", "stdin", "stdout", "stderr") if (p := ex[key]))
     job_fields = resource_fields(_object(body.get("resources"), "resources"))
@@ -191,8 +232,36 @@ def parse_task(body: Any) -> Task:
         job_fields["name"] = name[:200].strip() or "TES task"
     else:
         job_fields["name"] = "TES task"
-    script = render_script(checked, volumes, sorted(declared, key=len, reverse=True))
-    return Task(body=kept, script=script, files=files, job_fields=job_fields)
+    script = render_script(checked, volumes, sorted(declared, key=len, reverse=True), outputs)
+    return Task(body=kept, script=script, files=files, job_fields=job_fields, file_inputs=file_inputs,
+                outputs=outputs)
+
+
+def parse_output(item: Any, index: int, folders: tuple[Path, ...]) -> dict[str, Any]:
+    """One tesOutput: a path (globs as POSIX sh has them, with path_prefix) to a file:// URL."""
+    field = f"outputs[{index}]"
+    item = _object(item, field)
+    _unknown(item, OUTPUT_FIELDS, "output")
+    for key in ("name", "description"):
+        _text(item.get(key), f"{field}.{key}")
+    kind = item.get("type") or "FILE"
+    if kind not in ("FILE", "DIRECTORY"):
+        raise _fail(f"{field}.type is FILE or DIRECTORY", f"{field}.type")
+    raw = _text(item.get("path"), f"{field}.path", required=True)
+    glob = any(c in raw for c in GLOB_CHARS)
+    path = _path(raw, f"{field}.path")
+    dest = file_url_path(_text(item.get("url"), f"{field}.url", required=True), f"{field}.url", folders)
+    declared = path
+    prefix = None
+    if glob:
+        prefix = _text(item.get("path_prefix"), f"{field}.path_prefix")
+        if not prefix or not path.startswith(prefix) or any(c in prefix for c in GLOB_CHARS):
+            raise _fail(f"{field}.path_prefix is required with a wildcard path: the part of the path before the "
+                        f"wildcards, removed from each match", f"{field}.path_prefix")
+        prefix = _path(prefix, f"{field}.path_prefix") if prefix.rstrip("/") else prefix
+        declared = prefix.rstrip("/") or path
+    return {"index": index, "path": path, "glob": glob, "prefix": prefix, "dest": str(dest), "type": kind,
+            "declared": declared}
 
 
 def resource_fields(resources: dict) -> dict[str, Any]:
@@ -283,7 +352,34 @@ status=0
 """
 
 
-def render_script(executors: list[dict], volumes: list[str], declared: list[str]) -> str:
+def glob_word(pattern: str) -> str:
+    """A path pattern as a shell word: the wildcards active, everything else quoted."""
+    parts = re.split(r"([*?]|\[[^\]/]*\])", pattern)
+    return "".join(part if i % 2 else (quote(part) if part else "") for i, part in enumerate(parts))
+
+
+def render_outputs(outputs: list[dict]) -> str:
+    """After the executors: each output's matches copied into .tes/outputs/N/ (paths under root/ kept)."""
+    lines = []
+    for out in outputs:
+        n = out["index"]
+        target = f'"$logs/outputs/{n}"'
+        rel = out["path"].lstrip("/")
+        lines.append(f"\n# output {n}\nmkdir -p {target} || exit 1\n")
+        if out["glob"]:
+            lines.append(
+                f'( cd "$root" && found=0 && for f in {glob_word(rel)}; do [ -e "$f" ] || continue; found=1; '
+                f'tar -cf - -- "$f" | (cd {target} && tar -xf -) || exit 1; done; [ "$found" = 1 ] || '
+                f': > "$logs/outputs/{n}.missing" ) || exit 1\n')
+        else:
+            lines.append(
+                f'if [ -e "$root"{quote(out["path"])} ]; then ( cd "$root" && tar -cf - -- {quote(rel)} | '
+                f'(cd {target} && tar -xf -) ) || exit 1; else : > "$logs/outputs/{n}.missing"; fi\n')
+    return "".join(lines)
+
+
+def render_script(executors: list[dict], volumes: list[str], declared: list[str],
+                  outputs: list[dict] | None = None) -> str:
     pattern = _boundary_pattern(declared)
     lines = [SCRIPT_HEAD]
     folders = set(volumes)
@@ -322,6 +418,7 @@ def render_script(executors: list[dict], volumes: list[str], declared: list[str]
             lines.append(f'[ "$code" -eq 0 ] || echo "executor {n} exited $code (ignore_error)" >&2\n')
         else:
             lines.append(f'[ "$code" -eq 0 ] || {{ echo "executor {n} exited $code" >&2; exit "$code"; }}\n')
+    lines.append(render_outputs(outputs or []))
     lines.append("exit $status\n")
     return "".join(lines)
 
@@ -356,3 +453,69 @@ def executor_logs(output_archive: Path, executors: int, full: bool) -> list[dict
         logs.append(log)
     return logs
 
+
+
+# --- outputs, delivered on the gateway's side ---------------------------------------------
+
+def _safe_relative(name: str) -> str | None:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def deliver_outputs(output_archive: Path, outputs: list[dict], folders: tuple[Path, ...]) -> dict[str, Any]:
+    """Copy each output's files from the job's output archive to its file:// URL.
+
+    The archive comes from the worker, so it is untrusted: only regular files, no '..', each
+    target inside the output's destination and the allowed folders. Returns
+    ``{"files": [tesOutputFileLog...], "error": None or why}``."""
+    files: list[dict[str, str]] = []
+    try:
+        tar = tarfile.open(output_archive, "r:gz")
+    except (OSError, tarfile.TarError) as exc:
+        return {"files": [], "error": f"the job's output archive cannot be read: {exc}"}
+    with tar:
+        members = {}
+        for member in tar.getmembers():
+            name = _safe_relative(member.name)
+            if name:
+                members[name] = member
+        for out in outputs:
+            n = out["index"]
+            base = f"{LOG_DIR}/outputs/{n}/"
+            if f"{LOG_DIR}/outputs/{n}.missing" in members:
+                return {"files": files, "error": f"output {out['path']} was not produced by the task"}
+            dest = Path(out["dest"])
+            if not _within(dest, folders):
+                return {"files": files, "error": f"output {out['path']}: {dest} is no longer in an allowed folder"}
+            rel_path = out["path"].lstrip("/")
+            for name, member in sorted(members.items()):
+                if not name.startswith(base) or not member.isfile():
+                    continue
+                inner = name[len(base):]  # the path under root/, without its leading /
+                if out["glob"]:
+                    prefix = out["prefix"].lstrip("/")
+                    if not inner.startswith(prefix):
+                        continue
+                    target = dest / inner[len(prefix):].lstrip("/")
+                elif inner == rel_path:
+                    target = dest
+                elif inner.startswith(rel_path + "/"):
+                    target = dest / inner[len(rel_path) + 1:]
+                else:
+                    continue
+                if not _within(target.parent if target.parent.exists() else dest, folders) or \
+                        not (Path(os.path.realpath(target)) == Path(os.path.realpath(dest)) or
+                             Path(os.path.realpath(dest)) in Path(os.path.realpath(target)).parents):
+                    return {"files": files, "error": f"output {out['path']}: {target} is outside {dest}"}
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if target.is_symlink():
+                        target.unlink()
+                    with tar.extractfile(member) as src, open(target, "wb") as sink:
+                        shutil.copyfileobj(src, sink)
+                except OSError as exc:
+                    return {"files": files, "error": f"output {out['path']}: could not write {target}: {exc}"}
+                files.append({"url": target.as_uri(), "path": "/" + inner, "size_bytes": str(member.size)})
+    return {"files": files, "error": None}

@@ -112,6 +112,7 @@ class Staging:
     has_input: bool = False
     extra_inputs: list[str] = field(default_factory=list)
     has_files: bool = False
+    copied_bytes: int = 0
     committed: bool = field(default=False, repr=False)
 
     @property
@@ -168,6 +169,33 @@ class Staging:
         # Private like every file of the job folder; the launcher copies it into work/.
         dest.chmod(0o700 if executable else 0o600)
         self.has_files = True
+
+    def add_tree_copy(self, src: Path, relative: str) -> int:
+        """A file, or a folder's files, copied (never linked: the source keeps its modes) to
+        ``relative`` in the job's working directory; returns the bytes copied.
+
+        Symbolic links are not followed. Refused past the upload limit, with what was given before."""
+        folder = private_dir(self.path / sd.FILES_DIR)
+        dest = folder / relative
+        sources = [(src, dest)] if src.is_file() else [
+            (Path(root) / name, dest / Path(root).relative_to(src) / name)
+            for root, _, names in os.walk(src) for name in names]
+        if src.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        copied = 0
+        for source, target in sources:
+            if source.is_symlink() or not source.is_file():
+                continue
+            copied += source.stat().st_size
+            self.copied_bytes += source.stat().st_size
+            if self.copied_bytes > self.max_upload_bytes:
+                raise TooLarge(f"the job's input files are larger than {self.max_upload_bytes} bytes",
+                               limit=self.max_upload_bytes)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+        self.has_files = True
+        return copied
 
     def sources(self) -> list[str]:
         """The files HTCondor transfers besides arguments.sh, in the order the launcher uses them."""

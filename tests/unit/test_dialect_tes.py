@@ -184,7 +184,8 @@ def test_another_doors_job_and_an_unknown_id_are_not_tasks(world):
     ({"executors": [{"image": "a", "command": ["true"], "shell": True}]}, "executor.shell"),
     ({**task(), "inputs": [{"path": "/data/x", "url": "s3://bucket/x"}]}, "inputs[0].url"),
     ({**task(), "inputs": [{"path": "data/x", "content": "x"}]}, "inputs[0].path"),
-    ({**task(), "outputs": [{"path": "/data/x", "url": "file:///tmp/x"}]}, "outputs"),
+    ({**task(), "outputs": [{"path": "/data/x", "url": "file:///tmp/x"}]}, "outputs[0].url"),
+    ({**task(), "inputs": [{"path": "/data/x", "url": "file:///etc/passwd"}]}, "inputs[0].url"),
     ({**task(), "colour": "red"}, "task.colour"),
     ({**task(), "resources": {"backend_parameters": {"VmSize": "big"}, "backend_parameters_strict": True}},
      "resources.backend_parameters"),
@@ -211,7 +212,10 @@ def test_resources_become_the_jobs_requests_and_unsupported_parameters_are_dropp
 
 def run_task(tmp_path: Path, body: dict) -> tuple[int, Path, str]:
     """Unpack the task's bundle as the launcher does and run its run.sh; returns (status, output dir, stderr)."""
-    parsed = tes_task.parse_task(body)
+    return run_task_parsed(tmp_path, tes_task.parse_task(body))
+
+
+def run_task_parsed(tmp_path: Path, parsed) -> tuple[int, Path, str]:
     bundle = tmp_path / "bundle.tar.gz"
     bundles.write_files_bundle(parsed.script, parsed.files, bundle)
     work, output = tmp_path / "work", tmp_path / "output"
@@ -284,3 +288,102 @@ def test_full_view_reads_executor_logs_from_the_retrieved_output(world, tmp_path
     basic = get(world, task_id, "BASIC")
     assert "stdout" not in basic["logs"][0]["logs"][0]
     assert json.dumps(full)  # plain JSON
+
+
+# --- file:// inputs and outputs ---------------------------------------------------------------
+
+@pytest.fixture
+def shared(tmp_path):
+    folder = tmp_path / "shared"
+    (folder / "in" / "ref").mkdir(parents=True)
+    (folder / "in" / "a.txt").write_text("alpha\n")
+    (folder / "in" / "ref" / "r1").write_text("r1\n")
+    (folder / "out").mkdir()
+    return folder
+
+
+@pytest.fixture
+def fworld(tmp_path, shared):
+    w = World(tmp_path / "home", tes_file_folders=str(shared))
+    yield w
+    w.store.close()
+
+
+def test_file_inputs_from_an_allowed_folder_are_copied_into_the_job(fworld, shared):
+    body = task(inputs=[{"path": "/data/a.txt", "url": f"file://{shared}/in/a.txt"},
+                        {"path": "/data/ref", "url": f"file://{shared}/in/ref", "type": "DIRECTORY"}])
+    task_id = create(fworld, body)
+    files = Path(fworld.store.get_job(task_id)["job_dir"]) / "files" / "root" / "data"
+    assert (files / "a.txt").read_text() == "alpha\n" and (files / "ref" / "r1").read_text() == "r1\n"
+    assert oct((shared / "in" / "a.txt").stat().st_mode & 0o777) != "0o600"  # the source keeps its modes
+    info = fworld.http.simulate_get("/ga4gh/tes/v1/service-info").json
+    assert info["storage"] == [Path(os.path.realpath(shared)).as_uri()]
+
+
+@pytest.mark.parametrize("url, why", [
+    ("file:///etc/hostname", "outside the folders"),
+    ("{shared}/../escape", "outside the folders"),
+    ("file://{shared}/in/missing.txt", "not a readable file"),
+    ("https://example.org/x", "not supported yet"),
+])
+def test_file_inputs_outside_the_folders_or_missing_are_refused(fworld, shared, url, why):
+    resp = fworld.http.simulate_post(TASKS, json=task(inputs=[{"path": "/data/x", "url": url.format(shared=shared)}]))
+    assert resp.status_code == 400 and why in resp.json["error"], resp.json
+    assert fworld.nothing_left()
+
+
+def test_outputs_are_collected_by_run_sh_and_delivered_inside_their_destination(tmp_path, shared):
+    folders = (Path(os.path.realpath(shared)),)
+    body = {"volumes": ["/out"], "executors": [{"image": "x", "command": [
+        "sh", "-c", "echo one > /out/one.txt; echo two > /out/two.txt; mkdir -p /out/d/e; echo deep > /out/d/e/f; "
+                    "echo skip > /out/skip.log"]}],
+            "outputs": [{"path": "/out/one.txt", "url": f"file://{shared}/out/first.txt"},
+                        {"path": "/out/d", "url": f"file://{shared}/out/dir", "type": "DIRECTORY"},
+                        {"path": "/out/*.txt", "path_prefix": "/out/", "url": f"file://{shared}/out/glob"}]}
+    parsed = tes_task.parse_task(body, folders)
+    status, output, stderr = run_task_parsed(tmp_path, parsed)
+    assert status == 0, stderr
+    archive = tmp_path / "output.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(output, arcname=".")
+    delivery = tes_task.deliver_outputs(archive, parsed.outputs, folders)
+    assert delivery["error"] is None
+    out = shared / "out"
+    assert (out / "first.txt").read_text() == "one\n"
+    assert (out / "dir" / "e" / "f").read_text() == "deep\n"
+    assert sorted(p.name for p in (out / "glob").iterdir()) == ["one.txt", "two.txt"]
+    check({"logs": [], "outputs": delivery["files"]}, "tesTaskLog")
+    assert {f["path"] for f in delivery["files"]} >= {"/out/one.txt", "/out/d/e/f"}
+
+
+def test_a_missing_output_is_a_delivery_error(tmp_path, shared):
+    folders = (Path(os.path.realpath(shared)),)
+    parsed = tes_task.parse_task({"executors": [{"image": "x", "command": ["true"]}],
+                                  "outputs": [{"path": "/out/none", "url": f"file://{shared}/out/none"}]}, folders)
+    status, output, _ = run_task_parsed(tmp_path, parsed)
+    assert status == 0
+    archive = tmp_path / "output.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(output, arcname=".")
+    assert "was not produced" in tes_task.deliver_outputs(archive, parsed.outputs, folders)["error"]
+
+
+def test_a_completed_task_delivers_its_outputs_once_and_an_archive_cannot_escape(fworld, shared, tmp_path):
+    task_id = create(fworld, task(outputs=[{"path": "/out/*", "path_prefix": "/out", "url": f"file://{shared}/out/t"}]))
+    job_dir = Path(fworld.store.get_job(task_id)["job_dir"])
+    with tarfile.open(job_dir / "output.tar.gz", "w:gz") as tar:
+        for name, data in (("./.tes/outputs/0/out/r.txt", b"result\n"), ("./.tes/outputs/0/out/../../../../evil", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, __import__("io").BytesIO(data))
+    fworld.set_status(task_id, 2)
+    fworld.finish(task_id)
+    full = get(fworld, task_id, "FULL")
+    assert full["state"] == "COMPLETE", full
+    assert full["logs"][0]["outputs"] == [{"url": (Path(os.path.realpath(shared)) / "out" / "t" / "r.txt").as_uri(),
+                                           "path": "/out/r.txt", "size_bytes": "7"}]
+    assert (shared / "out" / "t" / "r.txt").read_text() == "result\n"
+    assert not list(tmp_path.rglob("evil"))
+    (shared / "out" / "t" / "r.txt").unlink()
+    assert get(fworld, task_id, "MINIMAL")["state"] == "COMPLETE"
+    assert not (shared / "out" / "t" / "r.txt").exists()  # delivered once, not at every read
