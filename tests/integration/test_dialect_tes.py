@@ -15,6 +15,8 @@ import tes
 from tests.tes.schema import check
 
 from .docs_examples import run_page
+from .fixtures import GATEWAY_ENV
+from .gateway import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +152,45 @@ def test_the_docs_page_runs_as_printed(client, tmp_path):
     out = run_page("docs/dialect-tes.md", client, tmp_path)
     assert '{"state":"COMPLETE","logs":[{"exit_code":0,"stdout":"a\\nb\\n"}]}' in out
     assert '"state": "CANCELED"' in out and "backend_parameters_strict" in out
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(tmp_path_factory, condor_config):
+    """A gateway that allows file:// URLs in one folder."""
+    shared = tmp_path_factory.mktemp("tes-shared")
+    process = GatewayProcess(tmp_path_factory.mktemp("tes-gateway"), condor_config,
+                             env={**GATEWAY_ENV, "MODACLOUDS_BATCH_TES_FILE_FOLDERS": str(shared)}).start()
+    yield process, shared
+    process.stop()
+
+
+def test_file_inputs_and_outputs_through_an_allowed_folder(shared_gateway):
+    process, shared = shared_gateway
+    client = process.client()
+    token = client.http.headers["Authorization"].split(" ", 1)[1]
+    tes_client = tes.HTTPClient(client.url, token=token, timeout=60)
+    (shared / "in").mkdir()
+    (shared / "in" / "words.txt").write_text("pear\napple\n")
+    (shared / "in" / "ref").mkdir()
+    (shared / "in" / "ref" / "extra.txt").write_text("fig\n")
+    task_id = tes_client.create_task(tes.Task(
+        name="tes-files",
+        inputs=[tes.Input(path="/data/words.txt", url=f"file://{shared}/in/words.txt"),
+                tes.Input(path="/data/ref", url=f"file://{shared}/in/ref", type="DIRECTORY")],
+        outputs=[tes.Output(path="/out/sorted.txt", url=f"file://{shared}/out/sorted.txt"),
+                 tes.Output(path="/out/*.count", path_prefix="/out/", url=f"file://{shared}/out/counts")],
+        volumes=["/out"],
+        executors=[tes.Executor(image="alpine", command=["sh", "-c",
+                   "cat /data/words.txt /data/ref/extra.txt | sort > /out/sorted.txt; "
+                   "wc -l < /out/sorted.txt > /out/lines.count; echo 1 > /out/one.count"])]))
+    done, _ = wait_final(client, task_id)
+    assert done["state"] == "COMPLETE", done
+    assert (shared / "out" / "sorted.txt").read_text() == "apple\nfig\npear\n"
+    assert sorted(p.name for p in (shared / "out" / "counts").iterdir()) == ["lines.count", "one.count"]
+    assert (shared / "out" / "counts" / "lines.count").read_text().strip() == "3"
+    assert {o["path"] for o in done["logs"][0]["outputs"]} == {"/out/sorted.txt", "/out/lines.count", "/out/one.count"}
+    info = client.get(f"{BASE}/service-info").json()
+    assert info["storage"] == [shared.resolve().as_uri()]
+    outside = client.post(f"{BASE}/tasks", json={"executors": [{"image": "a", "command": ["true"]}],
+                                                 "inputs": [{"path": "/x", "url": "file:///etc/passwd"}]})
+    assert outside.status_code == 400 and outside.json()["field"] == "inputs[0].url"
