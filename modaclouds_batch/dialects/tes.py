@@ -63,8 +63,8 @@ def service_info(folders: tuple[Path, ...] = ()) -> dict[str, Any]:
         "name": "modaclouds-batch TES",
         "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
         "description": "GA4GH TES 1.1 over an HTCondor pool (one task = one HTCondor job). " + IMAGE_NOTE +
-                       " Inputs: inline content and file:// URLs, outputs: file:// URLs, both in the folders listed in "
-                       "storage (none: file:// is refused).",
+                       " Inputs: inline content, http(s) URLs (fetched by HTCondor on the execute node) and file:// "
+                       "URLs; outputs: file:// URLs; file:// only in the folders listed in storage.",
         "organization": {"name": "MODAClouds", "url": "https://github.com/modaclouds"},
         "environment": "production",
         "version": __version__,
@@ -84,9 +84,17 @@ def _executor_count(task: dict) -> int:
     return len(task.get("executors") or [])
 
 
+# HTCondor's hold reason when it could not fetch an input (an http(s) URL among them).
+TRANSFER_FAILED = "transfer input files failure"
+
+
 def tes_state(job: dict, task: dict) -> str:
-    """STATES, except for a task with outputs: COMPLETE only once they are delivered."""
+    """STATES, except: a job held because an input could not be fetched is a SYSTEM_ERROR
+    (it stays held in HTCondor until released or canceled), and a task with outputs is
+    COMPLETE only once they are delivered."""
     state = JobState(job["state"])
+    if state is JobState.HELD and TRANSFER_FAILED in (job.get("state_reason") or "").lower():
+        return "SYSTEM_ERROR"
     if state is JobState.COMPLETED and task.get("_outputs"):
         delivery = task.get("_delivery")
         if delivery is None:
@@ -171,7 +179,10 @@ def task_log(job: dict, task: dict, full: bool) -> dict[str, Any]:
 def system_logs(job: dict) -> list[str]:
     state = JobState(job["state"])
     lines = [f"gateway job {job['id']} is {state.value}"]
-    if state is JobState.HELD:
+    if state is JobState.HELD and TRANSFER_FAILED in (job.get("state_reason") or "").lower():
+        lines.append("SYSTEM_ERROR because HTCondor could not fetch an input; the job stays held "
+                     "(cancel removes it, POST /jobs/{id}/release retries)")
+    elif state is JobState.HELD:
         lines.append("PAUSED because HTCondor holds the job (a hold action or HTCondor itself; release requeues it)")
     elif state is JobState.SUSPENDED:
         lines.append("PAUSED because the job is suspended on its worker (continue resumes it)")
@@ -205,6 +216,7 @@ class TasksResource:
 
         def parse(staging):
             request = submission_from_json(task.job_fields, actor, req.context.request_id)
+            request.url_inputs = task.url_inputs
             bundles.write_files_bundle(task.script, task.files, staging.bundle_path)
             staging.has_bundle = True
             for member, source in task.file_inputs:

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import InvalidRequest
+from ..jobs.service import url_input_name
 
 # Fields of a tesTask; the read-only ones a client may echo back are ignored.
 TASK_FIELDS = ("name", "description", "inputs", "outputs", "resources", "executors", "volumes", "tags")
@@ -60,6 +61,8 @@ class Task:
     file_inputs: list[tuple[str, Path]] = dc_field(default_factory=list)
     # file:// outputs, checked: index, path, glob, prefix, dest, type (delivered after the job).
     outputs: list[dict[str, Any]] = dc_field(default_factory=list)
+    # http(s) inputs: fetched by HTCondor on the execute node, moved into root/ by run.sh.
+    url_inputs: tuple[str, ...] = ()
 
 
 def _fail(message: str, field: str) -> InvalidRequest:
@@ -99,7 +102,7 @@ def _within(path: Path, folders: tuple[Path, ...]) -> bool:
 def file_url_path(url: str, field: str, folders: tuple[Path, ...]) -> Path:
     """A file:// URL (or a bare absolute path) as a path inside one of ``folders``, or a 400."""
     parts = urlsplit(url)
-    if parts.scheme in ("http", "https", "s3", "gs", "ftp"):
+    if parts.scheme in ("s3", "gs", "ftp", "http", "https"):
         raise _fail(f"{field}: {parts.scheme}:// URLs are not supported yet; use file:// (in the folders the "
                     "gateway allows) or inline content", field)
     if parts.scheme not in ("", "file") or parts.netloc not in ("", "localhost"):
@@ -163,6 +166,7 @@ def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
 
     files: dict[str, bytes] = {}
     file_inputs: list[tuple[str, Path]] = []
+    url_inputs: list[tuple[str, str, str]] = []  # (sandbox name, url, path in the task)
     input_paths = []
     for i, item in enumerate(_list(body.get("inputs"), "inputs")):
         field = f"inputs[{i}]"
@@ -178,10 +182,19 @@ def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
         if item.get("streamable") is not None and not isinstance(item["streamable"], bool):
             raise _fail(f"{field}.streamable must be true or false", f"{field}.streamable")
         member = ROOT_DIR + path
-        if member in files or any(member == m for m, _ in file_inputs):
+        if member in files or any(member == m for m, _ in file_inputs) or path in {p for _, _, p in url_inputs}:
             raise _fail(f"{field}.path {path} is given twice", f"{field}.path")
         if not content:
             url = _text(item.get("url"), f"{field}.url", required=True)
+            if url.startswith(("http://", "https://")):
+                name = url_input_name(url)
+                if kind != "FILE" or name is None or name in {n for n, _, _ in url_inputs}:
+                    raise _fail(f"{field}.url: an http(s) input is a FILE whose URL has no query, no $, comma, "
+                                "quote or space, and ends in a file name no other http(s) input of the task has",
+                                f"{field}.url")
+                url_inputs.append((name, url, path))
+                input_paths.append(path)
+                continue
             source = file_url_path(url, f"{field}.url", folders)
             if kind == "FILE" and not source.is_file() or kind == "DIRECTORY" and not source.is_dir():
                 raise _fail(f"{field}.url: {source} is not a readable {kind.lower()} on the gateway", f"{field}.url")
@@ -232,9 +245,9 @@ def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
         job_fields["name"] = name[:200].strip() or "TES task"
     else:
         job_fields["name"] = "TES task"
-    script = render_script(checked, volumes, sorted(declared, key=len, reverse=True), outputs)
+    script = render_script(checked, volumes, sorted(declared, key=len, reverse=True), outputs, url_inputs)
     return Task(body=kept, script=script, files=files, job_fields=job_fields, file_inputs=file_inputs,
-                outputs=outputs)
+                outputs=outputs, url_inputs=tuple(url for _, url, _ in url_inputs))
 
 
 def parse_output(item: Any, index: int, folders: tuple[Path, ...]) -> dict[str, Any]:
@@ -379,9 +392,13 @@ def render_outputs(outputs: list[dict]) -> str:
 
 
 def render_script(executors: list[dict], volumes: list[str], declared: list[str],
-                  outputs: list[dict] | None = None) -> str:
+                  outputs: list[dict] | None = None, url_inputs: list[tuple[str, str, str]] = ()) -> str:
     pattern = _boundary_pattern(declared)
     lines = [SCRIPT_HEAD]
+    for name, _, path in url_inputs:
+        # HTCondor fetched it into the sandbox (the launcher runs run.sh in sandbox/work).
+        lines.append(f'mkdir -p "$root"{quote(posixpath.dirname(path))} && mv -- ../{quote(name)} "$root"{quote(path)} '
+                     f'|| {{ echo "input {quote(path)} did not arrive from its URL" >&2; exit 1; }}\n')
     folders = set(volumes)
     for ex in executors:
         if ex["workdir"]:

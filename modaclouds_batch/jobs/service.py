@@ -49,6 +49,11 @@ COPY_CHUNK = 1024 * 1024
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+def url_input_name(url: str) -> str | None:
+    """The sandbox name an http(s) input URL lands under, or None if the gateway cannot send it."""
+    return sd.url_input_name(url)
+
+
 def check_job_id(job_id: str) -> str:
     """Ids are UUIDs; anything else is a malformed request rather than an unknown job."""
     if not _UUID_RE.match(job_id.lower()):
@@ -88,6 +93,9 @@ class SubmitRequest:
     # An array: one item per argument set, or ``count`` items with the same arguments.
     array: list[str | list[str]] | None = None
     count: int | None = None
+    # http(s) URLs HTCondor fetches on the execute node into the job's sandbox (by their
+    # last path segment), e.g. a TES task's URL inputs.
+    url_inputs: tuple[str, ...] = ()
 
     @property
     def item_count(self) -> int:
@@ -286,7 +294,7 @@ class JobService:
             job_dir=items[0][1], inputs=tuple(staging.sources()), request_id=request.request_id,
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
-            stream_output=self.settings.live_output_enabled,
+            stream_output=self.settings.live_output_enabled, url_inputs=self._check_url_inputs(request),
         )
         # Durably before the submit: whoever tracks this database sees these jobs are ours.
         self.store.add_intents((job_id for job_id, _, _ in items), os.getpid())
@@ -337,6 +345,14 @@ class JobService:
         if array_id:
             return self.get_array(array_id, actor)
         return self.get(items[0][0], actor)
+
+    @staticmethod
+    def _check_url_inputs(request: SubmitRequest) -> tuple[str, ...]:
+        names = [sd.url_input_name(url) for url in request.url_inputs]
+        if None in names or len(set(names)) != len(names):
+            raise InvalidRequest("input URLs must be plain http(s) URLs ending in distinct file names "
+                                 "(no query, no $, comma, quote or space)", field="url_inputs")
+        return tuple(request.url_inputs)
 
     def _check_resources(self, request: SubmitRequest) -> resources.Resources:
         """A request no worker could ever satisfy is refused with the largest offer,

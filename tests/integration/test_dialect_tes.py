@@ -194,3 +194,41 @@ def test_file_inputs_and_outputs_through_an_allowed_folder(shared_gateway):
     outside = client.post(f"{BASE}/tasks", json={"executors": [{"image": "a", "command": ["true"]}],
                                                  "inputs": [{"path": "/x", "url": "file:///etc/passwd"}]})
     assert outside.status_code == 400 and outside.json()["field"] == "inputs[0].url"
+
+
+@pytest.fixture
+def http_files(tmp_path):
+    """A local HTTP server (the execute nodes reach it as HTCondor's curl plugin fetches inputs)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "genome.fa").write_text(">chr1\nACGTACGT\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_http_input_is_fetched_on_the_execute_node(tes_client, client, http_files):
+    task_id = tes_client.create_task(tes.Task(
+        name="tes-http",
+        inputs=[tes.Input(path="/data/genome.fa", url=f"{http_files}/genome.fa")],
+        executors=[tes.Executor(image="alpine", command=["grep", "-c", "ACGT", "/data/genome.fa"])]))
+    done, _ = wait_final(client, task_id)
+    assert done["state"] == "COMPLETE", done
+    assert done["logs"][0]["logs"][0]["stdout"] == "1\n"
+
+
+def test_an_http_input_that_cannot_be_fetched_is_a_system_error(tes_client, client, http_files):
+    task_id = tes_client.create_task(tes.Task(
+        name="tes-http-missing",
+        inputs=[tes.Input(path="/data/none.fa", url=f"{http_files}/none.fa")],
+        executors=[tes.Executor(image="alpine", command=["true"])]))
+    done, _ = wait_final(client, task_id)
+    assert done["state"] == "SYSTEM_ERROR", done
+    assert any("could not fetch an input" in line for line in done["logs"][0]["system_logs"]), done
+    tes_client.cancel_task(task_id)

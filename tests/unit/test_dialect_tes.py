@@ -324,7 +324,8 @@ def test_file_inputs_from_an_allowed_folder_are_copied_into_the_job(fworld, shar
     ("file:///etc/hostname", "outside the folders"),
     ("{shared}/../escape", "outside the folders"),
     ("file://{shared}/in/missing.txt", "not a readable file"),
-    ("https://example.org/x", "not supported yet"),
+    ("https://example.org/x?sig=1", "has no query"),
+    ("s3://bucket/x", "not supported yet"),
 ])
 def test_file_inputs_outside_the_folders_or_missing_are_refused(fworld, shared, url, why):
     resp = fworld.http.simulate_post(TASKS, json=task(inputs=[{"path": "/data/x", "url": url.format(shared=shared)}]))
@@ -387,3 +388,40 @@ def test_a_completed_task_delivers_its_outputs_once_and_an_archive_cannot_escape
     (shared / "out" / "t" / "r.txt").unlink()
     assert get(fworld, task_id, "MINIMAL")["state"] == "COMPLETE"
     assert not (shared / "out" / "t" / "r.txt").exists()  # delivered once, not at every read
+
+
+def test_an_http_input_travels_in_transfer_input_files_and_run_sh_moves_it_into_the_root(world, tmp_path):
+    from modaclouds_batch.condor import submit_description as sd
+
+    body = task(inputs=[{"path": "/data/ref.fa", "url": "https://example.org/genomes/ref.fa"}],
+                executors=[{"image": "x", "command": ["cat", "/data/ref.fa"]}])
+    parsed = tes_task.parse_task(body)
+    assert parsed.url_inputs == ("https://example.org/genomes/ref.fa",)
+    spec = sd.JobSpec(job_id="j", instance_id="i", owner="a", name="n", job_dir=tmp_path, url_inputs=parsed.url_inputs)
+    assert sd.render_submit(spec)["transfer_input_files"].endswith(",https://example.org/genomes/ref.fa")
+    with pytest.raises(ValueError):
+        sd.render_submit(sd.JobSpec(job_id="j", instance_id="i", owner="a", name="n", job_dir=tmp_path,
+                                    url_inputs=("https://example.org/$(x)",)))
+    (tmp_path / "ref.fa").write_text(">chr1\nACGT\n")  # as HTCondor's curl plugin leaves it in the sandbox
+    status, output, stderr = run_task_parsed(tmp_path, parsed)
+    assert status == 0, stderr
+    assert logs_of(tmp_path, output, 1)[0]["stdout"] == ">chr1\nACGT\n"
+    assert create(world, body)
+
+
+@pytest.mark.parametrize("url", ["https://example.org/", "https://example.org/a,b", "http://example.org/work",
+                                 "https://example.org/x'y", "https://exa mple.org/x"])
+def test_http_inputs_that_cannot_travel_safely_are_refused(world, url):
+    resp = world.http.simulate_post(TASKS, json=task(inputs=[{"path": "/data/x", "url": url}]))
+    assert resp.status_code == 400 and resp.json["field"] == "inputs[0].url", resp.json
+
+
+def test_a_job_held_because_an_input_could_not_be_fetched_is_a_system_error(world):
+    task_id = create(world, task(inputs=[{"path": "/data/x", "url": "http://127.0.0.1:9/x"}]))
+    world.set_status(task_id, 5, HoldReasonCode=13, HoldReason="Transfer input files failure at execution point "
+                     "slot1@w1 using protocol http. Details: curl_easy_perform() failed (7): Could not connect")
+    full = get(world, task_id, "FULL")
+    assert full["state"] == "SYSTEM_ERROR"
+    assert any("could not fetch an input" in line for line in full["logs"][0]["system_logs"])
+    world.set_status(task_id, 5, HoldReasonCode=1, HoldReason="held by a user")
+    assert get(world, task_id, "MINIMAL")["state"] == "PAUSED"
