@@ -73,7 +73,17 @@ def service_info(folders: tuple[Path, ...] = ()) -> dict[str, Any]:
     }
 
 
+def refuse_blank(req: falcon.Request, names: tuple[str, ...]) -> None:
+    """``?state=`` names no state (falcon drops blank values, which would make it no filter)."""
+    blank = falcon.uri.parse_query_string(req.query_string, keep_blank=True)
+    for name in names:
+        values = blank.get(name)
+        if values is not None and "" in (values if isinstance(values, list) else [values]):
+            raise InvalidRequest(f"{name} is empty; leave it out or give a value", field=name)
+
+
 def view_param(req: falcon.Request) -> str:
+    refuse_blank(req, ("view",))
     view = (req.get_param("view") or "MINIMAL").upper()
     if view not in VIEWS:
         raise InvalidRequest(f"view is one of {', '.join(VIEWS)}", field="view")
@@ -241,6 +251,7 @@ class TasksResource:
         if unknown:
             raise InvalidRequest(f"unknown parameter '{unknown[0]}'; ListTasks takes {', '.join(LIST_PARAMS)}",
                                  field=unknown[0])
+        refuse_blank(req, ("state", "page_size"))
         view = view_param(req)
         size = req.get_param_as_int("page_size", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
         word = req.get_param("state")
@@ -264,7 +275,10 @@ class TasksResource:
 
 
 def _task(service, store, job_id: str, actor) -> tuple[dict, dict]:
-    job = service.get(job_id, actor)
+    try:
+        job = service.get(job_id, actor)
+    except InvalidRequest:  # not a job id at all: no such task either
+        raise NotFound(f"no task with id {job_id}; GET {BASE}/tasks lists your tasks") from None
     task = store.tes_tasks([job["id"]]).get(job["id"])
     if task is None:  # a job from another door is no TES task
         raise NotFound(f"no task with id {job_id}; GET {BASE}/tasks lists your tasks")
@@ -302,7 +316,18 @@ class CancelResource:
         resp.media = {}
 
 
+class LineBreakInCancelPath:
+    """falcon matches ``{task_id}:cancel`` with ``.+``, which stops at a line break, and would
+    route ``POST /tasks/a%0Ab:cancel`` to GET-only ``/tasks/{task_id}`` (a 405): no task has
+    such an id, so it is a 404 before routing."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.path.startswith(f"{BASE}/tasks/") and req.path.endswith(":cancel") and "\n" in req.path:
+            raise NotFound(f"no task with that id; GET {BASE}/tasks lists your tasks")
+
+
 def register(app, gateway) -> None:
+    app.add_middleware(LineBreakInCancelPath())
     app.add_route(f"{BASE}/service-info", ServiceInfoResource(gateway))
     deliveries = Deliveries(gateway)
     app.add_route(f"{BASE}/tasks", TasksResource(gateway, deliveries))

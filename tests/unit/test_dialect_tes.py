@@ -425,3 +425,12 @@ def test_a_job_held_because_an_input_could_not_be_fetched_is_a_system_error(worl
     assert any("could not fetch an input" in line for line in full["logs"][0]["system_logs"])
     world.set_status(task_id, 5, HoldReasonCode=1, HoldReason="held by a user")
     assert get(world, task_id, "MINIMAL")["state"] == "PAUSED"
+
+
+def test_blank_filters_are_refused_and_a_non_uuid_id_is_no_task(world):
+    for query in ("state=", "page_size=", "view="):
+        resp = world.http.simulate_get(TASKS, query_string=query)
+        assert resp.status_code == 400 and resp.json["field"] == query[:-1], resp.text
+    assert world.http.simulate_get(f"{TASKS}/0").status_code == 404
+    assert world.http.simulate_post(f"{TASKS}/0:cancel").status_code == 404
+    assert world.http.simulate_post(f"{TASKS}/a%0Ab:cancel").status_code == 404  # not falcon's 405
