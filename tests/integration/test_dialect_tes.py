@@ -6,6 +6,7 @@ with keys the schemas do not define refused.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -16,7 +17,7 @@ from tests.tes.schema import check
 
 from .docs_examples import run_page
 from .fixtures import GATEWAY_ENV
-from .gateway import GatewayProcess
+from .gateway import Client, GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +233,51 @@ def test_an_http_input_that_cannot_be_fetched_is_a_system_error(tes_client, clie
     assert done["state"] == "SYSTEM_ERROR", done
     assert any("could not fetch an input" in line for line in done["logs"][0]["system_logs"]), done
     tes_client.cancel_task(task_id)
+
+
+CWL_TOOL = """cwlVersion: v1.0
+class: CommandLineTool
+baseCommand: [sort]
+inputs:
+  words:
+    type: File
+    inputBinding: {position: 1}
+outputs:
+  sorted:
+    type: stdout
+stdout: sorted.txt
+"""
+
+
+def cwl_tes_executable() -> str | None:
+    """cwl-tes pins an old cwltool, so it lives in a venv of its own: $CWL_TES, else on PATH."""
+    import os
+    import shutil
+
+    return os.environ.get("CWL_TES") or shutil.which("cwl-tes")
+
+
+@pytest.mark.skipif(cwl_tes_executable() is None, reason="cwl-tes is not installed (see docs/dialect-tes.md)")
+def test_a_one_step_cwl_workflow_runs_with_cwl_tes(tmp_path_factory, condor_config):
+    """cwl-tes sends no opaque token (its --token must be an RS256 JWT), so this gateway runs with tokens off."""
+    import subprocess
+
+    work = tmp_path_factory.mktemp("cwl")
+    (work / "sort.cwl").write_text(CWL_TOOL)
+    (work / "words.txt").write_text("pear\napple\n")
+    (work / "job.yml").write_text("words: {class: File, path: words.txt}\n")
+    process = GatewayProcess(tmp_path_factory.mktemp("cwl-gateway"), condor_config,
+                             env={**GATEWAY_ENV, "MODACLOUDS_BATCH_AUTH": "false",
+                                  "MODACLOUDS_BATCH_TES_FILE_FOLDERS": str(work)}).start()
+    try:
+        done = subprocess.run([cwl_tes_executable(), "--tes", process.url, "--outdir", str(work / "out"),
+                               "sort.cwl", "job.yml"], cwd=work, capture_output=True, text=True, timeout=300)
+        tasks = Client(process.url).get(f"{BASE}/tasks", params={"view": "FULL"}).json()["tasks"]
+    finally:
+        process.stop()
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (work / "out" / "sorted.txt").read_text() == "apple\npear\n"
+    # It ran as one TES task on the pool: a file:// input in, the stdout file out.
+    assert [t["state"] for t in tasks] == ["COMPLETE"], tasks
+    assert tasks[0]["inputs"][0]["url"].startswith("file://") and tasks[0]["logs"][0]["outputs"], tasks
+    print("cwl-tes task:", json.dumps({k: tasks[0][k] for k in ("executors", "inputs", "outputs")}))
