@@ -434,3 +434,26 @@ def test_blank_filters_are_refused_and_a_non_uuid_id_is_no_task(world):
     assert world.http.simulate_get(f"{TASKS}/0").status_code == 404
     assert world.http.simulate_post(f"{TASKS}/0:cancel").status_code == 404
     assert world.http.simulate_post(f"{TASKS}/a%0Ab:cancel").status_code == 404  # not falcon's 405
+
+
+def test_tasks_are_isolated_between_users_and_need_a_token(tmp_path):
+    world = World(tmp_path, auth=True)
+    try:
+        headers = {}
+        for user in ("alice", "bob"):
+            token, _ = world.gateway.tokens.create(user, "user")
+            headers[user] = {"Authorization": f"Bearer {token}"}
+        root, _ = world.gateway.tokens.create("root", "admin")
+        assert world.http.simulate_post(TASKS, json=task()).status_code == 401
+        resp = world.http.simulate_post(TASKS, json=task("alices"), headers=headers["alice"])
+        task_id = resp.json["id"]
+        assert world.store.get_job(task_id)["owner"] == "alice"
+        as_bob = headers["bob"]
+        assert world.http.simulate_get(f"{TASKS}/{task_id}", headers=as_bob).status_code == 404
+        assert world.http.simulate_post(f"{TASKS}/{task_id}:cancel", headers=as_bob).status_code == 404
+        assert world.http.simulate_get(TASKS, headers=as_bob).json == {"tasks": []}
+        assert [t["id"] for t in world.http.simulate_get(TASKS, headers=headers["alice"]).json["tasks"]] == [task_id]
+        admin = world.http.simulate_get(f"{TASKS}/{task_id}", headers={"Authorization": f"Bearer {root}"})
+        assert admin.status_code == 200
+    finally:
+        world.store.close()
