@@ -153,6 +153,9 @@ class Settings:
     # Bytes one job may send back at exit (output.tar.gz, and stdout/stderr unless streamed
     # live); HTCondor holds a job past it (max_transfer_output_mb, rounded up to whole MiB).
     max_output_bytes: int = 1 << 31
+    # Folders on the gateway's machine (comma-separated) that TES tasks may read file:// inputs
+    # from and write file:// outputs into; empty: the TES door refuses file:// URLs.
+    tes_file_folders: str = ""
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
@@ -222,6 +225,11 @@ class Settings:
 
             names.append(urlsplit(self.public_url).hostname or "")
         return frozenset(n.lower().strip("[]") for n in names if n)
+
+    @property
+    def tes_folders(self) -> tuple[Path, ...]:
+        """``tes_file_folders`` as real paths."""
+        return tuple(Path(os.path.realpath(f.strip())) for f in self.tes_file_folders.split(",") if f.strip())
 
     @property
     def private_webhooks_allowed(self) -> bool:

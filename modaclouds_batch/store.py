@@ -213,6 +213,16 @@ def m009_worker_requests_lost(db: Database) -> None:
 
 
 @migrations()
+def m016_tes(db: Database) -> None:
+    # A GA4GH TES task's own request (name, tags, executors, inputs...), beside its one job;
+    # it goes with the job's row.
+    db.execute(
+        "create table tes_tasks (job_id text primary key references jobs(id) on delete cascade,"
+        " tes_name text, tags text, task text, delivery text)"
+    )
+
+
+@migrations()
 def m011_audit_refusals(db: Database) -> None:
     # Refused requests are audited too, with the address they came from.
     db["audit"].add_column("client", str)
@@ -275,6 +285,11 @@ class JobFilter:
     created_before: str | None = None
     array_id: str | None = None
     job_id: str | None = None
+    # TES tasks only (the jobs with a tes_tasks row): a name prefix, (key, value) tags
+    # where an empty value matches any value of that key.
+    tes_only: bool = False
+    tes_name_prefix: str | None = None
+    tes_tags: tuple[tuple[str, str], ...] = ()
 
 
 class Store:
@@ -871,6 +886,30 @@ class Store:
             db.execute("delete from job_events where job_id = ?", [job_id])
             db.execute("delete from jobs where id = ?", [job_id])
 
+    def add_tes_task(self, job_id: str, name: str | None, tags: dict[str, str], task: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["tes_tasks"].insert({"job_id": job_id, "tes_name": name, "tags": json.dumps(tags),
+                                    "task": json.dumps(task)})
+
+    def tes_tasks(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The stored TES requests of these jobs, by job id (jobs that are no task are absent),
+        each with ``_delivery``: what became of its outputs (None until delivered)."""
+        job_ids = list(job_ids)
+        found: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                for row in self.db.query(
+                        f"select job_id, task, delivery from tes_tasks where job_id in ({','.join('?' * len(chunk))})",
+                        chunk):
+                    found[row["job_id"]] = {**json.loads(row["task"]),
+                                            "_delivery": json.loads(row["delivery"]) if row["delivery"] else None}
+        return found
+
+    def set_tes_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["tes_tasks"].update(job_id, {"delivery": json.dumps(delivery)})
+
     def known_job_dirs(self) -> set[str]:
         with self._lock:
             return {r["job_dir"] for r in self.db.query("select job_dir from jobs") if r["job_dir"]}
@@ -930,6 +969,15 @@ def _job_filter_sql(flt: JobFilter) -> tuple[list[str], list[Any]]:
     if flt.created_before:
         where.append("created_at < ?")
         params.append(flt.created_before)
+    if flt.tes_only or flt.tes_name_prefix or flt.tes_tags:
+        task_where = ["1"]
+        if flt.tes_name_prefix:
+            task_where.append("substr(tes_name, 1, ?) = ?")
+            params += [len(flt.tes_name_prefix), flt.tes_name_prefix]
+        for key, value in flt.tes_tags:
+            task_where.append("exists (select 1 from json_each(tes_tasks.tags) where key = ? and (? = '' or value = ?))")
+            params += [key, value, value]
+        where.append(f"id in (select job_id from tes_tasks where {' and '.join(task_where)})")
     return where, params
 
 

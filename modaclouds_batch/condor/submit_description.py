@@ -5,6 +5,8 @@ Pure: ``htcondor2.Submit`` needs no pool, so this is unit-testable offline.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -99,6 +101,30 @@ class JobSpec:
     max_output_mb: int | None = None
     # Stream stdout and stderr into the schedd's spool as the job prints them (live output).
     stream_output: bool = False
+    # http(s) URLs HTCondor fetches on the execute node (its curl plugin) into the sandbox,
+    # each under its URL's last path segment; checked by check_url_input.
+    url_inputs: tuple[str, ...] = ()
+
+
+# What a URL in transfer_input_files may hold: no comma or space (the list's separators),
+# no $ (macro expansion), no quotes or parentheses; no query or fragment (the sandbox file
+# is named by the path's last segment).
+_URL_INPUT = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!&*+;=%@:-]*)*$")
+# Names in the sandbox a URL input may not take.
+SANDBOX_NAMES = frozenset({ARGUMENTS_FILE, BUNDLE_FILE, INPUT_FILE, FILES_DIR, STDOUT_FILE, STDERR_FILE,
+                           OUTPUT_FILE, "work", "output", "scratch", "launcher.sh"})
+
+
+def url_input_name(url: str) -> str | None:
+    """The sandbox file name an http(s) input URL lands under, or None if the URL cannot travel
+    safely in transfer_input_files."""
+    if not _URL_INPUT.match(url):
+        return None
+    name = url.rsplit("/", 1)[-1]
+    if "/" not in url.split("://", 1)[1] or not name or name.startswith(".") or name in SANDBOX_NAMES \
+            or name.startswith("input-"):
+        return None
+    return name
 
 
 def submit_string(text: str) -> str:
@@ -128,7 +154,9 @@ def arguments_script(args: Iterable[str]) -> str:
 
 def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
     """One job; with ``per_item``, every proc takes its id and folder from its item data."""
-    inputs = [ARGUMENTS_FILE, *spec.inputs]
+    if any(url_input_name(url) is None for url in spec.url_inputs):
+        raise ValueError("an input URL that cannot travel in transfer_input_files")
+    inputs = [ARGUMENTS_FILE, *spec.inputs, *spec.url_inputs]
     description = {
         "universe": "vanilla",
         "executable": str(LAUNCHER),

@@ -690,6 +690,23 @@ def _write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
         partial.unlink(missing_ok=True)
 
 
+def write_files_bundle(script_text: str, files: dict[str, bytes], dest_path: Path) -> None:
+    """A bundle of ``run.sh`` (as write_script_bundle writes it) and more files by their
+    relative names (mode 0644), e.g. a TES task's inline inputs."""
+    entries = [(RUN_SH, script_text.replace("\r\n", "\n").encode("utf-8", "surrogateescape"), 0o755)]
+    entries += [(name, data, 0o644) for name, data in files.items()]
+    mtime = int(time.time())
+
+    def write(target: Path) -> None:
+        with tarfile.open(target, "w:gz", compresslevel=6) as tar:
+            for name, data, mode in entries:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), mode, mtime
+                tar.addfile(info, io.BytesIO(data))
+
+    _write_atomically(dest_path, write)
+
+
 def write_script_bundle(script_text: str, dest_path: Path) -> None:
     """The original API's form: the text of one script becomes ``run.sh`` (mode 0755).
 
@@ -697,17 +714,7 @@ def write_script_bundle(script_text: str, dest_path: Path) -> None:
     HTML forms submit text with CRLF (and ``/bin/sh\\r`` is not an interpreter). No
     ``#!`` line is added: a script without one is run by the launcher with /bin/sh.
     """
-    data = script_text.replace("\r\n", "\n").encode("utf-8", "surrogateescape")
-    info = tarfile.TarInfo(RUN_SH)
-    info.size = len(data)
-    info.mode = 0o755
-    info.mtime = int(time.time())
-
-    def write(target: Path) -> None:
-        with tarfile.open(target, "w:gz", compresslevel=6) as tar:
-            tar.addfile(info, io.BytesIO(data))
-
-    _write_atomically(dest_path, write)
+    write_files_bundle(script_text, {}, dest_path)
 
 
 def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -48,6 +48,11 @@ COPY_CHUNK = 1024 * 1024
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
+def url_input_name(url: str) -> str | None:
+    """The sandbox name an http(s) input URL lands under, or None if the gateway cannot send it."""
+    return sd.url_input_name(url)
+
+
 def check_job_id(job_id: str) -> str:
     """Ids are UUIDs; anything else is a malformed request rather than an unknown job."""
     if not _UUID_RE.match(job_id.lower()):
@@ -89,6 +94,9 @@ class SubmitRequest:
     count: int | None = None
     # An existing data object of the caller that receives the answer (seed 003's data2_id).
     answer_into: str | None = None
+    # http(s) URLs HTCondor fetches on the execute node into the job's sandbox (by their
+    # last path segment), e.g. a TES task's URL inputs.
+    url_inputs: tuple[str, ...] = ()
 
     @property
     def item_count(self) -> int:
@@ -113,6 +121,7 @@ class Staging:
     has_input: bool = False
     extra_inputs: list[str] = field(default_factory=list)
     has_files: bool = False
+    copied_bytes: int = 0
     committed: bool = field(default=False, repr=False)
 
     @property
@@ -178,6 +187,32 @@ class Staging:
             paths = path.rglob("*") if path.is_dir() else [path]
             total += sum(p.stat().st_size for p in paths if p.is_file())
         return total
+    def add_tree_copy(self, src: Path, relative: str) -> int:
+        """A file, or a folder's files, copied (never linked: the source keeps its modes) to
+        ``relative`` in the job's working directory; returns the bytes copied.
+
+        Symbolic links are not followed. Refused past the upload limit, with what was given before."""
+        folder = private_dir(self.path / sd.FILES_DIR)
+        dest = folder / relative
+        sources = [(src, dest)] if src.is_file() else [
+            (Path(root) / name, dest / Path(root).relative_to(src) / name)
+            for root, _, names in os.walk(src) for name in names]
+        if src.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        copied = 0
+        for source, target in sources:
+            if source.is_symlink() or not source.is_file():
+                continue
+            copied += source.stat().st_size
+            self.copied_bytes += source.stat().st_size
+            if self.copied_bytes > self.max_upload_bytes:
+                raise TooLarge(f"the job's input files are larger than {self.max_upload_bytes} bytes",
+                               limit=self.max_upload_bytes)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+        self.has_files = True
+        return copied
 
     def sources(self) -> list[str]:
         """The files HTCondor transfers besides arguments.sh, in the order the launcher uses them."""
@@ -289,7 +324,7 @@ class JobService:
             runtime=runtime, request_cpus=wanted.cpus, request_memory_mb=wanted.memory_mb,
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
             max_output_mb=-(-self.settings.max_output_bytes // (1 << 20)),
-            stream_output=self.settings.live_output_enabled,
+            stream_output=self.settings.live_output_enabled, url_inputs=self._check_url_inputs(request),
         )
         # Durably before the submit: whoever tracks this database sees these jobs are ours.
         self.store.add_intents((job_id for job_id, _, _ in items), os.getpid())
@@ -343,6 +378,14 @@ class JobService:
         if array_id:
             return self.get_array(array_id, actor)
         return self.get(items[0][0], actor)
+
+    @staticmethod
+    def _check_url_inputs(request: SubmitRequest) -> tuple[str, ...]:
+        names = [sd.url_input_name(url) for url in request.url_inputs]
+        if None in names or len(set(names)) != len(names):
+            raise InvalidRequest("input URLs must be plain http(s) URLs ending in distinct file names "
+                                 "(no query, no $, comma, quote or space)", field="url_inputs")
+        return tuple(request.url_inputs)
 
     def _check_resources(self, request: SubmitRequest) -> resources.Resources:
         """A request no worker could ever satisfy is refused with the largest offer,

@@ -24,8 +24,8 @@ URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl 
 
 
 class World:
-    def __init__(self, home: Path, auth: bool = False):
-        self.gateway = build_gateway(load_settings(overrides={"home": home, "auth": auth}, environ={}))
+    def __init__(self, home: Path, auth: bool = False, **settings):
+        self.gateway = build_gateway(load_settings(overrides={"home": home, "auth": auth, **settings}, environ={}))
         self.condor = FakeCondor()
         service = self.gateway.service
         service.condor = self.gateway.condor = self.condor
