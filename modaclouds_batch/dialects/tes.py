@@ -64,7 +64,8 @@ def service_info(folders: tuple[Path, ...] = ()) -> dict[str, Any]:
         "type": {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"},
         "description": "GA4GH TES 1.1 over an HTCondor pool (one task = one HTCondor job). " + IMAGE_NOTE +
                        " Inputs: inline content, http(s) URLs (fetched by HTCondor on the execute node) and file:// "
-                       "URLs; outputs: file:// URLs; file:// only in the folders listed in storage.",
+                       "URLs; outputs: file:// URLs and http(s) URLs (PUT by the gateway); file:// only in the folders "
+                       "listed in storage.",
         "organization": {"name": "MODAClouds", "url": "https://github.com/modaclouds"},
         "environment": "production",
         "version": __version__,
@@ -120,6 +121,7 @@ class Deliveries:
     def __init__(self, gateway):
         self.store = gateway.store
         self.folders = gateway.settings.tes_folders
+        self.allow_private = gateway.settings.private_webhooks_allowed
         self._lock = threading.Lock()
 
     def settle(self, job: dict, task: dict) -> dict:
@@ -131,7 +133,7 @@ class Deliveries:
             stored = self.store.tes_tasks([job["id"]]).get(job["id"], task)
             if stored.get("_delivery") is None:
                 archive = Path(job["job_dir"]) / ARTIFACT_FILES["output"]
-                delivery = tes_task.deliver_outputs(archive, stored["_outputs"], self.folders)
+                delivery = tes_task.deliver_outputs(archive, stored["_outputs"], self.folders, self.allow_private)
                 if delivery["error"]:
                     log.warning("task %s: outputs not delivered: %s", job["id"], delivery["error"])
                 self.store.set_tes_delivery(job["id"], delivery)
@@ -217,12 +219,13 @@ class TasksResource:
         self.store = gateway.store
         self.quota = gateway.quota
         self.folders = gateway.settings.tes_folders
+        self.allow_private = gateway.settings.private_webhooks_allowed
         self.deliveries = deliveries
         self.on_submitted = submission_hook(gateway)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        task = tes_task.parse_task(json_object(req), self.folders)
+        task = tes_task.parse_task(json_object(req), self.folders, self.allow_private)
 
         def parse(staging):
             request = submission_from_json(task.job_fields, actor, req.context.request_id)

@@ -21,10 +21,13 @@ import tarfile
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote as url_quote, unquote, urlsplit
+
+import requests
 
 from ..errors import InvalidRequest
 from ..jobs.service import url_input_name
+from ..notify import targets
 
 # Fields of a tesTask; the read-only ones a client may echo back are ignored.
 TASK_FIELDS = ("name", "description", "inputs", "outputs", "resources", "executors", "volumes", "tags")
@@ -148,10 +151,11 @@ def _string_map(value: Any, field: str) -> dict[str, str]:
     return dict(mapping)
 
 
-def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
+def parse_task(body: Any, folders: tuple[Path, ...] = (), allow_private: bool = False) -> Task:
     """The TES request checked and translated, or an InvalidRequest naming the field.
 
-    ``folders``: where file:// inputs may be read and file:// outputs written (real paths)."""
+    ``folders``: where file:// inputs may be read and file:// outputs written (real paths);
+    ``allow_private``: http(s) outputs may go to private addresses (as webhooks may)."""
     if not isinstance(body, dict):
         raise InvalidRequest('the body must be a tesTask object, e.g. {"executors": [{"image": "alpine", '
                              '"command": ["echo", "hello"]}]}')
@@ -162,7 +166,8 @@ def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
     tags = _string_map(body.get("tags"), "tags")
     volumes = [_path(v, f"volumes[{i}]") for i, v in enumerate(_list(body.get("volumes"), "volumes"))]
 
-    outputs = [parse_output(item, i, folders) for i, item in enumerate(_list(body.get("outputs"), "outputs"))]
+    outputs = [parse_output(item, i, folders, allow_private)
+               for i, item in enumerate(_list(body.get("outputs"), "outputs"))]
 
     files: dict[str, bytes] = {}
     file_inputs: list[tuple[str, Path]] = []
@@ -250,7 +255,7 @@ def parse_task(body: Any, folders: tuple[Path, ...] = ()) -> Task:
                 outputs=outputs, url_inputs=tuple(url for _, url, _ in url_inputs))
 
 
-def parse_output(item: Any, index: int, folders: tuple[Path, ...]) -> dict[str, Any]:
+def parse_output(item: Any, index: int, folders: tuple[Path, ...], allow_private: bool = False) -> dict[str, Any]:
     """One tesOutput: a path (globs as POSIX sh has them, with path_prefix) to a file:// URL."""
     field = f"outputs[{index}]"
     item = _object(item, field)
@@ -263,7 +268,14 @@ def parse_output(item: Any, index: int, folders: tuple[Path, ...]) -> dict[str, 
     raw = _text(item.get("path"), f"{field}.path", required=True)
     glob = any(c in raw for c in GLOB_CHARS)
     path = _path(raw, f"{field}.path")
-    dest = file_url_path(_text(item.get("url"), f"{field}.url", required=True), f"{field}.url", folders)
+    url = _text(item.get("url"), f"{field}.url", required=True)
+    if url.startswith(("http://", "https://")):
+        try:
+            dest = targets.check_url(url, allow_private=allow_private)
+        except targets.UnsafeTarget as exc:
+            raise _fail(f"{field}.url {exc}", f"{field}.url") from None
+    else:
+        dest = str(file_url_path(url, f"{field}.url", folders))
     declared = path
     prefix = None
     if glob:
@@ -273,7 +285,7 @@ def parse_output(item: Any, index: int, folders: tuple[Path, ...]) -> dict[str, 
                         f"wildcards, removed from each match", f"{field}.path_prefix")
         prefix = _path(prefix, f"{field}.path_prefix") if prefix.rstrip("/") else prefix
         declared = prefix.rstrip("/") or path
-    return {"index": index, "path": path, "glob": glob, "prefix": prefix, "dest": str(dest), "type": kind,
+    return {"index": index, "path": path, "glob": glob, "prefix": prefix, "dest": dest, "type": kind,
             "declared": declared}
 
 
@@ -481,8 +493,30 @@ def _safe_relative(name: str) -> str | None:
     return "/".join(parts)
 
 
-def deliver_outputs(output_archive: Path, outputs: list[dict], folders: tuple[Path, ...]) -> dict[str, Any]:
-    """Copy each output's files from the job's output archive to its file:// URL.
+PUT_TIMEOUT = 60.0
+
+
+def _put(url: str, stream, size: int, allow_private: bool) -> str | None:
+    """PUT one file; None when the server took it, else why not."""
+    try:
+        targets.check_url(url, allow_private=allow_private)  # resolved now: no private address unless allowed
+        resp = requests.put(url, data=stream, headers={"Content-Length": str(size)}, timeout=PUT_TIMEOUT,
+                            allow_redirects=False)
+    except (targets.UnsafeTarget, requests.RequestException) as exc:
+        return f"PUT {url} failed: {exc}"
+    if not 200 <= resp.status_code < 300:
+        return f"PUT {url} answered {resp.status_code}"
+    return None
+
+
+def _join_url(base: str, relative: str) -> str:
+    return base.rstrip("/") + "/" + "/".join(url_quote(part) for part in relative.split("/"))
+
+
+def deliver_outputs(output_archive: Path, outputs: list[dict], folders: tuple[Path, ...],
+                    allow_private: bool = False) -> dict[str, Any]:
+    """Copy each output's files from the job's output archive to its file:// URL, or PUT
+    them to its http(s) URL (a folder or a glob: the URL with each file's relative path).
 
     The archive comes from the worker, so it is untrusted: only regular files, no '..', each
     target inside the output's destination and the allowed folders. Returns
@@ -503,6 +537,11 @@ def deliver_outputs(output_archive: Path, outputs: list[dict], folders: tuple[Pa
             base = f"{LOG_DIR}/outputs/{n}/"
             if f"{LOG_DIR}/outputs/{n}.missing" in members:
                 return {"files": files, "error": f"output {out['path']} was not produced by the task"}
+            if out["dest"].startswith(("http://", "https://")):
+                error = _put_output(tar, members, base, out, files, allow_private)
+                if error:
+                    return {"files": files, "error": error}
+                continue
             dest = Path(out["dest"])
             if not _within(dest, folders):
                 return {"files": files, "error": f"output {out['path']}: {dest} is no longer in an allowed folder"}
@@ -536,3 +575,33 @@ def deliver_outputs(output_archive: Path, outputs: list[dict], folders: tuple[Pa
                     return {"files": files, "error": f"output {out['path']}: could not write {target}: {exc}"}
                 files.append({"url": target.as_uri(), "path": "/" + inner, "size_bytes": str(member.size)})
     return {"files": files, "error": None}
+
+
+def _matches(out: dict, inner: str) -> str | None:
+    """The part of ``inner`` (a path under root/) to append to the output's URL; '' for the path itself."""
+    rel_path = out["path"].lstrip("/")
+    if out["glob"]:
+        prefix = out["prefix"].lstrip("/")
+        return inner[len(prefix):].lstrip("/") if inner.startswith(prefix) else None
+    if inner == rel_path:
+        return ""
+    if inner.startswith(rel_path + "/"):
+        return inner[len(rel_path) + 1:]
+    return None
+
+
+def _put_output(tar, members: dict, base: str, out: dict, files: list, allow_private: bool) -> str | None:
+    for name, member in sorted(members.items()):
+        if not name.startswith(base) or not member.isfile():
+            continue
+        inner = name[len(base):]
+        rest = _matches(out, inner)
+        if rest is None:
+            continue
+        url = _join_url(out["dest"], rest) if rest else out["dest"]
+        with tar.extractfile(member) as stream:
+            error = _put(url, stream, member.size, allow_private)
+        if error:
+            return f"output {out['path']}: {error}"
+        files.append({"url": url, "path": "/" + inner, "size_bytes": str(member.size)})
+    return None

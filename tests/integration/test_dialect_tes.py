@@ -281,3 +281,19 @@ def test_a_one_step_cwl_workflow_runs_with_cwl_tes(tmp_path_factory, condor_conf
     assert [t["state"] for t in tasks] == ["COMPLETE"], tasks
     assert tasks[0]["inputs"][0]["url"].startswith("file://") and tasks[0]["logs"][0]["outputs"], tasks
     print("cwl-tes task:", json.dumps({k: tasks[0][k] for k in ("executors", "inputs", "outputs")}))
+
+
+def test_an_http_output_is_put_to_its_url(tes_client, client):
+    from tests.tes.put_server import put_server
+
+    with put_server() as (base, received):
+        task_id = tes_client.create_task(tes.Task(
+            name="tes-put",
+            outputs=[tes.Output(path="/out/result.txt", url=f"{base}/results/result.txt")],
+            volumes=["/out"],
+            executors=[tes.Executor(image="alpine", command=["sh", "-c", "echo 42 > /out/result.txt"])]))
+        done, _ = wait_final(client, task_id)
+    assert done["state"] == "COMPLETE", done
+    assert received == {"/results/result.txt": b"42\n"}
+    assert done["logs"][0]["outputs"] == [{"url": f"{base}/results/result.txt", "path": "/out/result.txt",
+                                           "size_bytes": "3"}]

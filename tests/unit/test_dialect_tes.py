@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from modaclouds_batch.dialects import tes, tes_task
+from modaclouds_batch.errors import InvalidRequest
 from modaclouds_batch.jobs import bundles
 from modaclouds_batch.jobs.states import JobState
 from tests.tes.schema import check
@@ -457,3 +458,28 @@ def test_tasks_are_isolated_between_users_and_need_a_token(tmp_path):
         assert admin.status_code == 200
     finally:
         world.store.close()
+
+
+def test_http_outputs_are_put_to_their_url(tmp_path):
+    from tests.tes.put_server import put_server
+
+    with put_server() as (base, received):
+        body = {"volumes": ["/out"], "executors": [{"image": "x", "command": [
+                    "sh", "-c", "echo r > /out/r.txt; mkdir -p /out/d; echo a > /out/d/a; echo b > /out/d/b"]}],
+                "outputs": [{"path": "/out/r.txt", "url": f"{base}/bucket/r.txt"},
+                            {"path": "/out/d", "url": f"{base}/bucket/d/", "type": "DIRECTORY"}]}
+        parsed = tes_task.parse_task(body, allow_private=True)
+        status, output, stderr = run_task_parsed(tmp_path, parsed)
+        assert status == 0, stderr
+        archive = tmp_path / "output.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(output, arcname=".")
+        delivery = tes_task.deliver_outputs(archive, parsed.outputs, (), allow_private=True)
+        assert delivery["error"] is None
+        assert received == {"/bucket/r.txt": b"r\n", "/bucket/d/a": b"a\n", "/bucket/d/b": b"b\n"}
+        refused = tes_task.parse_task({**body, "outputs": [{"path": "/out/r.txt", "url": f"{base}/refuse/r"}]},
+                                      allow_private=True)
+        assert "answered 403" in tes_task.deliver_outputs(archive, refused.outputs, (), allow_private=True)["error"]
+    with pytest.raises(InvalidRequest) as private:
+        tes_task.parse_task({**body, "outputs": [{"path": "/out/r.txt", "url": "http://127.0.0.1:9/x"}]})
+    assert private.value.details["field"] == "outputs[0].url"
