@@ -9,7 +9,6 @@ import threading
 import time
 
 import falcon.testing
-import pytest
 import waitress
 
 from modaclouds_batch.access.local_token import ensure_local_admin_token
@@ -21,13 +20,6 @@ from modaclouds_batch.settings import Settings, load_settings
 from .apps import admin_client
 
 MB = 1 << 20
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
-    yield gw
-    gw.store.close()
 
 
 def local(gateway, **headers):

@@ -9,17 +9,7 @@ import tarfile
 
 import pytest
 
-from modaclouds_batch.app import build_gateway
-from modaclouds_batch.settings import load_settings
-
 from .apps import admin_client
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
-    yield gw
-    gw.store.close()
 
 
 @pytest.fixture

@@ -1,20 +1,10 @@
 """Malformed input the spec fuzzer found: each is a 400 naming the field, never a 500."""
 
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.errors import Unauthorized
-from modaclouds_batch.settings import load_settings
 
 from .apps import admin_client
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
-    yield gw
-    gw.store.close()
 
 
 @pytest.fixture

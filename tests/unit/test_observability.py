@@ -4,7 +4,6 @@ import logging
 import uuid
 
 import falcon.testing
-import pytest
 
 from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.observability import configure_logging
@@ -13,13 +12,6 @@ from modaclouds_batch.store import JobChange
 from modaclouds_batch.timefmt import now_iso
 
 from .apps import admin_client
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
-    yield gw
-    gw.store.close()
 
 
 def test_metrics_expose_requests_transitions_and_jobs_by_state(gateway):

@@ -20,13 +20,6 @@ OWN_ERROR_BODIES = {("GET", "/health", "503")}
 
 
 @pytest.fixture
-def gateway(tmp_path):
-    gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
-    yield gw
-    gw.store.close()
-
-
-@pytest.fixture
 def app(gateway):
     return create_app(gateway)
 
