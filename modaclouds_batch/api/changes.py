@@ -15,6 +15,7 @@ import falcon
 
 from ..errors import Busy
 from ..jobs.changes import ChangeFeed, ChangeFilter, parse_after
+from .jobs import status_param
 
 # Changes read from the store per query; a backlog is sent in pages of this many.
 PAGE = 500
@@ -33,9 +34,8 @@ class JobChangesResource:
         self.slots = threading.BoundedSemaphore(max_streams)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        states = tuple(s for value in req.get_param_as_list("status") or () for s in value.split(","))
         flt = ChangeFilter(job_id=req.get_param("job_id"), array_id=req.get_param("array_id"),
-                           states=states, owner=req.get_param("owner"))
+                           states=status_param(req), owner=req.get_param("owner"))
         checked = self.feed.check(req.context.actor, flt)
         given = req.get_header("Last-Event-ID")
         after = self.feed.start(parse_after(given if given is not None else req.get_param("last_event_id")))

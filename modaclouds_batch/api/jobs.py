@@ -57,14 +57,7 @@ class JobsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int("limit", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
-        # One state, a comma-separated list, or the parameter repeated (falcon 4 does not split commas).
-        states = tuple(s for value in req.get_param_as_list("status") or () for s in value.split(","))
-        valid = {s.value for s in JobState}
-        bad = [s for s in states if s not in valid]
-        if bad:
-            raise InvalidRequest(
-                f"unknown status {', '.join(bad)}; statuses are {', '.join(sorted(valid))}", field="status"
-            )
+        states = status_param(req)
         flt = JobFilter(
             owner=req.get_param("owner"),
             states=states,
@@ -160,6 +153,18 @@ class ArtifactResource:
         # A running job's stdout grows: every read is fresh, and a Range follows it.
         resp.cache_control = ["no-store"]
         send_file(req, resp, fh, os.fstat(fh.fileno()).st_size)
+
+
+def status_param(req: falcon.Request) -> tuple[str, ...]:
+    """The ``status`` filter: one state, a comma-separated list, or the parameter repeated
+    (falcon 4 does not split commas); a clear 400 naming what is not a state."""
+    states = tuple(s for value in req.get_param_as_list("status") or () for s in value.split(","))
+    valid = {s.value for s in JobState}
+    bad = [s for s in states if s not in valid]
+    if bad:
+        raise InvalidRequest(f"unknown status {', '.join(bad)}; statuses are {', '.join(sorted(valid))}",
+                             field="status")
+    return states
 
 
 def time_param(req: falcon.Request, name: str) -> str | None:
