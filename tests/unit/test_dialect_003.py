@@ -11,14 +11,11 @@ from pathlib import Path
 import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.condor import submit_description as sd
 from modaclouds_batch.dialects import workers_data
 from modaclouds_batch.jobs.states import JobState
-from modaclouds_batch.jobs.tracker import Tracker
-from modaclouds_batch.settings import load_settings
 
-from .fakes import FakeCondor
+from .test_dialect_001_002 import World as SharedWorld
 from .test_infra import FakePool
 
 BASE = "/mecrm"
@@ -52,21 +49,16 @@ class FakeProvider:
         pass
 
 
-class World:
+class World(SharedWorld):
+    """The dialect tests' world, with the runtimes, worker pool and provider seed 003 reaches."""
+
     def __init__(self, home: Path, **settings):
-        self.gateway = build_gateway(load_settings(overrides={"home": home, "auth": False, **settings}, environ={}))
-        self.condor = FakeCondor()
-        service = self.gateway.service
-        service.condor = self.gateway.condor = self.condor
-        service.offers = None
-        service.runtimes = lambda: {"bash", "python3"}
-        self.store = self.gateway.store
-        self.tracker = Tracker(service, interval=60, sweep_expired=False)
+        super().__init__(home, **settings)
+        self.gateway.service.runtimes = lambda: {"bash", "python3"}
         self.pool = FakePool("localhost")
         self.gateway.infra.collector = self.pool
         self.gateway.infra.cache_seconds = 0
         self.provider = self.gateway.infra.providers["local"] = FakeProvider()
-        self.http = falcon.testing.TestClient(create_app(self.gateway))
 
     def post_data(self, content: bytes, field: str = "file", filename: str = "file") -> str:
         resp = self.http.simulate_post(f"{BASE}/data", **form(**{field: (filename, content)}))
@@ -81,15 +73,7 @@ class World:
         return self.http.simulate_get(f"{BASE}/job", headers={"X-Job-Id": job_id})
 
     def finish(self, job_id: str, stdout: str, exit_code: int = 0) -> None:
-        job_dir = Path(self.store.get_job(job_id)["job_dir"])
-        (job_dir / sd.STDOUT_FILE).write_text(stdout)
-        (job_dir / sd.STDERR_FILE).write_text("")
-        self.condor.queue[job_id].update(JobStatus=4, ExitCode=exit_code)
-        self.tracker.run_cycle()
-
-    def set_status(self, job_id: str, status: int, **ad) -> None:
-        self.condor.queue[job_id].update(JobStatus=status, **ad)
-        self.tracker.run_cycle()
+        super().finish(job_id, exit_code=exit_code, stdout=stdout)
 
 
 @pytest.fixture
