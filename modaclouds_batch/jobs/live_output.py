@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,8 +47,7 @@ def keep(live_dir: str | None, job_dir: str | Path) -> int:
         partial = target.with_name(f".{filename}.part")
         try:
             with open(source, "rb") as src, open_private(partial) as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
+                shutil.copyfileobj(src, dst, 1 << 20)
             os.replace(partial, target)
             kept += 1
         except OSError as exc:  # the spool went away meanwhile: keep what is there
