@@ -122,7 +122,7 @@ def build_gateway(settings: Settings) -> Gateway:
     data = DataService(settings, store, audit)
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds, lost_after=settings.worker_lost_after)
-    quota = QuotaService(settings, store)
+    quota = QuotaService(settings, store, audit)
     service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers,
                          reserve=quota.reserve)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
@@ -137,7 +137,7 @@ def build_gateway(settings: Settings) -> Gateway:
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store), quota, audit, infra, metrics)
+                   TokenService(store, audit), quota, audit, infra, metrics)
 
 
 def _providers(settings: Settings) -> dict:
@@ -203,10 +203,10 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/workers/{name}", WorkerResource(gateway.infra))
     app.add_route("/workers/{name}/drain", WorkerDrainResource(gateway.infra))
     app.add_route("/workers/{name}/undrain", WorkerUndrainResource(gateway.infra))
-    app.add_route("/tokens", TokensResource(gateway.tokens, gateway.audit, minting=gateway.settings.auth_enabled))
-    app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens, gateway.audit))
+    app.add_route("/tokens", TokensResource(gateway.tokens, minting=gateway.settings.auth_enabled))
+    app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens))
     app.add_route("/quota", QuotaResource(gateway.quota))
-    app.add_route("/users/{user}/limits", UserLimitsResource(gateway.quota, gateway.audit))
+    app.add_route("/users/{user}/limits", UserLimitsResource(gateway.quota))
     app.add_route("/audit", AuditResource(gateway.audit))
     return app
 

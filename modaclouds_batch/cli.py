@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -138,11 +139,24 @@ def token() -> None:
 
 
 def _token_service(ctx: click.Context):
+    from .access.audit import AuditLog
     from .access.tokens import TokenService
     from .store import Store
 
     settings = _settings(ctx, home=ctx.obj.get("home"))
-    return TokenService(Store(settings.db_path))
+    store = Store(settings.db_path)
+    return TokenService(store, AuditLog(store))
+
+
+def _cli_client() -> str:
+    """Where a token command came from, for its audit entry: the CLI and the account running it."""
+    import getpass
+
+    try:
+        account = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        account = f"uid {os.getuid()}"
+    return f"cli ({account})"
 
 
 @token.command("create")
@@ -157,7 +171,10 @@ def token_create(ctx, owner, role, expires_in, label, as_json) -> None:
     from .errors import GatewayError
 
     try:
-        secret, record = _token_service(ctx).create(owner, role, expires_in=expires_in, label=label)
+        from .access.identity import LOCAL_ACTOR
+
+        secret, record = _token_service(ctx).create(owner, role, expires_in=expires_in, label=label,
+                                                    by=LOCAL_ACTOR, client=_cli_client())
     except GatewayError as exc:
         _fail(exc.message)
     if as_json:
@@ -183,7 +200,7 @@ def token_revoke(ctx, token_id) -> None:
     from .errors import GatewayError
 
     try:
-        _token_service(ctx).revoke(LOCAL_ACTOR, token_id)
+        _token_service(ctx).revoke(LOCAL_ACTOR, token_id, client=_cli_client())
     except GatewayError as exc:
         _fail(exc.message)
     click.echo(f"revoked {token_id}")

@@ -11,7 +11,8 @@ from ..errors import InvalidRequest, RateLimited, TooLarge
 from ..jobs.states import ACTIVE_STATES
 from ..store import Store
 from ..timefmt import parse_iso, to_iso
-from .identity import Actor
+from .audit import AuditLog
+from .identity import Actor, check_user_name
 
 LIMIT_NAMES = ("max_active_jobs", "max_upload_bytes", "submissions_per_minute", "max_spool_bytes")
 WINDOW = timedelta(minutes=1)
@@ -22,7 +23,7 @@ MAX_LIMIT = 2**63 - 1
 
 
 class QuotaService:
-    def __init__(self, settings, store: Store):
+    def __init__(self, settings, store: Store, audit: AuditLog):
         self.defaults = {
             "max_active_jobs": settings.max_active_jobs_per_user,
             "max_upload_bytes": settings.max_upload_bytes,
@@ -30,12 +31,22 @@ class QuotaService:
             "max_spool_bytes": settings.max_spool_bytes_per_user,
         }
         self.store = store
+        self.audit = audit
+
+    @staticmethod
+    def require_may_set(actor: Actor) -> None:
+        """Only admins set limits (:class:`Forbidden` otherwise): checked before a request's body is read."""
+        actor.require_admin("setting limits")
 
     def limits_for(self, user: str) -> dict[str, int]:
         overrides = self.store.user_limits(user)
         return {name: overrides.get(name) or self.defaults[name] for name in LIMIT_NAMES}
 
-    def set_limits(self, user: str, values: dict[str, Any]) -> dict[str, int]:
+    def set_limits(self, actor: Actor, user: str, values: dict[str, Any], *,
+                   request_id: str | None = None) -> dict[str, int]:
+        """Set a user's overrides (admins only); audited with the limits that result."""
+        self.require_may_set(actor)
+        check_user_name(user)
         unknown = set(values) - set(LIMIT_NAMES)
         if unknown:
             raise InvalidRequest(f"unknown limits {sorted(unknown)}; limits are {', '.join(LIMIT_NAMES)}")
@@ -45,7 +56,9 @@ class QuotaService:
                 raise InvalidRequest(f"{name} must be an integer from 1 to {MAX_LIMIT} (or null for the default)",
                                      field=name)
         self.store.set_user_limits(user, {name: values.get(name) for name in LIMIT_NAMES if name in values})
-        return self.limits_for(user)
+        limits = self.limits_for(user)
+        self.audit.record(actor, "limits.set", user, detail=limits, request_id=request_id)
+        return limits
 
     def status(self, actor: Actor) -> dict[str, Any]:
         limits = self.limits_for(actor.user)

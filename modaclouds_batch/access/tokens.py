@@ -1,4 +1,8 @@
-"""API tokens: random, shown once, stored only as a hash, with owner, role and expiry."""
+"""API tokens: random, shown once, stored only as a hash, with owner, role and expiry.
+
+Who may mint and revoke, and the audit entry each leaves, are decided here, so the HTTP API,
+the CLI (which works on the database directly) and the gateway's own local admin token all
+follow one rule."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Any
 from ..errors import InvalidRequest, NotFound, NotYours, Unauthorized
 from ..store import Store
 from ..timefmt import now_iso, parse_iso, to_iso
+from .audit import AuditLog
 from .identity import ROLES, Actor, check_user_name
 
 TOKEN_PREFIX = "mcb_"
@@ -22,12 +27,20 @@ def hash_token(token: str) -> str:
 
 
 class TokenService:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, audit: AuditLog):
         self.store = store
+        self.audit = audit
 
     def create(self, owner: str, role: str = "user", *, expires_in: float | None = None,
-               expires_at: str | None = None, label: str | None = None) -> tuple[str, dict[str, Any]]:
-        """Returns (the token, its record). The token itself is never stored or shown again."""
+               expires_at: str | None = None, label: str | None = None, by: Actor | None = None,
+               request_id: str | None = None, client: str | None = None) -> tuple[str, dict[str, Any]]:
+        """Returns (the token, its record). The token itself is never stored or shown again.
+
+        ``by`` is who asks (an admin); None is the gateway itself (its local admin token).
+        Either way the new token is audited, with ``client`` naming where the request came
+        from when it was not an HTTP request (the CLI)."""
+        if by is not None:
+            self.require_may_create(by)
         check_user_name(owner)
         if role not in ROLES:
             raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", field="role")
@@ -46,7 +59,14 @@ class TokenService:
             "label": label, "created_at": now_iso(), "expires_at": expires_at,
         }
         self.store.insert_token(record)
+        self.audit.record(by, "token.create", record["id"], request_id=request_id, client=client,
+                          detail={"owner": owner, "role": role})
         return token, {k: v for k, v in record.items() if k != "token_hash"}
+
+    @staticmethod
+    def require_may_create(actor: Actor) -> None:
+        """Only admins mint tokens (:class:`Forbidden` otherwise): checked before a request's body is read."""
+        actor.require_admin("creating API tokens")
 
     def authenticate(self, token: str) -> Actor:
         """The token's actor, its last use recorded; :class:`Unauthorized` if it is not valid now."""
@@ -81,10 +101,12 @@ class TokenService:
             owner = actor.user
         return self.store.list_tokens(owner)
 
-    def revoke(self, actor: Actor, token_id: str) -> None:
+    def revoke(self, actor: Actor, token_id: str, *, request_id: str | None = None,
+               client: str | None = None) -> None:
         visible = {t["id"] for t in self.list(actor)}
         message = f"no active token {token_id} that you may revoke"
         if token_id not in visible and any(t["id"] == token_id for t in self.store.list_tokens()):
             raise NotYours(message, target=token_id)
         if token_id not in visible or not self.store.revoke_token(token_id, now_iso()):
             raise NotFound(message)
+        self.audit.record(actor, "token.revoke", token_id, request_id=request_id, client=client)

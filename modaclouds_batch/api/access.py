@@ -55,9 +55,8 @@ TOKEN_FIELDS = {"owner", "role", "expires_in", "expires_at", "label"}
 
 
 class TokensResource:
-    def __init__(self, tokens: TokenService, audit: AuditLog, minting: bool = True):
+    def __init__(self, tokens: TokenService, minting: bool = True):
         self.tokens = tokens
-        self.audit = audit
         # With auth off every caller is the local admin: a token minted then would outlive it.
         self.minting = minting
 
@@ -69,7 +68,7 @@ class TokensResource:
         if not self.minting:
             raise Forbidden("tokens are not minted while auth is off (every caller is the local admin); "
                             "turn auth on, or use `modaclouds-batch token create` on the gateway's host")
-        actor.require_admin("creating API tokens")
+        self.tokens.require_may_create(actor)
         body = json_object(req)
         unknown = sorted(set(body) - TOKEN_FIELDS)
         if unknown:
@@ -87,23 +86,20 @@ class TokensResource:
                 raise InvalidRequest(f"{key} must be a string", field=key)
         token, record = self.tokens.create(
             body.get("owner"), body.get("role", "user"), expires_in=expires_in,
-            expires_at=body.get("expires_at"), label=body.get("label"),
+            expires_at=body.get("expires_at"), label=body.get("label"), by=actor,
+            request_id=req.context.request_id,
         )
-        self.audit.record(actor, "token.create", record["id"], request_id=req.context.request_id,
-                          detail={"owner": record["owner"], "role": record["role"]})
         resp.status = falcon.HTTP_201
         resp.location = f"/tokens/{record['id']}"
         resp.media = {**record, "token": token}
 
 
 class TokenResource:
-    def __init__(self, tokens: TokenService, audit: AuditLog):
+    def __init__(self, tokens: TokenService):
         self.tokens = tokens
-        self.audit = audit
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, token_id: str) -> None:
-        self.tokens.revoke(req.context.actor, token_id)
-        self.audit.record(req.context.actor, "token.revoke", token_id, request_id=req.context.request_id)
+        self.tokens.revoke(req.context.actor, token_id, request_id=req.context.request_id)
         resp.status = falcon.HTTP_204
 
 
@@ -118,9 +114,8 @@ class QuotaResource:
 
 
 class UserLimitsResource:
-    def __init__(self, quota: QuotaService, audit: AuditLog):
+    def __init__(self, quota: QuotaService):
         self.quota = quota
-        self.audit = audit
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
         actor = req.context.actor
@@ -129,10 +124,10 @@ class UserLimitsResource:
         resp.media = {"user": check_user_name(user), "limits": self.quota.limits_for(user)}
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, user: str) -> None:
-        actor = req.context.actor
-        actor.require_admin("setting limits")
-        limits = self.quota.set_limits(check_user_name(user), json_object(req))
-        self.audit.record(actor, "limits.set", user, detail=limits, request_id=req.context.request_id)
+        self.quota.require_may_set(req.context.actor)
+        check_user_name(user)
+        limits = self.quota.set_limits(req.context.actor, user, json_object(req),
+                                       request_id=req.context.request_id)
         resp.media = {"user": user, "limits": limits}
 
 
