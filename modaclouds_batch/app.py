@@ -23,7 +23,7 @@ from .api.access import (
     TokensResource,
     UserLimitsResource,
 )
-from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance, is_loopback_address
+from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
@@ -47,7 +47,7 @@ from .jobs.tracker import Tracker, remove_orphan_dirs
 from .notify.delivery import WebhookDispatcher
 from .notify.events import events_for_change
 from .observability import Metrics, MetricsResource, RequestMetrics, JobsByState, request_id_var
-from .settings import Settings
+from .settings import Settings, is_loopback_address
 from .store import Store
 from .timefmt import now_iso
 

@@ -14,10 +14,10 @@ from waitress.utilities import Error
 
 from . import home
 from .access.local_token import ensure_local_admin_token
-from .api.guard import Refusal, RequestGuard, body_allowance, is_loopback_address
+from .api.guard import Refusal, RequestGuard, body_allowance
 from .app import build_gateway, request_guard, wsgi_app
 from .observability import configure_logging
-from .settings import Settings
+from .settings import Settings, is_loopback_address
 
 log = logging.getLogger(__name__)
 

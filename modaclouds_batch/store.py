@@ -427,18 +427,6 @@ class Store:
             )
             return [_decode_job(r) for r in rows]
 
-    def jobs_awaiting_outputs(self, final_states: Iterable[str]) -> list[dict[str, Any]]:
-        """Finished jobs whose outputs were not yet brought back."""
-        states = list(final_states)
-        marks = ",".join("?" * len(states))
-        with self._lock:
-            rows = self.db.query(
-                f"select {self._tracking_columns} from jobs where state in ({marks}) and outputs_retrieved_at is null"
-                " and cluster_id is not null",
-                states,
-            )
-            return [_decode_job(r) for r in rows]
-
     def list_jobs(
         self, flt: JobFilter, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None, int]:
@@ -621,14 +609,6 @@ class Store:
                 "update outbox set status = 'pending', next_attempt_at = ?, last_error = null"
                 " where id = ? and job_id = ?", [now, event_id, job_id])
             return cursor.rowcount == 1
-
-    def count_active_jobs(self, owner: str, active_states: Iterable[str]) -> int:
-        states = list(active_states)
-        with self._lock:
-            return self.db.execute(
-                f"select count(*) from jobs where owner = ? and state in ({','.join('?' * len(states))})",
-                [owner, *states],
-            ).fetchone()[0]
 
     def usage(self, owner: str, active_states: Iterable[str], since: str) -> dict[str, Any]:
         """What the owner holds now: active jobs, submissions since a time (creation times,

@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from ..access.identity import LOCAL_ACTOR, Actor
 from ..access.tokens import TokenService
 from ..errors import Unauthorized
-from ..settings import is_loopback_address  # noqa: F401  (re-exported for app and server)
 from .access import ACTOR_KEY, is_public
 
 log = logging.getLogger(__name__)
