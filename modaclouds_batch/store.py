@@ -250,6 +250,45 @@ def m008_spool_charge(db: Database) -> None:
     db["user_limits"].add_column("max_spool_bytes", int)
 
 
+# The job_tallies triggers: kept by SQLite itself, so no write path can forget them.
+JOB_TALLY_TRIGGERS = (
+    """create trigger job_tallies_insert after insert on jobs when new.expired_at is null begin
+        insert into job_tallies (owner, state, n) values (new.owner, new.state, 1)
+            on conflict (owner, state) do update set n = n + 1;
+    end""",
+    """create trigger job_tallies_delete after delete on jobs when old.expired_at is null begin
+        update job_tallies set n = n - 1 where owner = old.owner and state = old.state;
+    end""",
+    """create trigger job_tallies_update after update of owner, state, expired_at on jobs begin
+        update job_tallies set n = n - 1
+            where old.expired_at is null and owner = old.owner and state = old.state;
+        insert into job_tallies (owner, state, n) select new.owner, new.state, 1 where new.expired_at is null
+            on conflict (owner, state) do update set n = n + 1;
+    end""",
+)
+
+
+@migrations()
+def m024_job_tallies(db: Database) -> None:
+    # How many unexpired jobs each owner has in each state, kept by triggers: the total of a
+    # job list filtered by owner and state (the usual ones) and the metrics' per-state gauge
+    # read these few rows instead of counting every job (linear in the store: 15-20 ms at
+    # 100,000 jobs, when the page itself takes 0.1 ms). A later migration that rebuilds the
+    # jobs table (sqlite-utils transform) drops the triggers and must create them again;
+    # tests/unit/test_store.py checks the tallies after every migration.
+    db.execute("create table job_tallies (owner text not null, state text not null, n integer not null,"
+               " primary key (owner, state)) without rowid")
+    db.execute("insert into job_tallies (owner, state, n) select owner, state, count(*) from jobs"
+               " where expired_at is null group by owner, state")
+    for trigger in JOB_TALLY_TRIGGERS:
+        db.execute(trigger)
+    # A state-filtered page walks its state's jobs newest first instead of sorting them all
+    # (52 ms for the first page of 80,000 completed jobs, 0.1 ms with this index); the old
+    # index on state alone is this one's prefix.
+    db["jobs"].create_index(["state", "created_at", "id"])
+    db.execute("drop index if exists idx_jobs_state")
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -432,11 +471,8 @@ class Store:
     ) -> tuple[list[dict[str, Any]], str | None, int]:
         """Newest first; returns (page, cursor of the next page or None, total matching)."""
         where, params = _job_filter_sql(flt)
-        total_where = " and ".join(where) or "1"
         with self._lock:
-            total = self.db.execute(
-                f"select count(*) from jobs where {total_where}", params
-            ).fetchone()[0]
+            total = self._count_matching(flt, where, params)
             if cursor:
                 created_at, job_id = decode_cursor(cursor)
                 where.append("(created_at < ? or (created_at = ? and id < ?))")
@@ -894,10 +930,24 @@ class Store:
         with self._lock:
             return {r["job_dir"] for r in self.db.query("select job_dir from jobs") if r["job_dir"]}
 
+    def _count_matching(self, flt: JobFilter, where: list[str], params: list[Any]) -> int:
+        """How many unexpired jobs match: from the tallies when only owner and states filter."""
+        if flt == JobFilter(owner=flt.owner, states=flt.states):
+            tally_where, tally_params = ["1"], []
+            if flt.owner is not None:
+                tally_where.append("owner = ?")
+                tally_params.append(flt.owner)
+            if flt.states:
+                tally_where.append(f"state in ({','.join('?' * len(flt.states))})")
+                tally_params.extend(flt.states)
+            return self.db.execute(f"select coalesce(sum(n), 0) from job_tallies where {' and '.join(tally_where)}",
+                                   tally_params).fetchone()[0]
+        return self.db.execute(f"select count(*) from jobs where {' and '.join(where)}", params).fetchone()[0]
+
     def count_by_state(self) -> dict[str, int]:
         with self._lock:
             return {state: n for state, n in self.db.execute(
-                "select state, count(*) from jobs where expired_at is null group by state")}
+                "select state, sum(n) from job_tallies group by state having sum(n) > 0")}
 
     def count_jobs(self) -> int:
         with self._lock:

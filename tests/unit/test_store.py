@@ -3,6 +3,8 @@ import uuid
 
 import pytest
 
+from sqlite_utils import Database
+
 from modaclouds_batch.store import JobFilter, Store, decode_cursor
 
 
@@ -58,3 +60,61 @@ def test_every_migration_function_is_registered():
                if fn.__module__ == store.__name__ and re.match(r"m\d{3}_", name)]
     registered = [m.name for m in store.migrations._migrations]
     assert sorted(defined) == sorted(registered) and len(registered) == len(set(registered))
+
+
+def _tallies(store):
+    return {(o, s): n for o, s, n in store.db.execute("select owner, state, n from job_tallies where n != 0")}
+
+
+def _counted(store):
+    return {(o, s): n for o, s, n in store.db.execute(
+        "select owner, state, count(*) from jobs where expired_at is null group by owner, state")}
+
+
+def test_job_tallies_follow_every_kind_of_job_write(tmp_path):
+    """The triggers keep job_tallies equal to a count of the jobs, whichever way a job changes."""
+    from modaclouds_batch.store import JobChange
+
+    store = Store(tmp_path / "db")
+    ids = [make_job(store, i) for i in range(6)]
+    store.insert_job({"id": str(uuid.uuid4()), "name": "b", "owner": "bob", "state": "idle",
+                      "arguments": "[]", "created_at": "2026-01-01T00:01:00.000000Z",
+                      "updated_at": "2026-01-01T00:01:00.000000Z"})
+    store.apply_job_changes([JobChange(ids[0], new_state="running", reason="r"),
+                             JobChange(ids[1], new_state="completed", reason="c"),
+                             JobChange(ids[2], fields={"remote_host": "slot1@x"})])
+    store.mark_expired(ids[3], "2026-01-02T00:00:00.000000Z")
+    store.delete_job(ids[4])
+    assert _tallies(store) == _counted(store) == {("alice", "idle"): 2, ("alice", "running"): 1,
+                                                   ("alice", "completed"): 1, ("bob", "idle"): 1}
+    assert store.list_jobs(JobFilter(owner="alice"), 10, None)[2] == 4
+    assert store.list_jobs(JobFilter(owner="alice", states=("idle", "running")), 10, None)[2] == 3
+    assert store.list_jobs(JobFilter(states=("idle",)), 10, None)[2] == 3
+    # Filters the tallies do not know are still counted from the jobs themselves.
+    assert store.list_jobs(JobFilter(owner="alice", name_glob="job5"), 10, None)[2] == 1
+    assert store.count_by_state() == {"idle": 3, "running": 1, "completed": 1}
+
+
+def test_job_tallies_count_the_jobs_a_store_had_before_they_existed(tmp_path):
+    from modaclouds_batch import store as store_module
+
+    db = Database(tmp_path / "db")
+    store_module.migrations.apply(db, stop_before="m024_job_tallies")
+    for i, state in enumerate(["idle", "idle", "completed"]):
+        db["jobs"].insert({"id": str(uuid.uuid4()), "name": f"j{i}", "owner": "alice", "state": state,
+                           "created_at": f"2026-01-01T00:00:0{i}.000000Z", "updated_at": "x"})
+    db["jobs"].insert({"id": str(uuid.uuid4()), "name": "gone", "owner": "alice", "state": "idle",
+                       "created_at": "2026-01-01T00:00:09.000000Z", "updated_at": "x", "expired_at": "y"})
+    db.close()
+    store = Store(tmp_path / "db")
+    assert _tallies(store) == {("alice", "idle"): 2, ("alice", "completed"): 1}
+    assert store.list_jobs(JobFilter(owner="alice"), 10, None)[2] == 3
+
+
+def test_every_migration_after_the_tallies_keeps_their_triggers(tmp_path):
+    """A migration that rebuilds the jobs table (sqlite-utils transform) drops its triggers."""
+    from modaclouds_batch.store import JOB_TALLY_TRIGGERS
+
+    store = Store(tmp_path / "db")
+    triggers = {name for (name,) in store.db.execute("select name from sqlite_master where type = 'trigger'")}
+    assert {t.split()[2] for t in JOB_TALLY_TRIGGERS} <= triggers
