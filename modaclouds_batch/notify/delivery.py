@@ -420,7 +420,7 @@ class WebhookDispatcher:
                 if status_code in (401, 403) else "")
         if count >= self.permanent_attempts:
             return f"{said} {times(count)}; delivery stopped{hint}"
-        return f"{said}{hint}; delivery stops after {times(self.permanent_attempts)} in a row"
+        return f"{said}{hint}; delivery stops after {self.permanent_attempts} such answers in a row"
 
     def _expired(self, event: dict[str, Any], moment: datetime) -> bool:
         return (moment - parse_iso(event["created_at"])).total_seconds() > self.give_up_after
