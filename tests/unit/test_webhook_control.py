@@ -319,3 +319,17 @@ def test_a_redirect_to_a_private_address_is_refused_by_default(tmp_path):
         assert answer.status_code == 400 and "webhook_allow_private" in answer.json["error"]
     finally:
         gw.store.close()
+
+
+def test_without_auth_anonymous_has_a_secret_of_its_own_that_signs_its_jobs(tmp_path, receiver):
+    gw = build_gateway(load_settings(overrides={"home": tmp_path, "auth": False, "webhook_allow_private": True},
+                                     environ={}))
+    try:
+        local = falcon.testing.TestClient(create_app(gw))
+        secret = local.simulate_get("/webhooks/secret").json["secret"]
+        finished_job(gw.store, receiver.url + "/hook", "anonymous")
+        deliver_due(gw.store, gw.webhooks)
+        [request] = receiver.delivered()
+        assert verifies(secret, request)
+    finally:
+        gw.store.close()
