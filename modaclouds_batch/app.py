@@ -27,6 +27,7 @@ from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
 from .api.index import IndexResource
+from .api.webhooks import WebhookSecretResource, WebhookSecretRotateResource
 from .api.workers import (
     PoolResource,
     WorkerDrainResource,
@@ -44,8 +45,10 @@ from .dialects import all_dialects, openapi_description
 from .home import mark_home
 from .jobs.service import JobService
 from .jobs.tracker import Tracker, remove_orphan_dirs
+from .notify.control import NotificationControl
 from .notify.delivery import WebhookDispatcher
 from .notify.events import events_for_change
+from .notify.signing import WebhookSecrets
 from .observability import Metrics, MetricsResource, RequestMetrics, JobsByState, request_id_var
 from .settings import Settings, is_loopback_address
 from .store import Store
@@ -69,6 +72,8 @@ class Gateway:
     audit: AuditLog
     infra: InfraService
     metrics: Metrics
+    webhook_secrets: WebhookSecrets
+    notifications: NotificationControl
 
     def start_background(self) -> None:
         """Clean up after a previous process, then start the threads.
@@ -125,8 +130,12 @@ def build_gateway(settings: Settings) -> Gateway:
     quota = QuotaService(settings, store, audit)
     service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers,
                          reserve=quota.reserve)
+    webhook_secrets = WebhookSecrets(store, settings.webhook_secret_overlap_seconds, settings.webhook_secret, audit)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
-                                 on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc())
+                                 on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc(),
+                                 secrets=webhook_secrets)
+    notifications = NotificationControl(store, service, audit, allow_private=settings.private_webhooks_allowed,
+                                        on_change=webhooks.wake)
 
     def on_cycle(report):
         metrics.on_cycle(report)
@@ -137,7 +146,7 @@ def build_gateway(settings: Settings) -> Gateway:
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store, audit), quota, audit, infra, metrics)
+                   TokenService(store, audit), quota, audit, infra, metrics, webhook_secrets, notifications)
 
 
 def _providers(settings: Settings) -> dict:
@@ -190,7 +199,8 @@ def create_app(gateway: Gateway) -> falcon.App:
 
     dialects = all_dialects()
     app.add_route("/", IndexResource(dialects))
-    app.add_route("/health", HealthResource(gateway.condor))
+    app.add_route("/health", HealthResource(gateway.condor, webhooks={
+        "signed": True, "secret": "/webhooks/secret", "operator_secret": gateway.webhook_secrets.global_secret_set}))
     app.add_route("/metrics", MetricsResource(gateway.metrics))
     app.add_route("/openapi.json", OpenAPIResource(openapi_description(dialects)))
     app.add_route("/docs", DocsPageResource())
@@ -206,6 +216,8 @@ def create_app(gateway: Gateway) -> falcon.App:
     app.add_route("/tokens", TokensResource(gateway.tokens, minting=gateway.settings.auth_enabled))
     app.add_route("/tokens/{token_id}", TokenResource(gateway.tokens))
     app.add_route("/quota", QuotaResource(gateway.quota))
+    app.add_route("/webhooks/secret", WebhookSecretResource(gateway.webhook_secrets))
+    app.add_route("/webhooks/secret/rotate", WebhookSecretRotateResource(gateway.webhook_secrets))
     app.add_route("/users/{user}/limits", UserLimitsResource(gateway.quota))
     app.add_route("/audit", AuditResource(gateway.audit))
     return app

@@ -156,6 +156,11 @@ class Settings:
     # Folders on the gateway's machine (comma-separated) that TES tasks may read file:// inputs
     # from and write file:// outputs into; empty: the TES door refuses file:// URLs.
     tes_file_folders: str = ""
+    # Seconds a user's previous webhook secret keeps signing after they rotate it (0: stops at once).
+    webhook_secret_overlap_seconds: float = 24 * 3600.0
+    # A receiver answering 400, 401, 403, 404, 405, 413 or 422 this many times in a row stops
+    # the notification's delivery (410 Gone stops it at once).
+    webhook_permanent_failure_attempts: int = 3
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -250,6 +250,22 @@ def m008_spool_charge(db: Database) -> None:
     db["user_limits"].add_column("max_spool_bytes", int)
 
 
+@migrations()
+def m020_webhook_secrets(db: Database) -> None:
+    # Each user's webhook signing secrets: the current one (valid_until null) and those
+    # rotated out, which still sign until valid_until. Stored as they are: signing needs them.
+    db["webhook_secrets"].create(
+        {"id": str, "owner": str, "secret": str, "created_at": str, "valid_until": str},
+        pk="id", not_null={"owner", "secret", "created_at"},
+    )
+    db.execute("create unique index webhook_secrets_current on webhook_secrets (owner) where valid_until is null")
+    db["webhook_secrets"].create_index(["owner", "valid_until"])
+    # Consecutive permanent refusals (404, 401, ...) of a notification, and why it stopped
+    # (cancelled by its owner, refused by the receiver).
+    db["outbox"].add_column("permanent_answers", int, not_null_default=0)
+    db["outbox"].add_column("stopped_reason", str)
+
+
 # The job_tallies triggers: kept by SQLite itself, so no write path can forget them.
 JOB_TALLY_TRIGGERS = (
     """create trigger job_tallies_insert after insert on jobs when new.expired_at is null begin
@@ -609,22 +625,30 @@ class Store:
 
     def record_delivery_attempt(
         self, event_id: str, *, at: str, status_code: int | None, error: str | None,
-        duration_ms: int, outcome: str, next_attempt_at: str | None = None,
+        duration_ms: int, outcome: str, next_attempt_at: str | None = None, url: str | None = None,
+        permanent_answers: int = 0, stopped_reason: str | None = None,
     ) -> None:
-        """One attempt and its consequence (delivered, retry at a time, or failed) at once."""
+        """One attempt and its consequence (delivered, retry at a time, or failed) at once.
+
+        The attempt is always logged; its consequence only applies while the event is still
+        pending at ``url`` (the URL tried): an owner who cancelled or redirected it while the
+        attempt ran has the last word.
+        """
         with self.transaction() as db:
-            if db.execute("select 1 from outbox where id = ?", [event_id]).fetchone() is None:
+            row = db.execute("select status, url from outbox where id = ?", [event_id]).fetchone()
+            if row is None:
                 return  # its job was deleted while the attempt ran
             db["delivery_attempts"].insert({"event_id": event_id, "at": at, "status_code": status_code,
                                             "error": error, "duration_ms": duration_ms})
-            values: dict[str, Any] = {"status": outcome, "last_error": error}
+            db.execute("update outbox set attempts = attempts + 1 where id = ?", [event_id])
+            if row[0] != "pending" or (url is not None and row[1] != url):
+                return
+            values: dict[str, Any] = {"status": outcome, "last_error": error, "permanent_answers": permanent_answers,
+                                      "stopped_reason": stopped_reason}
             if outcome == "delivered":
                 values["delivered_at"] = at
             if next_attempt_at:
                 values["next_attempt_at"] = next_attempt_at
-            db.execute(
-                "update outbox set attempts = attempts + 1 where id = ?", [event_id]
-            )
             db["outbox"].update(event_id, values)
 
     def job_notifications(self, job_id: str) -> list[dict[str, Any]]:
@@ -638,13 +662,86 @@ class Store:
                     " where event_id = ? order by id", [event["id"]]))
             return events
 
+    def notification_summary(self, job_id: str, recent: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        """A job's notifications in brief: how many in each status, and the ``recent`` newest
+        (oldest of them first), without their bodies or attempt logs."""
+        with self._lock:
+            counts = {status: n for status, n in self.db.execute(
+                "select status, count(*) from outbox where job_id = ? group by status", [job_id])}
+            rows = [dict(r) for r in self.db.query(
+                "select id, event_type, url, status, attempts, created_at, next_attempt_at, delivered_at,"
+                " last_error, stopped_reason from outbox where job_id = ?"
+                " order by created_at desc, id desc limit ?", [job_id, recent])]
+        return counts, rows[::-1]
+
+    def get_notification(self, job_id: str, event_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from outbox where id = ? and job_id = ?", [event_id, job_id]))
+        return dict(rows[0]) if rows else None
+
     def requeue_notification(self, job_id: str, event_id: str, now: str) -> bool:
         """Send an event again (same id, so receivers still dedupe); False if unknown."""
         with self.transaction() as db:
             cursor = db.execute(
-                "update outbox set status = 'pending', next_attempt_at = ?, last_error = null"
+                "update outbox set status = 'pending', next_attempt_at = ?, last_error = null,"
+                " permanent_answers = 0, stopped_reason = null"
                 " where id = ? and job_id = ?", [now, event_id, job_id])
             return cursor.rowcount == 1
+
+    def cancel_notification(self, job_id: str, event_id: str, reason: str) -> str | None:
+        """Stop a pending event for good. Returns its status before (only 'pending' ones are
+        cancelled), or None when the job has no such event."""
+        with self.transaction() as db:
+            row = db.execute("select status from outbox where id = ? and job_id = ?", [event_id, job_id]).fetchone()
+            if row is None:
+                return None
+            if row[0] == "pending":
+                db.execute("update outbox set status = 'cancelled', stopped_reason = ? where id = ?",
+                           [reason, event_id])
+            return row[0]
+
+    def redirect_notification(self, job_id: str, event_id: str, url: str, now: str) -> str | None:
+        """Point a pending (or stopped: failed) event at a new URL and make it due now; the job's
+        later notifications follow when it was the job's URL. Returns the event's status
+        before (delivered and cancelled ones are left alone), or None when it is unknown."""
+        with self.transaction() as db:
+            row = db.execute("select status, url from outbox where id = ? and job_id = ?",
+                             [event_id, job_id]).fetchone()
+            if row is None:
+                return None
+            if row[0] in ("pending", "failed"):
+                db.execute(
+                    "update outbox set url = ?, status = 'pending', next_attempt_at = ?, last_error = null,"
+                    " permanent_answers = 0, stopped_reason = null where id = ?", [url, now, event_id])
+                db.execute("update jobs set notification_url = ?, updated_at = ? where id = ? and notification_url = ?",
+                           [url, now, job_id, row[1]])
+            return row[0]
+
+    # --- webhook signing secrets ---------------------------------------------------------
+
+    def webhook_secrets(self, owner: str, now: str, make_secret: Callable[[], str]) -> list[dict[str, Any]]:
+        """The owner's secrets that sign now: the current one first (made with ``make_secret``
+        when the owner has none yet), then those rotated out whose overlap has not ended."""
+        with self.transaction() as db:
+            db.execute("delete from webhook_secrets where owner = ? and valid_until <= ?", [owner, now])
+            if db.execute("select 1 from webhook_secrets where owner = ? and valid_until is null",
+                          [owner]).fetchone() is None:
+                db["webhook_secrets"].insert({"id": str(uuid.uuid4()), "owner": owner, "secret": make_secret(),
+                                              "created_at": now, "valid_until": None})
+            return [dict(r) for r in db.query(
+                "select secret, created_at, valid_until from webhook_secrets where owner = ?"
+                " order by valid_until is not null, valid_until desc, created_at desc", [owner])]
+
+    def rotate_webhook_secret(self, owner: str, now: str, old_valid_until: str,
+                              make_secret: Callable[[], str]) -> list[dict[str, Any]]:
+        """Replace the owner's current secret with a new one; the old one signs until
+        ``old_valid_until``. Returns the secrets that sign now, as ``webhook_secrets``."""
+        with self.transaction() as db:
+            db.execute("update webhook_secrets set valid_until = ? where owner = ? and valid_until is null",
+                       [old_valid_until, owner])
+            db["webhook_secrets"].insert({"id": str(uuid.uuid4()), "owner": owner, "secret": make_secret(),
+                                          "created_at": now, "valid_until": None})
+            return self.webhook_secrets(owner, now, make_secret)
 
     def usage(self, owner: str, active_states: Iterable[str], since: str) -> dict[str, Any]:
         """What the owner holds now: active jobs, submissions since a time (creation times,

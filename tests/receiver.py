@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Receiver:
     """Records every POST; ``behaviour`` picks the answer: ok, error, slow, retry_after,
-    redirect (302), or trickle (the answer one byte every ``trickle_seconds``)."""
+    redirect (302), not_found (404), gone (410), or trickle (the answer one byte every
+    ``trickle_seconds``)."""
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1"):
         self.requests: list[dict] = []
@@ -47,7 +48,8 @@ class Receiver:
                         pass  # the sender gave up: what the test wants to see
                     self.close_connection = True
                     return
-                status = {"ok": 204, "error": 500, "slow": 204, "retry_after": 503, "redirect": 302}[behaviour]
+                status = {"ok": 204, "error": 500, "slow": 204, "retry_after": 503, "redirect": 302,
+                          "not_found": 404, "gone": 410}[behaviour]
                 self.send_response(status)
                 if behaviour == "retry_after":
                     self.send_header("Retry-After", "1")

@@ -8,14 +8,15 @@ from urllib.parse import urlencode
 
 import falcon
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..jobs.service import JobService, Staging, SubmitRequest
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
 from .ranges import send_file
 from .submission import submission_from_request
-from .views import array_view, job_detail, job_summary, notification_view
+from .bodies import json_object
+from .views import array_view, job_detail, job_summary, notification_brief, notification_view
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -77,12 +78,14 @@ class JobsResource:
 
 
 class JobResource:
-    def __init__(self, service: JobService):
+    def __init__(self, service: JobService, notifications=None):
         self.service = service
+        self.notifications = notifications  # NotificationControl: the view's summary of them
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         job = self.service.get(job_id, req.context.actor)
-        resp.media = job_detail(job, self.service.events(job["id"], req.context.actor))
+        summary = self.notifications.summary(job["id"]) if self.notifications else None
+        resp.media = job_detail(job, self.service.events(job["id"], req.context.actor), summary)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         """Forget the job (removing it first if still active): record, artifacts, answer object."""
@@ -122,6 +125,39 @@ class NotificationsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str) -> None:
         resp.media = [notification_view(event) for event in self.service.notifications(job_id, req.context.actor)]
+
+
+class NotificationResource:
+    """One notification: GET it, PATCH {"url"} to redirect it (pending or failed ones)."""
+
+    def __init__(self, service: JobService, control):
+        self.service = service
+        self.control = control
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, job_id: str, event_id: str) -> None:
+        found = [e for e in self.service.notifications(job_id, req.context.actor) if e["id"] == event_id]
+        if not found:
+            raise NotFound(f"job {job_id} has no notification {event_id}; GET /jobs/{job_id}/notifications lists them")
+        resp.media = notification_view(found[0])
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, job_id: str, event_id: str) -> None:
+        body = json_object(req)
+        unknown = sorted(set(body) - {"url"})
+        if unknown:
+            raise InvalidRequest(f"unknown field '{unknown[0]}'; a notification's PATCH takes url", field=unknown[0])
+        resp.media = notification_brief(self.control.redirect(job_id, event_id, body.get("url"), req.context.actor,
+                                                              req.context.request_id))
+
+
+class NotificationCancelResource:
+    """POST /jobs/{id}/notifications/{event_id}/cancel: a pending notification is never sent."""
+
+    def __init__(self, control):
+        self.control = control
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, job_id: str, event_id: str) -> None:
+        resp.media = notification_brief(self.control.cancel(job_id, event_id, req.context.actor,
+                                                            req.context.request_id))
 
 
 class NotificationResendResource:

@@ -21,7 +21,9 @@ def job_summary(job: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]],
+               notifications: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``notifications``: the summary NotificationControl.summary gives (GET /jobs/{id} has it)."""
     base = f"/jobs/{job['id']}"
     state = JobState(job["state"])
     actions = [a.value for a in JobAction if state in ACTION_ALLOWED_FROM[a]]
@@ -71,9 +73,11 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
         "time_limit": job.get("time_limit"),
         "expires_at": job.get("expires_at"),
         "history": events,
+        **({"notifications": notifications_summary_view(job["id"], notifications)} if notifications else {}),
         "links": {
             "self": base,
             "events": f"{base}/events",
+            "notifications": f"{base}/notifications",
             "artifacts": {name: f"{base}/artifacts/{name}" for name in ARTIFACTS} if outputs_ready else {},
             "answer": f"/data/{job['answer_id']}" if job.get("answer_id") else None,
             "actions": {name: f"{base}/{name}" for name in actions},
@@ -81,7 +85,10 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
     }
 
 
-def notification_view(event: Mapping[str, Any]) -> dict[str, Any]:
+def notification_brief(event: Mapping[str, Any]) -> dict[str, Any]:
+    """One notification's state, without its body and attempt log."""
+    base = f"/jobs/{event['job_id']}/notifications/{event['id']}"
+    pending = event["status"] == "pending"
     return {
         "event_id": event["id"],
         "type": event["event_type"],
@@ -89,11 +96,27 @@ def notification_view(event: Mapping[str, Any]) -> dict[str, Any]:
         "status": event["status"],
         "attempts": event["attempts"],
         "created_at": event["created_at"],
-        "next_attempt_at": event["next_attempt_at"] if event["status"] == "pending" else None,
+        "next_attempt_at": event["next_attempt_at"] if pending else None,
         "delivered_at": event["delivered_at"],
         "last_error": event["last_error"],
-        "payload": event["payload"],
-        "attempts_log": event["attempts_log"],
+        "stopped_reason": event.get("stopped_reason"),
+        # What the owner can do now: cancel a pending one, redirect a pending or failed one.
+        "links": {**({"cancel": f"{base}/cancel"} if pending else {}),
+                  **({"redirect": base} if event["status"] in ("pending", "failed") else {})},
+    }
+
+
+def notification_view(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {**notification_brief(event), "payload": event["payload"], "attempts_log": event["attempts_log"]}
+
+
+def notifications_summary_view(job_id: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "signed": summary["signed"],
+        "total": summary["total"],
+        "counts": summary["counts"],
+        "recent": [notification_brief({**row, "job_id": job_id}) for row in summary["recent"]],
+        "link": f"/jobs/{job_id}/notifications",
     }
 
 

@@ -15,7 +15,9 @@ from ..api.jobs import (
     JobEventsResource,
     JobResource,
     JobsResource,
+    NotificationCancelResource,
     NotificationResendResource,
+    NotificationResource,
     NotificationsResource,
 )
 from ..jobs.changes import ChangeFeed
@@ -32,10 +34,12 @@ def register(app, gateway) -> None:
         ChangeFeed(gateway.store, service), max_streams=settings.max_event_streams,
         heartbeat_seconds=settings.event_stream_heartbeat_seconds,
         max_seconds=settings.event_stream_max_seconds))
-    app.add_route("/jobs/{job_id}", JobResource(service))
+    app.add_route("/jobs/{job_id}", JobResource(service, gateway.notifications))
     app.add_route("/jobs/{job_id}/events", JobEventsResource(service))
     app.add_route("/jobs/{job_id}/artifacts/{name}", ArtifactResource(service))
     app.add_route("/jobs/{job_id}/notifications", NotificationsResource(service))
+    app.add_route("/jobs/{job_id}/notifications/{event_id}", NotificationResource(service, gateway.notifications))
+    app.add_route("/jobs/{job_id}/notifications/{event_id}/cancel", NotificationCancelResource(gateway.notifications))
     app.add_route("/jobs/{job_id}/notifications/{event_id}/resend",
                   NotificationResendResource(service, on_resend=gateway.webhooks.wake))
     app.add_route("/jobs/{job_id}/{action}", JobActionResource(service))

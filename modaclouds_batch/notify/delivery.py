@@ -17,6 +17,7 @@ restart resumes where it stopped.
 from __future__ import annotations
 
 import email.utils
+import http
 import http.client
 import ipaddress
 import logging
@@ -31,7 +32,6 @@ from urllib.parse import urlsplit
 import certifi
 import tenacity
 import urllib3
-from standardwebhooks import Webhook
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.ssl_match_hostname import CertificateError
 
@@ -39,11 +39,30 @@ from .. import __version__
 from ..store import Store, url_host
 from ..timefmt import now_iso, parse_iso, to_iso
 from . import targets
+from .signing import WebhookSecrets
 from .targets import UnsafeTarget
 
 log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 3600.0
 USER_AGENT = f"modaclouds-batch/{__version__} (webhooks)"
+# Answers that say the request itself is wrong here (no such hook, not allowed, too large,
+# refused): retrying the same request a day long changes nothing, so after
+# ``webhook_permanent_failure_attempts`` of them in a row delivery stops. 410 Gone stops it at once.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 422})
+GONE = 410
+_TIMES = {1: "once", 2: "twice", 3: "three times"}
+
+
+def answer_phrase(status: int) -> str:
+    """``404 Not Found``: the status with its standard reason."""
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def times(count: int) -> str:
+    return _TIMES.get(count, f"{count} times")
 
 
 class Backoff:
@@ -225,13 +244,16 @@ def post_pinned(url: str, body: bytes, headers: dict[str, str], *, timeout: floa
 
 class WebhookDispatcher:
     def __init__(self, store: Store, settings, workers: int = 4, on_attempt=None,
-                 resolver: targets.Resolver | None = None):
+                 resolver: targets.Resolver | None = None, secrets: WebhookSecrets | None = None):
         self.on_attempt = on_attempt
         self.store = store
         self.timeout = settings.webhook_timeout
         self.give_up_after = settings.webhook_give_up_after
         self.allow_private = settings.private_webhooks_allowed
-        self.signer = Webhook(settings.webhook_secret) if settings.webhook_secret else None
+        # Each notification is signed, at send time, with its job owner's secrets (signing.py).
+        self.secrets = secrets or WebhookSecrets(store, settings.webhook_secret_overlap_seconds,
+                                                 settings.webhook_secret)
+        self.permanent_attempts = max(1, settings.webhook_permanent_failure_attempts)
         self.backoff = Backoff(settings.webhook_backoff_initial, settings.webhook_backoff_max)
         # getaddrinfo, unless a test scripts the answers.
         self.resolver = resolver
@@ -316,15 +338,16 @@ class WebhookDispatcher:
 
     # --- one delivery -----------------------------------------------------------------
 
-    def headers_for(self, event_id: str, body: str, moment: datetime) -> dict[str, str]:
+    def headers_for(self, event_id: str, body: str, moment: datetime, owner: str) -> dict[str, str]:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             "webhook-id": event_id,
             "webhook-timestamp": str(int(moment.timestamp())),
         }
-        if self.signer:
-            headers["webhook-signature"] = self.signer.sign(event_id, moment, body)
+        signature = self.secrets.signature(owner, event_id, moment, body)
+        if signature:
+            headers["webhook-signature"] = signature
         return headers
 
     def deliver(self, event: dict[str, Any]) -> str:
@@ -335,19 +358,25 @@ class WebhookDispatcher:
         error: str | None = None
         retry_after: float | None = None
         permanent = False
+        refusals = 0  # permanent answers in a row, this one included
         try:
             status_code, headers = post_pinned(
-                event["url"], event["payload"].encode(), self.headers_for(event["id"], event["payload"], moment),
+                event["url"], event["payload"].encode(),
+                self.headers_for(event["id"], event["payload"], moment, event.get("owner") or ""),
                 timeout=self.timeout, allow_private=self.allow_private, resolver=self.resolver)
             if 300 <= status_code < 400:
                 # Following it would call an address nobody checked; retrying changes nothing.
                 error, permanent = (f"receiver answered {status_code}, a redirect (to "
                                     f"{headers.get('location', 'nowhere')!r}): webhooks do not follow "
                                     "redirects; give the final URL"), True
+            elif status_code == GONE:
+                error, permanent = f"receiver answered {answer_phrase(status_code)}; delivery stopped", True
+            elif status_code in PERMANENT_STATUSES:
+                refusals = (event.get("permanent_answers") or 0) + 1
+                error, permanent = self._refusal(status_code, refusals), refusals >= self.permanent_attempts
             elif not 200 <= status_code < 300:
-                error = f"receiver answered {status_code}"
+                error = f"receiver answered {answer_phrase(status_code)}"
                 retry_after = retry_after_seconds(headers.get("retry-after"))
-                permanent = status_code == 410
         except targets.Unresolvable as exc:
             error = f"not sent: {exc}"  # fail closed, and try again later: DNS may come back
         except UnsafeTarget as exc:
@@ -363,11 +392,13 @@ class WebhookDispatcher:
         at = to_iso(moment)
         attempts = (event.get("attempts") or 0) + 1
 
+        stopped = None
         if error is None:
             outcome, next_at = "delivered", None
         elif permanent or self._expired(event, moment):
             outcome, next_at = "failed", None
-            error = f"gave up after {attempts} attempts: {error}"
+            stopped = error if permanent else f"gave up after {attempts} attempts (webhook_give_up_after): {error}"
+            error = stopped
             log.warning("webhook %s for job %s: %s", event["id"], event["job_id"], error)
         else:
             delay = max(self.backoff.delay(attempts), retry_after or 0.0)
@@ -375,11 +406,21 @@ class WebhookDispatcher:
             log.info("webhook %s to %s: %s; retry in %.1fs", event["id"], event["url"], error, delay)
         self.store.record_delivery_attempt(
             event["id"], at=at, status_code=status_code, error=error, duration_ms=duration_ms,
-            outcome=outcome, next_attempt_at=next_at,
+            outcome=outcome, next_attempt_at=next_at, url=event["url"], permanent_answers=refusals,
+            stopped_reason=stopped,
         )
         if self.on_attempt:
             self.on_attempt(outcome)
         return outcome
+
+    def _refusal(self, status_code: int, count: int) -> str:
+        """Short and human: what the receiver said, and whether delivery goes on."""
+        said = f"receiver answered {answer_phrase(status_code)}"
+        hint = ("; if it checks signatures, give it your secret (GET /webhooks/secret)"
+                if status_code in (401, 403) else "")
+        if count >= self.permanent_attempts:
+            return f"{said} {times(count)}; delivery stopped{hint}"
+        return f"{said}{hint}; delivery stops after {self.permanent_attempts} such answers in a row"
 
     def _expired(self, event: dict[str, Any], moment: datetime) -> bool:
         return (moment - parse_iso(event["created_at"])).total_seconds() > self.give_up_after
