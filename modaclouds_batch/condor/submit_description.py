@@ -57,6 +57,7 @@ JOB_PROJECTION = [
     "ExitSignal",
     "JobStartDate",
     "JobCurrentStartDate",
+    "JobCurrentStartExecutingDate",
     "CompletionDate",
     "EnteredCurrentStatus",
     "NumJobStarts",
