@@ -77,7 +77,7 @@ def test_a_task_with_an_inline_input_runs_its_executors_in_order(tes_client, cli
         raw(client, task_id, view)
     done, seen = wait_final(client, task_id)
     assert done["state"] == "COMPLETE", done
-    assert set(seen) <= {"QUEUED", "RUNNING", "COMPLETE"}
+    assert set(seen) <= {"QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"}
     log = done["logs"][0]
     assert [e["exit_code"] for e in log["logs"]] == [0, 0]
     assert log["logs"][0]["stdout"] == "beta\nalpha\n"   # the tail of its stdout path
@@ -297,3 +297,130 @@ def test_an_http_output_is_put_to_its_url(tes_client, client):
     assert received == {"/results/result.txt": b"42\n"}
     assert done["logs"][0]["outputs"] == [{"url": f"{base}/results/result.txt", "path": "/out/result.txt",
                                            "size_bytes": "3"}]
+
+
+def test_outputs_are_delivered_when_the_job_ends_without_a_read(shared_gateway):
+    """No GET of the task from its creation to the check: the file appears on disk because
+    the job ended, and only then is the task read (COMPLETE); the state filter agrees."""
+    process, shared = shared_gateway
+    client = process.client()
+    run = uuid.uuid4().hex[:8]
+    done_file = shared / f"delivered-{run}.txt"
+    good = client.post(f"{BASE}/tasks", json={
+        "name": f"tes-deliver-{run}-good", "volumes": ["/out"],
+        "outputs": [{"path": "/out/r.txt", "url": done_file.as_uri()}],
+        "executors": [{"image": "alpine", "command": ["sh", "-c", "echo delivered > /out/r.txt"]}]}).json()["id"]
+    bad = client.post(f"{BASE}/tasks", json={
+        "name": f"tes-deliver-{run}-bad",
+        "outputs": [{"path": "/out/never.txt", "url": (shared / f"never-{run}.txt").as_uri()}],
+        "executors": [{"image": "alpine", "command": ["true"]}]}).json()["id"]
+    deadline = time.monotonic() + 180
+    while not done_file.exists():
+        assert time.monotonic() < deadline, "the output was never delivered"
+        time.sleep(0.3)
+    assert done_file.read_text() == "delivered\n"
+    assert raw(client, good, "MINIMAL")["state"] == "COMPLETE"
+    done, _ = wait_final(client, bad)
+    assert done["state"] == "SYSTEM_ERROR", done  # its job completed; its output was never made
+    assert any("outputs not delivered" in line for line in done["logs"][0]["system_logs"]), done
+    assert client.job(bad)["job_status"] == "completed"
+
+    def listed(state: str) -> set[str]:
+        resp = client.get(f"{BASE}/tasks", params={"name_prefix": f"tes-deliver-{run}", "state": state})
+        assert resp.status_code == 200, resp.text
+        return {t["id"] for t in resp.json()["tasks"]}
+
+    assert listed("COMPLETE") == {good} and listed("SYSTEM_ERROR") == {bad} and listed("RUNNING") == set()
+
+
+@pytest.fixture
+def held_http_file(tmp_path):
+    """An HTTP server whose one file is sent only once the test lets it go: until then the
+    execute node is still fetching the task's input."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(300)
+            body = b"slow input\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/slow.txt", release
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_task_whose_input_is_still_being_fetched_is_initializing(tes_client, client, held_http_file):
+    url, release = held_http_file
+    run = uuid.uuid4().hex[:8]
+    task_id = tes_client.create_task(tes.Task(
+        name=f"tes-init-{run}", inputs=[tes.Input(path="/data/slow.txt", url=url)],
+        executors=[tes.Executor(image="alpine", command=["cat", "/data/slow.txt"])]))
+    deadline = time.monotonic() + 180
+    while (state := raw(client, task_id, "MINIMAL")["state"]) != "INITIALIZING":
+        assert state == "QUEUED" and time.monotonic() < deadline, f"task {task_id} is {state}, never INITIALIZING"
+        time.sleep(0.3)
+    # The input cannot arrive before we release it: the state holds, and the filter agrees.
+    full = raw(client, task_id, "FULL")
+    assert full["state"] == "INITIALIZING"
+    assert any("fetching the task's input" in line for line in full["logs"][0]["system_logs"]), full
+    by_state = {word: [t["id"] for t in client.get(f"{BASE}/tasks", params={
+        "name_prefix": f"tes-init-{run}", "state": word}).json()["tasks"]] for word in ("INITIALIZING", "RUNNING")}
+    assert by_state == {"INITIALIZING": [task_id], "RUNNING": []}
+    release.set()
+    done, seen = wait_final(client, task_id)
+    assert done["state"] == "COMPLETE", done
+    assert done["logs"][0]["logs"][0]["stdout"] == "slow input\n"
+    assert "INITIALIZING" not in seen[seen.index("COMPLETE"):]
+
+
+@pytest.fixture
+def ready_signal():
+    """A URL the executor fetches to say it is ready, and the event that fetch sets."""
+    import http.server
+    import threading
+
+    ready = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ready.set()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ready", ready
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_canceled_task_is_canceling_until_htcondor_has_stopped_it(tes_client, client, ready_signal):
+    """The executor ignores SIGTERM, so HTCondor keeps the removed job in its queue until it
+    kills it (the machine's vacate time, 10 s by default): the task reads CANCELING meanwhile."""
+    url, ready = ready_signal
+    task_id = tes_client.create_task(tes.Task(name="tes-canceling", executors=[
+        tes.Executor(image="alpine", command=["sh", "-c", f"trap '' TERM; python3 -c \"import urllib.request as u; u.urlopen('{url}')\"; sleep 300"])]))
+    assert ready.wait(180), "the executor never started"  # its trap is set: a TERM cannot end it now
+    assert tes_client.cancel_task(task_id) is None
+    done, seen = wait_final(client, task_id, timeout=180)
+    assert done["state"] == "CANCELED"
+    assert seen[0] == "CANCELING", seen
+    assert client.post(f"{BASE}/tasks/{task_id}:cancel").json() == {}
