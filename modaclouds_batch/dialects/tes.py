@@ -79,9 +79,10 @@ DEFAULT_PAGE = 256
 MAX_PAGE = 2047  # "must be less than 2048"
 LIST_PARAMS = ("view", "page_size", "page_token", "name_prefix", "state", "tag_key", "tag_value")
 
-IMAGE_NOTE = ("The pool has no container runtime: an executor's image is recorded and returned but not pulled; "
-              "its command runs on the worker's own operating system, in a folder of the job's working directory "
-              "that holds every path the task declares.")
+IMAGE_NOTE = ("The pool has no container runtime: an executor's image is recorded and returned but not pulled, "
+              "and not matched to the runtimes the workers advertise; its command runs on the worker's own "
+              "operating system, in a folder of the job's working directory that holds every path the task "
+              "declares (resources.backend_parameters.runtime asks for a worker offering a runtime).")
 
 
 def service_info(folders: tuple[Path, ...] = ()) -> dict[str, Any]:

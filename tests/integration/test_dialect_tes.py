@@ -424,3 +424,42 @@ def test_a_canceled_task_is_canceling_until_htcondor_has_stopped_it(tes_client, 
     assert done["state"] == "CANCELED"
     assert seen[0] == "CANCELING", seen
     assert client.post(f"{BASE}/tasks/{task_id}:cancel").json() == {}
+
+
+SNAKEFILE = """rule sort:
+    input: "words.txt"
+    output: "sorted.txt"
+    shell: "sort {input} > {output}"
+"""
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("SNAKEMAKE_TES"),
+                    reason="set SNAKEMAKE_TES to a snakemake executable with snakemake-executor-plugin-tes and "
+                           "snakemake-storage-plugin-fs; it runs Snakemake inside each task, so the workers need "
+                           "Snakemake, that plugin and rsync on their own system, which the test pool's lack "
+                           "(docs/dialect-tes.md says why)")
+def test_a_one_rule_snakefile_runs_with_snakemakes_tes_executor(tmp_path_factory, condor_config):
+    """The plugin assumes no shared file system, so the rule's files live in an fs storage
+    prefix (a tes_file_folders folder); the token is the gateway's own, sent as Bearer."""
+    import os
+    import subprocess
+
+    work = tmp_path_factory.mktemp("snake")
+    (work / "Snakefile").write_text(SNAKEFILE)
+    (work / "storage").mkdir()
+    (work / "storage" / "words.txt").write_text("pear\napple\n")
+    process = GatewayProcess(tmp_path_factory.mktemp("snake-gateway"), condor_config,
+                             env={**GATEWAY_ENV, "MODACLOUDS_BATCH_TES_FILE_FOLDERS": str(work)}).start()
+    try:
+        client = process.client()
+        token = client.http.headers["Authorization"].split(" ", 1)[1]
+        done = subprocess.run([os.environ["SNAKEMAKE_TES"], "--executor", "tes", "--tes-url", process.url,
+                               "--jobs", "1", "--default-storage-provider", "fs", "--default-storage-prefix",
+                               str(work / "storage"), "sorted.txt"], cwd=work, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "SNAKEMAKE_TES_TOKEN": token})
+        tasks = client.get(f"{BASE}/tasks", params={"view": "FULL"}).json()["tasks"]
+    finally:
+        process.stop()
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (work / "storage" / "sorted.txt").read_text() == "apple\npear\n"
+    assert [t["state"] for t in tasks] == ["COMPLETE"], tasks

@@ -74,7 +74,7 @@ def test_service_info_is_a_ga4gh_service_info_for_tes_1_1(world):
     check(resp.json, "tesServiceInfo", strict=False)
     assert resp.json["type"] == {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"}
     assert resp.json["tesResources_backend_parameters"] == ["runtime", "time_limit"]
-    assert "no container runtime" in resp.json["description"]
+    assert "no container runtime" in resp.json["description"] and "not pulled" in resp.json["description"]
 
 
 def test_the_index_lists_the_tes_door(world):
