@@ -962,8 +962,9 @@ class Store:
                 [completed])]
 
     def set_tes_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:
+        """Record what became of a task's outputs (nothing, if the task was deleted meanwhile)."""
         with self.transaction() as db:
-            db["tes_tasks"].update(job_id, {"delivery": json.dumps(delivery)})
+            db.execute("update tes_tasks set delivery = ? where job_id = ?", [json.dumps(delivery), job_id])
 
     def known_job_dirs(self) -> set[str]:
         with self._lock:

@@ -148,6 +148,11 @@ def state_cases(word: str) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]]
     return tuple(cases)
 
 
+# One delivery at a time in this process, whichever Deliveries makes it (an app built twice
+# on one gateway has two): a task's files are never written or PUT twice at once.
+_DELIVERING = threading.Lock()
+
+
 class Deliveries:
     """Each completed task's outputs, delivered once, on a thread of their own, as soon as the
     tracker reports its job ended (a task reads RUNNING until then, COMPLETE or SYSTEM_ERROR
@@ -185,20 +190,24 @@ class Deliveries:
                 log.exception("TES output delivery stopped; what is left is delivered when a job next ends")
 
     def deliver_owed(self) -> None:
-        for job_id in self.store.tes_tasks_awaiting_delivery(JobState.COMPLETED.value):
-            job = self.store.get_job(job_id)
-            task = self.store.tes_tasks([job_id]).get(job_id)
-            if job is None or task is None:  # deleted meanwhile
-                continue
-            if job.get("outputs_retrieved_at"):
-                archive = Path(job["job_dir"]) / ARTIFACT_FILES["output"]
-                delivery = tes_task.deliver_outputs(archive, task["_outputs"], self.folders, self.allow_private)
-            else:
-                delivery = {"files": [], "error": "HTCondor did not give back the job's outputs: "
-                                                  f"{job.get('state_reason') or 'unknown reason'}"}
-            if delivery["error"]:
-                log.warning("task %s: outputs not delivered: %s", job_id, delivery["error"])
-            self.store.set_tes_delivery(job_id, delivery)
+        with _DELIVERING:
+            for job_id in self.store.tes_tasks_awaiting_delivery(JobState.COMPLETED.value):
+                self._deliver(job_id)
+
+    def _deliver(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        task = self.store.tes_tasks([job_id]).get(job_id)
+        if job is None or task is None:  # deleted meanwhile
+            return
+        if job.get("outputs_retrieved_at"):
+            archive = Path(job["job_dir"]) / ARTIFACT_FILES["output"]
+            delivery = tes_task.deliver_outputs(archive, task["_outputs"], self.folders, self.allow_private)
+        else:
+            delivery = {"files": [], "error": "HTCondor did not give back the job's outputs: "
+                                              f"{job.get('state_reason') or 'unknown reason'}"}
+        if delivery["error"]:
+            log.warning("task %s: outputs not delivered: %s", job_id, delivery["error"])
+        self.store.set_tes_delivery(job_id, delivery)
 
 
 def task_view(job: dict, task: dict, view: str) -> dict[str, Any]:
