@@ -463,3 +463,59 @@ def test_a_one_rule_snakefile_runs_with_snakemakes_tes_executor(tmp_path_factory
     assert done.returncode == 0, done.stderr[-4000:]
     assert (work / "storage" / "sorted.txt").read_text() == "apple\npear\n"
     assert [t["state"] for t in tasks] == ["COMPLETE"], tasks
+
+
+def test_a_delivery_the_gateway_was_killed_in_is_made_after_its_restart(tmp_path, condor_config):
+    """The first PUT of the output is held open by the receiving server, the gateway is
+    SIGKILLed in the middle of it, and the restarted gateway delivers the output again on
+    its own: no GET of the task until the file has arrived."""
+    import http.server
+    import threading
+
+    arrived, release = threading.Event(), threading.Event()
+    received: dict[str, bytes] = {}
+    puts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            puts.append(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if len(puts) == 1:  # the delivery the gateway dies in
+                arrived.set()
+                release.wait(300)
+            else:
+                received[self.path] = body
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/out/r.txt"
+    process = GatewayProcess(tmp_path / "tes-restart", condor_config, env=GATEWAY_ENV).start()
+    try:
+        client = process.client()
+        resp = client.post(f"{BASE}/tasks", json={
+            "name": "tes-restart", "volumes": ["/out"], "outputs": [{"path": "/out/r.txt", "url": url}],
+            "executors": [{"image": "alpine", "command": ["sh", "-c", "echo survived > /out/r.txt"]}]})
+        assert resp.status_code == 200, resp.text
+        task_id = resp.json()["id"]
+        assert arrived.wait(180), "the gateway never delivered the output"
+        process.kill()
+        process.start()
+        deadline = time.monotonic() + 120
+        while "/out/r.txt" not in received:
+            assert time.monotonic() < deadline, f"the restarted gateway did not deliver again; PUTs: {puts}"
+            time.sleep(0.3)
+        assert received == {"/out/r.txt": b"survived\n"}
+        done, _ = wait_final(client, task_id, timeout=60)
+        assert done["state"] == "COMPLETE", done
+        assert [o["url"] for o in done["logs"][0]["outputs"]] == [url]
+    finally:
+        release.set()
+        process.stop()
+        server.shutdown()
+        server.server_close()
