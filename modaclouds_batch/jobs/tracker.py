@@ -199,7 +199,7 @@ class Tracker:
         started = time.perf_counter()
         report = self._cycle()
         report.duration = time.perf_counter() - started
-        if report.ended or (not self._told_listeners and not report.errors):
+        if report.ended or not self._told_listeners:  # the first even if the schedd is down: owed work is the store's
             self._told_listeners = True
             self.service.jobs_ended(report.ended)
         return report

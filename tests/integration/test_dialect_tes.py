@@ -417,7 +417,8 @@ def test_a_canceled_task_is_canceling_until_htcondor_has_stopped_it(tes_client, 
     kills it (the machine's vacate time, 10 s by default): the task reads CANCELING meanwhile."""
     url, ready = ready_signal
     task_id = tes_client.create_task(tes.Task(name="tes-canceling", executors=[
-        tes.Executor(image="alpine", command=["sh", "-c", f"trap '' TERM; python3 -c \"import urllib.request as u; u.urlopen('{url}')\"; sleep 300"])]))
+        tes.Executor(image="alpine", command=[
+            "sh", "-c", f"trap '' TERM; python3 -c \"import urllib.request as u; u.urlopen('{url}')\"; sleep 300"])]))
     assert ready.wait(180), "the executor never started"  # its trap is set: a TERM cannot end it now
     assert tes_client.cancel_task(task_id) is None
     done, seen = wait_final(client, task_id, timeout=180)
@@ -455,7 +456,8 @@ def test_a_one_rule_snakefile_runs_with_snakemakes_tes_executor(tmp_path_factory
         token = client.http.headers["Authorization"].split(" ", 1)[1]
         done = subprocess.run([os.environ["SNAKEMAKE_TES"], "--executor", "tes", "--tes-url", process.url,
                                "--jobs", "1", "--default-storage-provider", "fs", "--default-storage-prefix",
-                               str(work / "storage"), "sorted.txt"], cwd=work, capture_output=True, text=True, timeout=600,
+                               str(work / "storage"), "sorted.txt"],
+                              cwd=work, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "SNAKEMAKE_TES_TOKEN": token})
         tasks = client.get(f"{BASE}/tasks", params={"view": "FULL"}).json()["tasks"]
     finally:
