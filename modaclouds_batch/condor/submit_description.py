@@ -58,6 +58,7 @@ JOB_PROJECTION = [
     "JobStartDate",
     "JobCurrentStartDate",
     "JobCurrentStartExecutingDate",
+    "TransferringInput",
     "CompletionDate",
     "EnteredCurrentStatus",
     "NumJobStarts",

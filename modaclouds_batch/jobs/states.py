@@ -54,7 +54,9 @@ CONDOR_STATUS_NAMES = {
 
 # condor_q's name for a job it shows running (JobStatus 2) whose starter is still fetching
 # its input files (condor_q's "<"): the shadow sets JobCurrentStartExecutingDate, and pushes
-# it to the schedd at once, only when the job's own process starts.
+# it to the schedd at once, only when the job's own process starts. TransferringInput false
+# (the transfer is over) wins over a stale date, e.g. if a reconnecting shadow moved
+# JobCurrentStartDate past it.
 TRANSFERRING_INPUT = "Transferring Input"
 
 
@@ -62,7 +64,7 @@ def backend_status(ad: Mapping) -> str | None:
     """HTCondor's name for the job's status, as condor_q shows it (Transferring Input apart)."""
     status = ad.get("JobStatus")
     started = ad.get("JobCurrentStartDate")
-    if status == 2 and started is not None:
+    if status == 2 and started is not None and ad.get("TransferringInput") is not False:
         executing = ad.get("JobCurrentStartExecutingDate")
         if executing is None or executing < started:  # an older date is a previous run's
             return TRANSFERRING_INPUT
