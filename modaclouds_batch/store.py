@@ -305,6 +305,18 @@ def m024_job_tallies(db: Database) -> None:
     db.execute("drop index if exists idx_jobs_state")
 
 
+@migrations()
+def m022_tes_left_queue(db: Database) -> None:
+    # When a finished job was last seen gone from the schedd's queue: a removed job stays
+    # there (JobStatus 3) until its worker has stopped it (TES calls that CANCELING). Jobs
+    # finished before this column are long gone. The index keeps the tracker's per-cycle
+    # question (which finished jobs may still be queued?) to the few rows it concerns.
+    db["jobs"].add_column("left_queue_at", str)
+    db.execute("update jobs set left_queue_at = coalesce(completed_at, updated_at)"
+               " where state in ('completed', 'failed', 'removed', 'submission_error')")
+    db.execute("create index jobs_not_left_queue on jobs(state) where left_queue_at is null")
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -345,6 +357,20 @@ class JobFilter:
     tes_only: bool = False
     tes_name_prefix: str | None = None
     tes_tags: tuple[tuple[str, str], ...] = ()
+    # TES tasks whose state is one of these cases: (job state, the TES_CONDITIONS that hold,
+    # those that do not). Given, it replaces ``states``.
+    tes_state_cases: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
+
+
+# The facts a TES task's state turns on besides its job's state (dialects/tes.py CONDITIONS
+# has each one in Python), as SQL over the jobs row and ``t``, the task's tes_tasks row.
+TES_CONDITIONS = {
+    "transferring_input": "jobs.backend_status = 'Transferring Input'",
+    "input_unfetchable": "lower(coalesce(jobs.state_reason, '')) like '%transfer input files failure%'",
+    "outputs_pending": "json_extract(t.task, '$._outputs') is not null and t.delivery is null",
+    "outputs_failed": "json_extract(t.delivery, '$.error') is not null",
+    "in_queue": "jobs.left_queue_at is null",
+}
 
 
 class Store:
@@ -471,6 +497,25 @@ class Store:
         with self._lock:
             rows = list(self.db.query("select * from jobs where id = ?", [job_id]))
         return _decode_job(rows[0]) if rows else None
+
+    def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Whole rows of these jobs (those that exist), by id."""
+        job_ids = list(job_ids)
+        found: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                for row in self.db.query(f"select * from jobs where id in ({','.join('?' * len(chunk))})", chunk):
+                    found[row["id"]] = _decode_job(row)
+        return found
+
+    def not_left_queue(self, final_states: Iterable[str]) -> list[str]:
+        """Finished jobs not yet seen gone from the schedd's queue."""
+        states = list(final_states)
+        with self._lock:
+            return [r[0] for r in self.db.execute(
+                f"select id from jobs where left_queue_at is null and state in ({','.join('?' * len(states))})",
+                states)]
 
     def active_jobs(self, states: Iterable[str]) -> list[dict[str, Any]]:
         """Jobs the tracker still has to follow, in submission order."""
@@ -1019,9 +1064,20 @@ class Store:
                                             "_delivery": json.loads(row["delivery"]) if row["delivery"] else None}
         return found
 
+    def tes_tasks_awaiting_delivery(self, completed: str) -> list[str]:
+        """The TES tasks with outputs whose job is ``completed`` and whose delivery is not
+        recorded yet, oldest first."""
+        with self._lock:
+            return [r[0] for r in self.db.execute(
+                "select t.job_id from tes_tasks t join jobs j on j.id = t.job_id"
+                " where t.delivery is null and json_extract(t.task, '$._outputs') is not null"
+                " and j.state = ? order by j.completed_at, j.id",
+                [completed])]
+
     def set_tes_delivery(self, job_id: str, delivery: dict[str, Any]) -> None:
+        """Record what became of a task's outputs (nothing, if the task was deleted meanwhile)."""
         with self.transaction() as db:
-            db["tes_tasks"].update(job_id, {"delivery": json.dumps(delivery)})
+            db.execute("update tes_tasks set delivery = ? where job_id = ?", [json.dumps(delivery), job_id])
 
     def known_job_dirs(self) -> set[str]:
         with self._lock:
@@ -1096,6 +1152,15 @@ def _job_filter_sql(flt: JobFilter) -> tuple[list[str], list[Any]]:
     if flt.created_before:
         where.append("created_at < ?")
         params.append(flt.created_before)
+    if flt.tes_state_cases:
+        cases = []
+        for state, hold, fail in flt.tes_state_cases:
+            terms = ["jobs.state = ?", *(TES_CONDITIONS[c] for c in hold),
+                     *(f"not ({TES_CONDITIONS[c]})" for c in fail)]
+            cases.append(" and ".join(terms))
+            params.append(state)
+        where.append("exists (select 1 from tes_tasks t where t.job_id = jobs.id and ("
+                     + " or ".join(f"({case})" for case in cases) + "))")
     if flt.tes_only or flt.tes_name_prefix or flt.tes_tags:
         task_where = ["1"]
         if flt.tes_name_prefix:

@@ -57,6 +57,8 @@ JOB_PROJECTION = [
     "ExitSignal",
     "JobStartDate",
     "JobCurrentStartDate",
+    "JobCurrentStartExecutingDate",
+    "TransferringInput",
     "CompletionDate",
     "EnteredCurrentStatus",
     "NumJobStarts",

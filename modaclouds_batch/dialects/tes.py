@@ -22,9 +22,9 @@ from ..api.submission import submission_from_json
 from ..errors import Conflict, InvalidRequest, NotFound
 from ..jobs import bundles
 from ..jobs.service import ARTIFACT_FILES
-from ..jobs.states import JobAction, JobState
+from ..jobs.states import TRANSFERRING_INPUT, JobAction, JobState
 from ..store import JobFilter
-from . import Dialect, submission_hook, word_filter
+from . import Dialect, submission_hook
 from . import tes_task
 
 log = logging.getLogger(__name__)
@@ -32,29 +32,57 @@ log = logging.getLogger(__name__)
 BASE = "/ga4gh/tes/v1"
 DOCS = "docs/dialect-tes.md"
 
-# Core state -> TES state. Held (by a user or by HTCondor: system_logs say which and why)
-# and suspended jobs are PAUSED; a removed job is CANCELED (the schedd removes at once, so
-# CANCELING is never seen); HTCondor refusing or losing the job is a SYSTEM_ERROR.
-STATES = {
-    JobState.IDLE: "QUEUED",
-    JobState.RUNNING: "RUNNING",
-    JobState.HELD: "PAUSED",
-    JobState.SUSPENDED: "PAUSED",
-    JobState.COMPLETED: "COMPLETE",
-    JobState.FAILED: "EXECUTOR_ERROR",
-    JobState.SUBMISSION_ERROR: "SYSTEM_ERROR",
-    JobState.REMOVED: "CANCELED",
+# HTCondor's hold reason when it could not fetch an input (an http(s) URL among them).
+TRANSFER_FAILED = "transfer input files failure"
+
+# The facts a task's state turns on besides its job's state. The store has each as SQL
+# (store.TES_CONDITIONS), so that a state filter lists exactly the tasks that read so.
+CONDITIONS = {
+    # JobStatus 2 while the worker still fetches the input files (condor_q's "<").
+    "transferring_input": lambda job, task: job.get("backend_status") == TRANSFERRING_INPUT,
+    # Held because an input could not be fetched: it stays held until released or canceled.
+    "input_unfetchable": lambda job, task: TRANSFER_FAILED in (job.get("state_reason") or "").lower(),
+    # The job completed; the gateway has not delivered the task's outputs yet.
+    "outputs_pending": lambda job, task: bool(task.get("_outputs")) and task.get("_delivery") is None,
+    "outputs_failed": lambda job, task: bool((task.get("_delivery") or {}).get("error")),
+    # Removed, and still in the schedd's queue while its worker stops it.
+    "in_queue": lambda job, task: job.get("left_queue_at") is None,
 }
-# TES words no core state maps to: a state filter with them matches no task.
-UNUSED_STATES = ("UNKNOWN", "INITIALIZING", "CANCELING", "PREEMPTED")
+
+# The one state table: a task is in the TES state of the first row whose core state is its
+# job's and whose condition (None: none) holds. Held (by a user or by HTCondor: system_logs
+# say which and why) and suspended jobs are PAUSED; HTCondor refusing or losing the job, an
+# input it could not fetch, or outputs the gateway could not deliver are a SYSTEM_ERROR.
+STATE_TABLE = (
+    (JobState.IDLE, None, "QUEUED"),
+    (JobState.RUNNING, "transferring_input", "INITIALIZING"),
+    (JobState.RUNNING, None, "RUNNING"),
+    (JobState.SUSPENDED, None, "PAUSED"),
+    (JobState.HELD, "input_unfetchable", "SYSTEM_ERROR"),
+    (JobState.HELD, None, "PAUSED"),
+    (JobState.COMPLETED, "outputs_pending", "RUNNING"),
+    (JobState.COMPLETED, "outputs_failed", "SYSTEM_ERROR"),
+    (JobState.COMPLETED, None, "COMPLETE"),
+    (JobState.FAILED, None, "EXECUTOR_ERROR"),
+    (JobState.SUBMISSION_ERROR, None, "SYSTEM_ERROR"),
+    (JobState.REMOVED, "in_queue", "CANCELING"),
+    (JobState.REMOVED, None, "CANCELED"),
+)
+# Each core state's word when no condition holds (the dialects' common seam).
+STATES = {state: word for state, condition, word in STATE_TABLE if condition is None}
+TES_STATES = ("UNKNOWN", "QUEUED", "INITIALIZING", "RUNNING", "PAUSED", "COMPLETE", "EXECUTOR_ERROR",
+              "SYSTEM_ERROR", "CANCELED", "PREEMPTED", "CANCELING")
+# TES words no row has: a state filter with them matches no task.
+UNUSED_STATES = tuple(w for w in TES_STATES if w not in {word for _, _, word in STATE_TABLE})
 VIEWS = ("MINIMAL", "BASIC", "FULL")
 DEFAULT_PAGE = 256
 MAX_PAGE = 2047  # "must be less than 2048"
 LIST_PARAMS = ("view", "page_size", "page_token", "name_prefix", "state", "tag_key", "tag_value")
 
-IMAGE_NOTE = ("The pool has no container runtime: an executor's image is recorded and returned but not pulled; "
-              "its command runs on the worker's own operating system, in a folder of the job's working directory "
-              "that holds every path the task declares.")
+IMAGE_NOTE = ("The pool has no container runtime: an executor's image is recorded and returned but not pulled, "
+              "and not matched to the runtimes the workers advertise; its command runs on the worker's own "
+              "operating system, in a folder of the job's working directory that holds every path the task "
+              "declares (resources.backend_parameters.runtime asks for a worker offering a runtime).")
 
 
 def service_info(folders: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -95,50 +123,91 @@ def _executor_count(task: dict) -> int:
     return len(task.get("executors") or [])
 
 
-# HTCondor's hold reason when it could not fetch an input (an http(s) URL among them).
-TRANSFER_FAILED = "transfer input files failure"
-
-
 def tes_state(job: dict, task: dict) -> str:
-    """STATES, except: a job held because an input could not be fetched is a SYSTEM_ERROR
-    (it stays held in HTCondor until released or canceled), and a task with outputs is
-    COMPLETE only once they are delivered."""
     state = JobState(job["state"])
-    if state is JobState.HELD and TRANSFER_FAILED in (job.get("state_reason") or "").lower():
-        return "SYSTEM_ERROR"
-    if state is JobState.COMPLETED and task.get("_outputs"):
-        delivery = task.get("_delivery")
-        if delivery is None:
-            return "RUNNING"  # the job's output is still on its way back
-        if delivery.get("error"):
-            return "SYSTEM_ERROR"
-    return STATES[state]
+    for row_state, condition, word in STATE_TABLE:
+        if row_state is state and (condition is None or CONDITIONS[condition](job, task)):
+            return word
+    raise ValueError(f"no TES state for a {state.value} job")  # STATE_TABLE ends each state with None
+
+
+def state_cases(word: str) -> tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]:
+    """The table's rows for ``word`` as store filter cases: (job state, the condition that
+    holds, the conditions of the same state's earlier rows, which must not)."""
+    cases = []
+    for state in JobState:
+        earlier: list[str] = []
+        for row_state, condition, row_word in STATE_TABLE:
+            if row_state is not state:
+                continue
+            if row_word == word:
+                cases.append((state.value, (condition,) if condition else (), tuple(earlier)))
+            if condition is None:
+                break
+            earlier.append(condition)
+    return tuple(cases)
+
+
+# One delivery at a time in this process, whichever Deliveries makes it (an app built twice
+# on one gateway has two): a task's files are never written or PUT twice at once.
+_DELIVERING = threading.Lock()
 
 
 class Deliveries:
-    """Outputs are delivered once, when a task whose job completed is first read."""
+    """Each completed task's outputs, delivered once, on a thread of their own, as soon as the
+    tracker reports its job ended (a task reads RUNNING until then, COMPLETE or SYSTEM_ERROR
+    after). What is owed is the store's: a task with outputs and no delivery record, so a
+    delivery a stop interrupted is made after the restart (the tracker's first cycle wakes us)."""
 
     def __init__(self, gateway):
         self.store = gateway.store
         self.folders = gateway.settings.tes_folders
         self.allow_private = gateway.settings.private_webhooks_allowed
         self._lock = threading.Lock()
+        self._wanted = False
+        self._worker: threading.Thread | None = None
 
-    def settle(self, job: dict, task: dict) -> dict:
-        if not task.get("_outputs") or task.get("_delivery") is not None:
-            return task
-        if JobState(job["state"]) is not JobState.COMPLETED or not job.get("outputs_retrieved_at"):
-            return task
+    def jobs_ended(self, job_ids: list[str]) -> None:
+        """The service's end listener: quick, on the tracker's thread."""
+        if job_ids and not self.store.tes_tasks(job_ids):
+            return  # none of them is a task
         with self._lock:
-            stored = self.store.tes_tasks([job["id"]]).get(job["id"], task)
-            if stored.get("_delivery") is None:
-                archive = Path(job["job_dir"]) / ARTIFACT_FILES["output"]
-                delivery = tes_task.deliver_outputs(archive, stored["_outputs"], self.folders, self.allow_private)
-                if delivery["error"]:
-                    log.warning("task %s: outputs not delivered: %s", job["id"], delivery["error"])
-                self.store.set_tes_delivery(job["id"], delivery)
-                stored = {**stored, "_delivery": delivery}
-            return stored
+            self._wanted = True
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="tes-deliveries", daemon=True)
+                self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wanted:
+                    self._worker = None
+                    return
+                self._wanted = False
+            try:
+                self.deliver_owed()
+            except Exception:  # e.g. the store closed under us at shutdown: owed still, done after restart
+                log.exception("TES output delivery stopped; what is left is delivered when a job next ends")
+
+    def deliver_owed(self) -> None:
+        with _DELIVERING:
+            for job_id in self.store.tes_tasks_awaiting_delivery(JobState.COMPLETED.value):
+                self._deliver(job_id)
+
+    def _deliver(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        task = self.store.tes_tasks([job_id]).get(job_id)
+        if job is None or task is None:  # deleted meanwhile
+            return
+        if job.get("outputs_retrieved_at"):
+            archive = Path(job["job_dir"]) / ARTIFACT_FILES["output"]
+            delivery = tes_task.deliver_outputs(archive, task["_outputs"], self.folders, self.allow_private)
+        else:
+            delivery = {"files": [], "error": "HTCondor did not give back the job's outputs: "
+                                              f"{job.get('state_reason') or 'unknown reason'}"}
+        if delivery["error"]:
+            log.warning("task %s: outputs not delivered: %s", job_id, delivery["error"])
+        self.store.set_tes_delivery(job_id, delivery)
 
 
 def task_view(job: dict, task: dict, view: str) -> dict[str, Any]:
@@ -176,22 +245,30 @@ def task_log(job: dict, task: dict, full: bool) -> dict[str, Any]:
     if job.get("completed_at"):
         log["end_time"] = job["completed_at"]
     metadata = {"gateway_state": state.value}
+    if job.get("backend_status"):
+        metadata["htcondor_status"] = str(job["backend_status"])
     if job.get("cluster_id") is not None:
         metadata["htcondor_job"] = f"{job['cluster_id']}.{job.get('proc_id') or 0}"
     if job.get("remote_host"):
         metadata["host"] = str(job["remote_host"])
     log["metadata"] = metadata
     if full:
-        log["system_logs"] = system_logs(job)
+        log["system_logs"] = system_logs(job, task)
         if delivery.get("error"):
             log["system_logs"].append(f"outputs not delivered: {delivery['error']}")
     return log
 
 
-def system_logs(job: dict) -> list[str]:
+def system_logs(job: dict, task: dict) -> list[str]:
     state = JobState(job["state"])
     lines = [f"gateway job {job['id']} is {state.value}"]
-    if state is JobState.HELD and TRANSFER_FAILED in (job.get("state_reason") or "").lower():
+    if state is JobState.RUNNING and CONDITIONS["transferring_input"](job, task):
+        lines.append("INITIALIZING because HTCondor is still fetching the task's input files onto its worker")
+    elif state is JobState.COMPLETED and CONDITIONS["outputs_pending"](job, task):
+        lines.append("RUNNING until the gateway has delivered the task's outputs (the job itself completed)")
+    elif state is JobState.REMOVED and CONDITIONS["in_queue"](job, task):
+        lines.append("CANCELING because HTCondor is still stopping the job on its worker")
+    elif state is JobState.HELD and CONDITIONS["input_unfetchable"](job, task):
         lines.append("SYSTEM_ERROR because HTCondor could not fetch an input; the job stays held "
                      "(cancel removes it, POST /jobs/{id}/release retries)")
     elif state is JobState.HELD:
@@ -214,13 +291,12 @@ class ServiceInfoResource:
 
 
 class TasksResource:
-    def __init__(self, gateway, deliveries: Deliveries):
+    def __init__(self, gateway):
         self.service = gateway.service
         self.store = gateway.store
         self.quota = gateway.quota
         self.folders = gateway.settings.tes_folders
         self.allow_private = gateway.settings.private_webhooks_allowed
-        self.deliveries = deliveries
         self.on_submitted = submission_hook(gateway)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -258,21 +334,23 @@ class TasksResource:
         view = view_param(req)
         size = req.get_param_as_int("page_size", min_value=1, max_value=MAX_PAGE, default=DEFAULT_PAGE)
         word = req.get_param("state")
-        states = word_filter(STATES, [word], "state", UNUSED_STATES) if word else ()
+        if word and word not in TES_STATES:
+            raise InvalidRequest(f"unknown state {word}; the states are {', '.join(TES_STATES)}", field="state")
+        cases = state_cases(word) if word else ()
         keys = req.get_param_as_list("tag_key") or []
         values = req.get_param_as_list("tag_value") or []
         if len(values) > len(keys):
             raise InvalidRequest("each tag_value goes with a tag_key before it", field="tag_value")
         tags = tuple((key, values[i] if i < len(values) else "") for i, key in enumerate(keys))
-        if word and not states:
+        if word and not cases:
             resp.media = {"tasks": []}
             return
-        flt = JobFilter(states=states, tes_only=True, tes_name_prefix=req.get_param("name_prefix") or None,
+        flt = JobFilter(tes_state_cases=cases, tes_only=True, tes_name_prefix=req.get_param("name_prefix") or None,
                         tes_tags=tags)
         rows, next_cursor, _ = self.service.list(req.context.actor, flt, size, req.get_param("page_token"))
-        tasks = self.store.tes_tasks(row["id"] for row in rows)
-        resp.media = {"tasks": [task_view(row, self.deliveries.settle(row, tasks.get(row["id"], {})), view)
-                                for row in rows]}
+        ids = [row["id"] for row in rows]
+        jobs, tasks = self.store.jobs_by_id(ids), self.store.tes_tasks(ids)
+        resp.media = {"tasks": [task_view(jobs[i], tasks.get(i, {}), view) for i in ids if i in jobs]}
         if next_cursor:
             resp.media["next_page_token"] = next_cursor
 
@@ -289,15 +367,14 @@ def _task(service, store, job_id: str, actor) -> tuple[dict, dict]:
 
 
 class TaskResource:
-    def __init__(self, gateway, deliveries: Deliveries):
+    def __init__(self, gateway):
         self.service = gateway.service
         self.store = gateway.store
-        self.deliveries = deliveries
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         view = view_param(req)
         job, task = _task(self.service, self.store, task_id, req.context.actor)
-        resp.media = task_view(job, self.deliveries.settle(job, task), view)
+        resp.media = task_view(job, task, view)
 
 
 class CancelResource:
@@ -307,14 +384,14 @@ class CancelResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, task_id: str) -> None:
         actor = req.context.actor
-        job, _ = _task(self.service, self.store, task_id, actor)
+        job, task = _task(self.service, self.store, task_id, actor)
         state = JobState(job["state"])
         if state is JobState.REMOVED:
             resp.media = {}
             return
         if state.is_final:
-            raise Conflict(f"task {job['id']} is already {STATES[state]}; only unfinished tasks can be canceled",
-                           state=STATES[state])
+            word = tes_state(job, task)
+            raise Conflict(f"task {job['id']} is already {word}; only unfinished tasks can be canceled", state=word)
         self.service.act(job["id"], JobAction.REMOVE.value, actor, req.context.request_id)
         resp.media = {}
 
@@ -332,9 +409,9 @@ class LineBreakInCancelPath:
 def register(app, gateway) -> None:
     app.add_middleware(LineBreakInCancelPath())
     app.add_route(f"{BASE}/service-info", ServiceInfoResource(gateway))
-    deliveries = Deliveries(gateway)
-    app.add_route(f"{BASE}/tasks", TasksResource(gateway, deliveries))
-    app.add_route(f"{BASE}/tasks/{{task_id}}", TaskResource(gateway, deliveries))
+    gateway.service.on_jobs_ended(Deliveries(gateway).jobs_ended)
+    app.add_route(f"{BASE}/tasks", TasksResource(gateway))
+    app.add_route(f"{BASE}/tasks/{{task_id}}", TaskResource(gateway))
     app.add_route(f"{BASE}/tasks/{{task_id}}:cancel", CancelResource(gateway))
 
 

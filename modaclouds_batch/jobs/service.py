@@ -253,6 +253,24 @@ class JobService:
         # Jobs between condor submit and their row in the store: the tracker leaves them be.
         self._in_flight: set[str] = set()
         self._in_flight_lock = threading.Lock()
+        # Called with the ids of jobs that reached a final state (see jobs_ended).
+        self._end_listeners: list[Callable[[list[str]], None]] = []
+
+    # --- ends ---------------------------------------------------------------------
+
+    def on_jobs_ended(self, listener: Callable[[list[str]], None]) -> None:
+        """Have ``listener(job_ids)`` called, on the tracker's thread, after every cycle in which
+        jobs reached a final state, and once after its first cycle (possibly with no ids): work a
+        listener owes finished jobs is kept in the store, so that first call lets it catch up on
+        what a stopped gateway left undone. A listener must be quick (hand slow work to a thread)."""
+        self._end_listeners.append(listener)
+
+    def jobs_ended(self, job_ids: list[str]) -> None:
+        for listener in self._end_listeners:
+            try:
+                listener(list(job_ids))
+            except Exception:  # one listener's bug must not stop tracking nor the others
+                log.exception("a job-end listener failed")
 
     # --- submission -------------------------------------------------------------
 

@@ -31,7 +31,8 @@ ACTIVE_STATES = frozenset(set(JobState) - FINAL_STATES)
 
 DESCRIPTIONS = {
     JobState.IDLE: "queued, waiting for a free slot (or its input files are still being spooled)",
-    JobState.RUNNING: "running on an execute node (or transferring its outputs back)",
+    JobState.RUNNING: "running on an execute node (or its input files are still on their way there, "
+                      "or its outputs on their way back)",
     JobState.SUSPENDED: "paused on its execute node by a suspend action; continue resumes it",
     JobState.HELD: "held by a user action or by HTCondor (see state_reason); release requeues it",
     JobState.COMPLETED: "run.sh exited with status 0; outputs are ready",
@@ -50,6 +51,25 @@ CONDOR_STATUS_NAMES = {
     6: "Transferring Output",
     7: "Suspended",
 }
+
+# condor_q's name for a job it shows running (JobStatus 2) whose starter is still fetching
+# its input files (condor_q's "<"): the shadow sets JobCurrentStartExecutingDate, and pushes
+# it to the schedd at once, only when the job's own process starts. TransferringInput false
+# (the transfer is over) wins over a stale date, e.g. if a reconnecting shadow moved
+# JobCurrentStartDate past it.
+TRANSFERRING_INPUT = "Transferring Input"
+
+
+def backend_status(ad: Mapping) -> str | None:
+    """HTCondor's name for the job's status, as condor_q shows it (Transferring Input apart)."""
+    status = ad.get("JobStatus")
+    started = ad.get("JobCurrentStartDate")
+    if status == 2 and started is not None and ad.get("TransferringInput") is not False:
+        executing = ad.get("JobCurrentStartExecutingDate")
+        if executing is None or executing < started:  # an older date is a previous run's
+            return TRANSFERRING_INPUT
+    return CONDOR_STATUS_NAMES.get(status)
+
 
 # HoldReasonCode 16: the schedd holds a spooled job until its input files arrive.
 HOLD_CODE_SPOOLING_INPUT = 16

@@ -22,7 +22,7 @@ from ..home import job_dir_owner, restrict_tree
 from ..store import JobChange
 from ..timefmt import epoch_to_iso, now_iso
 from . import live_output
-from .states import ACTIVE_STATES, CONDOR_STATUS_NAMES, JobState, state_from_ad
+from .states import ACTIVE_STATES, FINAL_STATES, JobState, backend_status, state_from_ad
 from .waiting import wait_reasons
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
     """The job-ad facts the detail view shows, named as the store names them."""
     fields = {
         "global_job_id": ad.get("GlobalJobId"),
-        "backend_status": CONDOR_STATUS_NAMES.get(ad.get("JobStatus")),
+        "backend_status": backend_status(ad),
         "started_at": epoch_to_iso(ad.get("JobStartDate")),
         "run_count": ad.get("NumJobStarts"),
         "priority": ad.get("JobPrio"),
@@ -131,6 +131,8 @@ class CycleReport:
     retrieved: int = 0
     orphans_removed: int = 0
     duration: float = 0.0
+    # Jobs that reached a final state in this cycle.
+    ended: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -155,6 +157,9 @@ class Tracker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._missing_cycles: dict[str, int] = {}
+        # The first cycle tells the service's end listeners even if no job ended, so that
+        # they catch up on what a stopped gateway left undone.
+        self._told_listeners = False
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -194,7 +199,15 @@ class Tracker:
         started = time.perf_counter()
         report = self._cycle()
         report.duration = time.perf_counter() - started
+        if report.ended or not self._told_listeners:  # the first even if the schedd is down: owed work is the store's
+            self._told_listeners = True
+            self.service.jobs_ended(report.ended)
         return report
+
+    def _apply(self, changes: list[JobChange], report: CycleReport, **kw) -> None:
+        """Store changes, noting in ``report`` the jobs they finish."""
+        self.store.apply_job_changes(changes, **kw)
+        report.ended += [c.job_id for c in changes if c.new_state and JobState(c.new_state).is_final]
 
     def _cycle(self) -> CycleReport:
         report = CycleReport()
@@ -238,7 +251,7 @@ class Tracker:
                 changes.append(change)
 
         if changes:
-            self.store.apply_job_changes(changes)
+            self._apply(changes, report)
             report.changes += len(changes)
         idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
                 if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE]
@@ -251,6 +264,7 @@ class Tracker:
         missing = [job for job_id, job in active.items() if job_id not in seen and job_id not in in_flight]
         if missing:
             self._close_missing(instance, missing, report)
+        self._note_left_queue(seen, report)
         orphans = self._orphans(unknown)
         if orphans:
             self._remove_orphans(instance, orphans, report)
@@ -291,7 +305,7 @@ class Tracker:
                     change.reason = f"{change.reason}; outputs could not be retrieved: {exc}"
                     change.fields["retrieve_attempts"] = attempts
                     changes.append(change)
-            self.store.apply_job_changes(changes)
+            self._apply(changes, report)
             return
         retrieved_at = now_iso()
         answers = []
@@ -307,7 +321,7 @@ class Tracker:
             if answer_id:
                 change.fields["answer_id"] = answer_id
             changes.append(change)
-        self.store.apply_job_changes(changes, data_objects=answers)
+        self._apply(changes, report, data_objects=answers)
         report.retrieved += len(changes)
         report.changes += len(changes)
         self._let_leave_queue(instance, list(finished), report)
@@ -376,8 +390,16 @@ class Tracker:
                     "HTCondor lost the job: it is in neither the schedd's queue nor its history; submit it again",
                 ))
         if changes:
-            self.store.apply_job_changes(changes)
+            self._apply(changes, report)
             report.changes += len(changes)
+
+    def _note_left_queue(self, seen: set[str], report: CycleReport) -> None:
+        """Finished jobs the queue no longer holds: a removed job stays there until its worker stopped it."""
+        gone = [job_id for job_id in self.store.not_left_queue(s.value for s in FINAL_STATES) if job_id not in seen]
+        if gone:
+            at = now_iso()
+            self.store.apply_job_changes([JobChange(job_id, {"left_queue_at": at}) for job_id in gone])
+            report.changes += len(gone)
 
     def _sweep(self, report: CycleReport) -> None:
         """Expiry at most once a minute: it needs no schedd call unless a ttl passed."""

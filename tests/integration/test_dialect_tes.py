@@ -77,7 +77,7 @@ def test_a_task_with_an_inline_input_runs_its_executors_in_order(tes_client, cli
         raw(client, task_id, view)
     done, seen = wait_final(client, task_id)
     assert done["state"] == "COMPLETE", done
-    assert set(seen) <= {"QUEUED", "RUNNING", "COMPLETE"}
+    assert set(seen) <= {"QUEUED", "INITIALIZING", "RUNNING", "COMPLETE"}
     log = done["logs"][0]
     assert [e["exit_code"] for e in log["logs"]] == [0, 0]
     assert log["logs"][0]["stdout"] == "beta\nalpha\n"   # the tail of its stdout path
@@ -297,3 +297,227 @@ def test_an_http_output_is_put_to_its_url(tes_client, client):
     assert received == {"/results/result.txt": b"42\n"}
     assert done["logs"][0]["outputs"] == [{"url": f"{base}/results/result.txt", "path": "/out/result.txt",
                                            "size_bytes": "3"}]
+
+
+def test_outputs_are_delivered_when_the_job_ends_without_a_read(shared_gateway):
+    """No GET of the task from its creation to the check: the file appears on disk because
+    the job ended, and only then is the task read (COMPLETE); the state filter agrees."""
+    process, shared = shared_gateway
+    client = process.client()
+    run = uuid.uuid4().hex[:8]
+    done_file = shared / f"delivered-{run}.txt"
+    good = client.post(f"{BASE}/tasks", json={
+        "name": f"tes-deliver-{run}-good", "volumes": ["/out"],
+        "outputs": [{"path": "/out/r.txt", "url": done_file.as_uri()}],
+        "executors": [{"image": "alpine", "command": ["sh", "-c", "echo delivered > /out/r.txt"]}]}).json()["id"]
+    bad = client.post(f"{BASE}/tasks", json={
+        "name": f"tes-deliver-{run}-bad",
+        "outputs": [{"path": "/out/never.txt", "url": (shared / f"never-{run}.txt").as_uri()}],
+        "executors": [{"image": "alpine", "command": ["true"]}]}).json()["id"]
+    deadline = time.monotonic() + 180
+    while not done_file.exists():
+        assert time.monotonic() < deadline, "the output was never delivered"
+        time.sleep(0.3)
+    assert done_file.read_text() == "delivered\n"
+    assert raw(client, good, "MINIMAL")["state"] == "COMPLETE"
+    done, _ = wait_final(client, bad)
+    assert done["state"] == "SYSTEM_ERROR", done  # its job completed; its output was never made
+    assert any("outputs not delivered" in line for line in done["logs"][0]["system_logs"]), done
+    assert client.job(bad)["job_status"] == "completed"
+
+    def listed(state: str) -> set[str]:
+        resp = client.get(f"{BASE}/tasks", params={"name_prefix": f"tes-deliver-{run}", "state": state})
+        assert resp.status_code == 200, resp.text
+        return {t["id"] for t in resp.json()["tasks"]}
+
+    assert listed("COMPLETE") == {good} and listed("SYSTEM_ERROR") == {bad} and listed("RUNNING") == set()
+
+
+@pytest.fixture
+def held_http_file(tmp_path):
+    """An HTTP server whose one file is sent only once the test lets it go: until then the
+    execute node is still fetching the task's input."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            release.wait(300)
+            body = b"slow input\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/slow.txt", release
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_task_whose_input_is_still_being_fetched_is_initializing(tes_client, client, held_http_file):
+    url, release = held_http_file
+    run = uuid.uuid4().hex[:8]
+    task_id = tes_client.create_task(tes.Task(
+        name=f"tes-init-{run}", inputs=[tes.Input(path="/data/slow.txt", url=url)],
+        executors=[tes.Executor(image="alpine", command=["cat", "/data/slow.txt"])]))
+    deadline = time.monotonic() + 180
+    while (state := raw(client, task_id, "MINIMAL")["state"]) != "INITIALIZING":
+        assert state == "QUEUED" and time.monotonic() < deadline, f"task {task_id} is {state}, never INITIALIZING"
+        time.sleep(0.3)
+    # The input cannot arrive before we release it: the state holds, and the filter agrees.
+    full = raw(client, task_id, "FULL")
+    assert full["state"] == "INITIALIZING"
+    assert any("fetching the task's input" in line for line in full["logs"][0]["system_logs"]), full
+    by_state = {word: [t["id"] for t in client.get(f"{BASE}/tasks", params={
+        "name_prefix": f"tes-init-{run}", "state": word}).json()["tasks"]] for word in ("INITIALIZING", "RUNNING")}
+    assert by_state == {"INITIALIZING": [task_id], "RUNNING": []}
+    release.set()
+    done, seen = wait_final(client, task_id)
+    assert done["state"] == "COMPLETE", done
+    assert done["logs"][0]["logs"][0]["stdout"] == "slow input\n"
+    assert "INITIALIZING" not in seen[seen.index("COMPLETE"):]
+
+
+@pytest.fixture
+def ready_signal():
+    """A URL the executor fetches to say it is ready, and the event that fetch sets."""
+    import http.server
+    import threading
+
+    ready = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ready.set()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ready", ready
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_canceled_task_is_canceling_until_htcondor_has_stopped_it(tes_client, client, ready_signal):
+    """The executor ignores SIGTERM, so HTCondor keeps the removed job in its queue until it
+    kills it (the machine's vacate time, 10 s by default): the task reads CANCELING meanwhile."""
+    url, ready = ready_signal
+    task_id = tes_client.create_task(tes.Task(name="tes-canceling", executors=[
+        tes.Executor(image="alpine", command=[
+            "sh", "-c", f"trap '' TERM; python3 -c \"import urllib.request as u; u.urlopen('{url}')\"; sleep 300"])]))
+    assert ready.wait(180), "the executor never started"  # its trap is set: a TERM cannot end it now
+    assert tes_client.cancel_task(task_id) is None
+    done, seen = wait_final(client, task_id, timeout=180)
+    assert done["state"] == "CANCELED"
+    assert seen[0] == "CANCELING", seen
+    assert client.post(f"{BASE}/tasks/{task_id}:cancel").json() == {}
+
+
+SNAKEFILE = """rule sort:
+    input: "words.txt"
+    output: "sorted.txt"
+    shell: "sort {input} > {output}"
+"""
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("SNAKEMAKE_TES"),
+                    reason="set SNAKEMAKE_TES to a snakemake executable with snakemake-executor-plugin-tes and "
+                           "snakemake-storage-plugin-fs; it runs Snakemake inside each task, so the workers need "
+                           "Snakemake, that plugin and rsync on their own system, which the test pool's lack "
+                           "(docs/dialect-tes.md says why)")
+def test_a_one_rule_snakefile_runs_with_snakemakes_tes_executor(tmp_path_factory, condor_config):
+    """The plugin assumes no shared file system, so the rule's files live in an fs storage
+    prefix (a tes_file_folders folder); the token is the gateway's own, sent as Bearer."""
+    import os
+    import subprocess
+
+    work = tmp_path_factory.mktemp("snake")
+    (work / "Snakefile").write_text(SNAKEFILE)
+    (work / "storage").mkdir()
+    (work / "storage" / "words.txt").write_text("pear\napple\n")
+    process = GatewayProcess(tmp_path_factory.mktemp("snake-gateway"), condor_config,
+                             env={**GATEWAY_ENV, "MODACLOUDS_BATCH_TES_FILE_FOLDERS": str(work)}).start()
+    try:
+        client = process.client()
+        token = client.http.headers["Authorization"].split(" ", 1)[1]
+        done = subprocess.run([os.environ["SNAKEMAKE_TES"], "--executor", "tes", "--tes-url", process.url,
+                               "--jobs", "1", "--default-storage-provider", "fs", "--default-storage-prefix",
+                               str(work / "storage"), "sorted.txt"],
+                              cwd=work, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "SNAKEMAKE_TES_TOKEN": token})
+        tasks = client.get(f"{BASE}/tasks", params={"view": "FULL"}).json()["tasks"]
+    finally:
+        process.stop()
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (work / "storage" / "sorted.txt").read_text() == "apple\npear\n"
+    assert [t["state"] for t in tasks] == ["COMPLETE"], tasks
+
+
+def test_a_delivery_the_gateway_was_killed_in_is_made_after_its_restart(tmp_path, condor_config):
+    """The first PUT of the output is held open by the receiving server, the gateway is
+    SIGKILLed in the middle of it, and the restarted gateway delivers the output again on
+    its own: no GET of the task until the file has arrived."""
+    import http.server
+    import threading
+
+    arrived, release = threading.Event(), threading.Event()
+    received: dict[str, bytes] = {}
+    puts = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            puts.append(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if len(puts) == 1:  # the delivery the gateway dies in
+                arrived.set()
+                release.wait(300)
+            else:
+                received[self.path] = body
+            self.send_response(201)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/out/r.txt"
+    process = GatewayProcess(tmp_path / "tes-restart", condor_config, env=GATEWAY_ENV).start()
+    try:
+        client = process.client()
+        resp = client.post(f"{BASE}/tasks", json={
+            "name": "tes-restart", "volumes": ["/out"], "outputs": [{"path": "/out/r.txt", "url": url}],
+            "executors": [{"image": "alpine", "command": ["sh", "-c", "echo survived > /out/r.txt"]}]})
+        assert resp.status_code == 200, resp.text
+        task_id = resp.json()["id"]
+        assert arrived.wait(180), "the gateway never delivered the output"
+        process.kill()
+        process.start()
+        deadline = time.monotonic() + 120
+        while "/out/r.txt" not in received:
+            assert time.monotonic() < deadline, f"the restarted gateway did not deliver again; PUTs: {puts}"
+            time.sleep(0.3)
+        assert received == {"/out/r.txt": b"survived\n"}
+        done, _ = wait_final(client, task_id, timeout=60)
+        assert done["state"] == "COMPLETE", done
+        assert [o["url"] for o in done["logs"][0]["outputs"]] == [url]
+    finally:
+        release.set()
+        process.stop()
+        server.shutdown()
+        server.server_close()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from modaclouds_batch.dialects import tes, tes_task
 from modaclouds_batch.errors import InvalidRequest
 from modaclouds_batch.jobs import bundles
+from modaclouds_batch import store
 from modaclouds_batch.jobs.states import JobState
 from tests.tes.schema import check
 
@@ -35,6 +37,13 @@ def task(name="t", **extra):
     return {"name": name, "executors": [{"image": "alpine", "command": ["echo", "hello"]}], **extra}
 
 
+def wait_for(condition, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def create(world, body):
     resp = world.http.simulate_post(TASKS, json=body)
     assert resp.status_code == 200, resp.text
@@ -53,6 +62,10 @@ def test_the_state_table_maps_every_core_state_to_a_tes_state():
     assert set(tes.STATES) == set(JobState)
     assert set(tes.STATES.values()) | set(tes.UNUSED_STATES) <= TES_STATES
     assert tes.DIALECT.states is tes.STATES
+    assert {word for _, _, word in tes.STATE_TABLE} == TES_STATES - {"UNKNOWN", "PREEMPTED"}
+    assert set(tes.CONDITIONS) == set(store.TES_CONDITIONS)
+    for state in JobState:  # each state's rows end with an unconditional one
+        assert [c for s, c, _ in tes.STATE_TABLE if s is state][-1] is None
 
 
 def test_service_info_is_a_ga4gh_service_info_for_tes_1_1(world):
@@ -61,7 +74,7 @@ def test_service_info_is_a_ga4gh_service_info_for_tes_1_1(world):
     check(resp.json, "tesServiceInfo", strict=False)
     assert resp.json["type"] == {"group": "org.ga4gh", "artifact": "tes", "version": "1.1.0"}
     assert resp.json["tesResources_backend_parameters"] == ["runtime", "time_limit"]
-    assert "no container runtime" in resp.json["description"]
+    assert "no container runtime" in resp.json["description"] and "not pulled" in resp.json["description"]
 
 
 def test_the_index_lists_the_tes_door(world):
@@ -92,7 +105,11 @@ def test_a_task_is_one_job_and_every_view_shows_only_tes_fields(world):
 def test_states_follow_the_job(world):
     task_id = create(world, task())
     job_id = task_id
-    world.set_status(job_id, 2)
+    world.set_status(job_id, 2, JobCurrentStartDate=100)  # the worker is fetching the input files
+    full = get(world, task_id, "FULL")
+    assert full["state"] == "INITIALIZING"
+    assert any("fetching the task's input" in line for line in full["logs"][0]["system_logs"])
+    world.set_status(job_id, 2, JobCurrentStartExecutingDate=101)
     assert get(world, task_id, "MINIMAL")["state"] == "RUNNING"
     world.set_status(job_id, 5, HoldReason="held by test", HoldReasonCode=1)
     full = get(world, task_id, "FULL")
@@ -380,6 +397,9 @@ def test_a_completed_task_delivers_its_outputs_once_and_an_archive_cannot_escape
             tar.addfile(info, __import__("io").BytesIO(data))
     fworld.set_status(task_id, 2)
     fworld.finish(task_id)
+    # Delivered because the job ended, without any read of the task.
+    wait_for(lambda: (shared / "out" / "t" / "r.txt").exists(), "the output delivered")
+    wait_for(lambda: get(fworld, task_id, "MINIMAL")["state"] != "RUNNING", "the delivery recorded")
     full = get(fworld, task_id, "FULL")
     assert full["state"] == "COMPLETE", full
     assert full["logs"][0]["outputs"] == [{"url": (Path(os.path.realpath(shared)) / "out" / "t" / "r.txt").as_uri(),
@@ -483,3 +503,105 @@ def test_http_outputs_are_put_to_their_url(tmp_path):
     with pytest.raises(InvalidRequest) as private:
         tes_task.parse_task({**body, "outputs": [{"path": "/out/r.txt", "url": "http://127.0.0.1:9/x"}]})
     assert private.value.details["field"] == "outputs[0].url"
+
+
+# --- outputs delivered when the job ends, and after a restart ---------------------------------
+
+def output_archive(job_dir: Path, files: dict[str, bytes]) -> None:
+    """The output archive run.sh would leave: each output's files under .tes/outputs/N/."""
+    import io
+
+    with tarfile.open(job_dir / "output.tar.gz", "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_delivery_a_stop_interrupted_is_made_by_the_next_gateway_without_a_read(tmp_path, shared):
+    home = tmp_path / "home"
+    first = World(home, tes_file_folders=str(shared))
+    task_id = create(first, task(outputs=[{"path": "/out/r.txt", "url": f"file://{shared}/out/r.txt"}]))
+    output_archive(Path(first.store.get_job(task_id)["job_dir"]), {"./.tes/outputs/0/out/r.txt": b"result\n"})
+    first.gateway.service._end_listeners.clear()  # the gateway stops before its delivery runs
+    first.finish(task_id)
+    assert first.store.get_job(task_id)["state"] == "completed"
+    assert get(first, task_id, "MINIMAL")["state"] == "RUNNING"
+    first.store.close()
+
+    second = World(home, tes_file_folders=str(shared))
+    try:
+        second.tracker.run_cycle()  # its first cycle: the listeners catch up
+        wait_for(lambda: (shared / "out" / "r.txt").exists(), "the owed delivery")
+        assert (shared / "out" / "r.txt").read_text() == "result\n"
+        wait_for(lambda: get(second, task_id, "MINIMAL")["state"] == "COMPLETE", "COMPLETE")
+    finally:
+        second.store.close()
+
+
+def test_a_completed_job_whose_outputs_never_came_back_is_a_system_error(fworld, shared):
+    task_id = create(fworld, task(outputs=[{"path": "/out/r.txt", "url": f"file://{shared}/out/r.txt"}]))
+    fworld.condor.fail.add("retrieve")
+    fworld.condor.queue[task_id].update(JobStatus=4, ExitCode=0)
+    for _ in range(5):
+        fworld.tracker.run_cycle()
+    assert fworld.store.get_job(task_id)["state"] == "completed"
+    wait_for(lambda: get(fworld, task_id, "MINIMAL")["state"] != "RUNNING", "the delivery recorded")
+    full = get(fworld, task_id, "FULL")
+    assert full["state"] == "SYSTEM_ERROR"
+    assert any("did not give back" in line for line in full["logs"][0]["system_logs"])
+
+
+# --- one state table: what a task reads is what the state filter lists -----------------------
+
+def test_the_state_filter_lists_exactly_the_tasks_that_read_that_state(fworld, shared):
+    world = fworld
+    out = [{"path": "/out/r.txt", "url": f"file://{shared}/out/r.txt"}]
+    made = {}
+
+    def make(label, **body):
+        made[label] = create(world, task(label, **body))
+        return made[label]
+
+    make("queued")
+    world.set_status(make("initializing"), 2, JobCurrentStartDate=100)
+    world.set_status(make("running"), 2, JobCurrentStartDate=100, JobCurrentStartExecutingDate=100)
+    world.set_status(make("paused"), 5, HoldReasonCode=1, HoldReason="by a user")
+    world.set_status(make("unfetchable"), 5, HoldReasonCode=13,
+                     HoldReason="Transfer input files failure at execution point slot1@w1 using protocol http.")
+    world.finish(make("complete"))
+    world.finish(make("executor_error"), exit_code=2)
+    world.set_status(make("canceling"), 3)  # removed, still in the queue
+    canceled = make("canceled")
+    world.http.simulate_post(f"{TASKS}/{canceled}:cancel")
+    delivered = make("delivered", outputs=out)
+    output_archive(Path(world.store.get_job(delivered)["job_dir"]), {"./.tes/outputs/0/out/r.txt": b"r\n"})
+    world.finish(delivered)
+    world.finish(make("undeliverable", outputs=[{"path": "/out/none", "url": f"file://{shared}/out/none"}]))
+    wait_for(lambda: not world.store.tes_tasks_awaiting_delivery("completed"), "the deliveries")
+    pending = make("delivering", outputs=out)
+    world.gateway.service._end_listeners.clear()  # this one's delivery has not run yet
+    world.finish(pending)
+    world.tracker.run_cycle()
+
+    read = {label: get(world, task_id, "MINIMAL")["state"] for label, task_id in made.items()}
+    assert read == {"queued": "QUEUED", "initializing": "INITIALIZING", "running": "RUNNING", "paused": "PAUSED",
+                    "unfetchable": "SYSTEM_ERROR", "complete": "COMPLETE", "executor_error": "EXECUTOR_ERROR",
+                    "canceling": "CANCELING", "canceled": "CANCELED", "delivered": "COMPLETE",
+                    "undeliverable": "SYSTEM_ERROR", "delivering": "RUNNING"}
+    for word in TES_STATES:
+        listed, token = [], None
+        while True:  # one task a page: the filter holds across pages too
+            params = {"state": word, "page_size": "1", **({"page_token": token} if token else {})}
+            page = world.http.simulate_get(TASKS, params=params).json
+            listed += [t["id"] for t in page["tasks"]]
+            assert all(t["state"] == word for t in page["tasks"])
+            token = page.get("next_page_token")
+            if not token:
+                break
+        assert sorted(listed) == sorted(made[label] for label, state in read.items() if state == word), word
+    del world.condor.queue[made["canceling"]]  # its worker stopped it: it left the queue
+    world.tracker.run_cycle()
+    assert get(world, made["canceling"], "MINIMAL")["state"] == "CANCELED"
+    resp = world.http.simulate_post(f"{TASKS}/{made['undeliverable']}:cancel")
+    assert resp.status_code == 409 and "SYSTEM_ERROR" in resp.json["error"]

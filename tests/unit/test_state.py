@@ -177,7 +177,7 @@ def two_processes(tmp_path):
     path = tmp_path / "shared.db"
     first, second = Store(path), Store(path)
     condor, clock = FakeCondor(), Clock()
-    service = SimpleNamespace(store=second, condor=condor, in_flight=lambda: set())
+    service = SimpleNamespace(store=second, condor=condor, in_flight=lambda: set(), jobs_ended=lambda ids: None)
     tracker = Tracker(service, interval=60, sweep_expired=False, clock=clock)
     yield SimpleNamespace(first=first, second=second, condor=condor, clock=clock, tracker=tracker)
     first.close()

@@ -43,3 +43,21 @@ def test_sensible_transitions_are_allowed():
     assert action_conflict(JobAction.CONTINUE, JobState.SUSPENDED) is None
     assert action_conflict(JobAction.RELEASE, JobState.HELD) is None
     assert action_conflict(JobAction.REMOVE, JobState.IDLE) is None
+
+
+@pytest.mark.parametrize("ad, expected", [
+    ({"JobStatus": 2, "JobCurrentStartDate": 100}, "Transferring Input"),
+    ({"JobStatus": 2, "JobCurrentStartDate": 100, "JobCurrentStartExecutingDate": 100}, "Running"),
+    ({"JobStatus": 2, "JobCurrentStartDate": 200, "JobCurrentStartExecutingDate": 100}, "Transferring Input"),
+    ({"JobStatus": 2, "JobCurrentStartDate": 100, "TransferringInput": True}, "Transferring Input"),
+    ({"JobStatus": 2, "JobCurrentStartDate": 200, "JobCurrentStartExecutingDate": 100, "TransferringInput": False},
+     "Running"),
+    ({"JobStatus": 2}, "Running"),
+    ({"JobStatus": 1}, "Idle"),
+    ({"JobStatus": 6, "JobCurrentStartDate": 100}, "Transferring Output"),
+])
+def test_backend_status_names_a_running_job_still_fetching_input(ad, expected):
+    from modaclouds_batch.jobs.states import backend_status
+
+    assert backend_status(ad) == expected
+    assert state_from_ad(ad).value in ("running", "idle")

@@ -14,8 +14,10 @@ from .fakes import FakeCondor
 def world(tmp_path):
     store = Store(tmp_path / "gw.db")
     condor = FakeCondor()
-    service = SimpleNamespace(store=store, condor=condor, in_flight=lambda: set())
-    return SimpleNamespace(store=store, condor=condor, tracker=Tracker(service, interval=60, sweep_expired=False, orphan_grace=0))
+    ended = []
+    service = SimpleNamespace(store=store, condor=condor, in_flight=lambda: set(), jobs_ended=ended.append)
+    return SimpleNamespace(store=store, condor=condor, ended=ended,
+                           tracker=Tracker(service, interval=60, sweep_expired=False, orphan_grace=0))
 
 
 def add_job(world, status=1, **ad):
@@ -120,3 +122,37 @@ def test_schedd_down_changes_nothing(world):
     world.condor.fail.add("query")
     report = world.tracker.run_cycle()
     assert report.errors and world.store.get_job(job_id)["state"] == "idle"
+
+
+def test_the_service_hears_of_ended_jobs_after_the_first_cycle_and_each_cycle_jobs_end(world):
+    running = add_job(world, status=2)
+    world.tracker.run_cycle()
+    assert world.ended == [[]]  # the first cycle: listeners catch up on what a stop left undone
+    world.tracker.run_cycle()
+    assert world.ended == [[]]  # nothing ended
+    done = add_job(world, status=4, ExitCode=0)
+    world.condor.queue[running].update(JobStatus=3, RemoveReason="by test")
+    world.tracker.run_cycle()
+    assert sorted(world.ended[1]) == sorted([done, running])
+
+
+def test_a_removed_job_is_noted_gone_from_the_queue_only_once_it_has_left(world):
+    job_id = add_job(world, status=2)
+    world.tracker.run_cycle()
+    world.condor.queue[job_id].update(JobStatus=3)  # removed: the worker is still stopping it
+    world.tracker.run_cycle()
+    world.tracker.run_cycle()
+    job = world.store.get_job(job_id)
+    assert job["state"] == "removed" and job["left_queue_at"] is None
+    del world.condor.queue[job_id]
+    world.tracker.run_cycle()
+    assert world.store.get_job(job_id)["left_queue_at"] is not None
+
+
+def test_a_running_job_still_fetching_its_input_is_transferring_input(world):
+    job_id = add_job(world, status=2, JobCurrentStartDate=1_700_000_000)
+    world.tracker.run_cycle()
+    assert world.store.get_job(job_id)["backend_status"] == "Transferring Input"
+    world.condor.queue[job_id]["JobCurrentStartExecutingDate"] = 1_700_000_005
+    world.tracker.run_cycle()
+    assert world.store.get_job(job_id)["backend_status"] == "Running"
