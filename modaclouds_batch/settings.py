@@ -156,6 +156,9 @@ class Settings:
     # Folders on the gateway's machine (comma-separated) that TES tasks may read file:// inputs
     # from and write file:// outputs into; empty: the TES door refuses file:// URLs.
     tes_file_folders: str = ""
+    # How long a submission's Idempotency-Key is remembered: a retry with it within this many
+    # seconds gets the first answer instead of a second job (docs/api.md).
+    idempotency_window_seconds: int = 86400
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
