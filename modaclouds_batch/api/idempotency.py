@@ -89,9 +89,12 @@ def idempotent(responder):
             return None
         token = _claim.set(claim)
         try:
-            return responder(resource, req, resp, *args, **kwargs)
+            responder(resource, req, resp, *args, **kwargs)
         finally:
             _claim.reset(token)
+        if claim.recovered is not None:  # the answer rebuilt from the jobs the first request made
+            resp.set_header(REPLAYED_HEADER, "true")
+        return None
 
     answer.idempotent = True
     return answer
@@ -235,8 +238,8 @@ class IdempotentSubmissions:
         status = falcon.http_status_to_code(resp.status)
         if (200 <= status < 300 or status in REPLAYED_REFUSALS) and resp.stream is None:
             headers = [(name, value) for name in KEPT_HEADERS if (value := resp.get_header(name))]
-            if not resp.get_header("Content-Type") and resp.content_type:
-                headers.append(("Content-Type", resp.content_type))
+            if not resp.get_header("Content-Type"):  # a media answer, in the app's default type
+                headers.append(("Content-Type", falcon.MEDIA_JSON))
             self.store.finish_idempotency_key(claim.owner, claim.key, status, headers, resp.render_body() or b"")
         elif claim.recovered is not None:
             pass  # its jobs exist: the next retry rebuilds their answer again
