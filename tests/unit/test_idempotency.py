@@ -282,3 +282,31 @@ def test_tes_and_workers_data_routes_take_the_key(world):
     again = world.post(path="/ga4gh/tes/v1/tasks", json=task)
     assert first.status_code == again.status_code == 200, first.text
     assert again.json == first.json and world.submitted() == 1
+
+
+SUBMIT_ROUTES = {("POST", "/jobs"), ("POST", "/api/job/run"), ("POST", "/async/jobs"), ("POST", "/mecrm/job"),
+                 ("POST", "/ga4gh/tes/v1/tasks")}
+
+
+def test_every_submit_route_is_idempotent_and_described_so(world):
+    from modaclouds_batch.app import create_app
+    from modaclouds_batch.dialects import all_dialects, openapi_description
+
+    from .test_openapi import served_routes
+
+    app = create_app(world.gateway)
+    resources = {}
+    nodes = list(app._router._roots)
+    while nodes:
+        node = nodes.pop()
+        nodes.extend(node.children)
+        if node.resource is not None:
+            resources[node.uri_template] = node.resource
+    keyed = {(method, path) for method, path in served_routes(app)
+             if getattr(getattr(resources[path], f"on_{method.lower()}"), "idempotent", False)}
+    assert keyed >= SUBMIT_ROUTES
+    spec = openapi_description(all_dialects())
+    for method, path in keyed:
+        operation = spec["paths"][path][method.lower()]
+        assert {"$ref": "#/components/parameters/IdempotencyKey"} in operation.get("parameters", []), path
+        assert {"409", "422"} <= set(operation["responses"]), path
