@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from .docs_examples import run_page
 from .gateway import Client, GatewayProcess, pack_bundle
 
 pytestmark = pytest.mark.integration
@@ -89,6 +90,13 @@ def test_a_dialect_submit_route_takes_the_key_too(client, schedd):
 def test_a_malformed_key_is_400(client):
     resp = client.post("/jobs", json={"command": "echo hi"}, headers={KEY: "k" * 256})
     assert resp.status_code == 400 and resp.json()["field"] == KEY
+
+
+def test_the_docs_examples_run_as_printed(client, schedd, tmp_path):
+    before = len(schedd_jobs(schedd, "safe-retry"))
+    run_page("docs/api.md", client, tmp_path, section="Safe retries: `Idempotency-Key`")
+    # Two keys, five requests: two jobs.
+    assert len(schedd_jobs(schedd, "safe-retry")) == before + 2
 
 
 def big_input(megabytes: int) -> bytes:
