@@ -26,6 +26,7 @@ from .api.access import (
 from .api.guard import REQUEST_ID_RE, Guard, RequestGuard, body_allowance
 from .api.docs import DocsAssetResource, DocsPageResource, OpenAPIResource
 from .api.health import HealthResource
+from .api.idempotency import IdempotentSubmissions
 from .api.index import IndexResource
 from .api.webhooks import WebhookSecretResource, WebhookSecretRotateResource
 from .api.workers import (
@@ -85,7 +86,9 @@ class Gateway:
         if previous:
             log.warning("home %s was last served by gateway instance %s (another database); "
                         "its job folders are left alone", self.settings.home, previous)
-        intents = self.store.clear_intents()
+        # Before the intents go: a keyed submission's jobs the schedd accepted get their rows.
+        unsettled = self.service.recover_keyed_submissions(at_start=True)
+        intents = self.store.clear_intents(keep=unsettled)
         if intents:
             log.info("dropped %d submission intents of a process that stopped mid-submission", intents)
         removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight(),
@@ -183,7 +186,8 @@ class RequestContext:
 def create_app(gateway: Gateway) -> falcon.App:
     app = falcon.App(middleware=[
         RequestContext(), RequestMetrics(gateway.metrics),
-        Authenticate(gateway.tokens, gateway.settings.auth_enabled)])
+        Authenticate(gateway.tokens, gateway.settings.auth_enabled),
+        IdempotentSubmissions(gateway.store, gateway.settings.idempotency_window_seconds, gateway.settings.home)])
     multipart = falcon.media.MultipartFormHandler()
     multipart.parse_options.max_body_part_count = 16
     # A form field (not a file) is buffered up to the same cap as a whole JSON body.

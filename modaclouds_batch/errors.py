@@ -45,6 +45,19 @@ class Conflict(GatewayError):
     """The request makes no sense in the current state (409)."""
 
 
+class InProgress(Conflict):
+    """The same request is being answered right now; ask again after ``retry_after`` seconds (409)."""
+
+    def __init__(self, message: str, retry_after: int, **details):
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class Unprocessable(GatewayError):
+    """Well-formed, but it cannot be honoured as sent, e.g. an idempotency key reused for
+    another request (422)."""
+
+
 class TooLarge(GatewayError):
     """An upload or archive exceeds a configured limit (413)."""
 

@@ -161,6 +161,9 @@ class Settings:
     # A receiver answering 400, 401, 403, 404, 405, 413 or 422 this many times in a row stops
     # the notification's delivery (410 Gone stops it at once).
     webhook_permanent_failure_attempts: int = 3
+    # How long a submission's Idempotency-Key is remembered: a retry with it within this many
+    # seconds gets the first answer instead of a second job (docs/api.md).
+    idempotency_window_seconds: int = 86400
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -317,6 +317,21 @@ def m022_tes_left_queue(db: Database) -> None:
     db.execute("create index jobs_not_left_queue on jobs(state) where left_queue_at is null")
 
 
+@migrations()
+def m019_idempotency_keys(db: Database) -> None:
+    # A client's Idempotency-Key for one submission, per user: written when the request
+    # arrives (state 'processing'), tied to the submission's job ids (with the rows to
+    # record should the gateway die after the schedd accepted them) durably with their
+    # intents, then holding the answer to replay ('done'); 'recovered' after a restart
+    # found the jobs but no answer, which is rebuilt from them on the next retry.
+    db["idempotency_keys"].create(
+        {"owner": str, "key": str, "fingerprint": str, "state": str, "job_ids": str, "array_id": str,
+         "pending": str, "status": int, "headers": str, "body": bytes, "created_at": str, "expires_at": str},
+        pk=("owner", "key"), not_null={"fingerprint", "state", "created_at", "expires_at"},
+    )
+    db["idempotency_keys"].create_index(["expires_at"])
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -341,6 +356,18 @@ class JobChange:
     fields: dict[str, Any] = field(default_factory=dict)
     new_state: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyedSubmission:
+    """A submission made under a client's idempotency key: which key, and what to record
+    (``pending``: the job rows, data references and array) if the gateway dies after the
+    schedd accepted it."""
+
+    owner: str
+    key: str
+    array_id: str | None
+    pending: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -463,12 +490,18 @@ class Store:
 
     # --- submission intents -----------------------------------------------------------
 
-    def add_intents(self, job_ids: Iterable[str], pid: int) -> None:
-        """Before the schedd submit, durably: these jobs are being submitted, not orphans."""
+    def add_intents(self, job_ids: Iterable[str], pid: int, keyed: "KeyedSubmission | None" = None) -> None:
+        """Before the schedd submit, durably: these jobs are being submitted, not orphans;
+        with ``keyed``, the client's idempotency key is tied to them in the same commit."""
         now = now_iso()
+        job_ids = list(job_ids)
         with self.durable_transaction() as db:
             db["submission_intents"].insert_all(
                 ({"job_id": job_id, "created_at": now, "pid": pid} for job_id in job_ids), replace=True)
+            if keyed:
+                db.execute("update idempotency_keys set job_ids = ?, array_id = ?, pending = ?"
+                           " where owner = ? and key = ?",
+                           [json.dumps(job_ids), keyed.array_id, json.dumps(keyed.pending), keyed.owner, keyed.key])
 
     def drop_intents(self, job_ids: Iterable[str]) -> None:
         job_ids = list(job_ids)
@@ -488,10 +521,67 @@ class Store:
                     f"select job_id from submission_intents where job_id in ({','.join('?' * len(chunk))})", chunk))
         return found
 
-    def clear_intents(self) -> int:
-        """At start-up, under the database lock: intents left by a process that died mid-submission."""
+    def clear_intents(self, keep: Iterable[str] = ()) -> int:
+        """At start-up, under the database lock: intents left by a process that died mid-submission
+        (but those of ``keep``, submissions whose fate is still to be found out)."""
+        keep = list(keep)
         with self.transaction() as db:
-            return db.execute("delete from submission_intents").rowcount
+            return db.execute(f"delete from submission_intents where job_id not in ({','.join('?' * len(keep))})",
+                              keep).rowcount
+
+    # --- idempotency keys -----------------------------------------------------------------
+
+    def claim_idempotency_key(self, owner: str, key: str, fingerprint: str, now: str,
+                              expires_at: str) -> dict[str, Any] | None:
+        """Take ``key`` for a new submission of ``owner`` (None), or return the row that holds it
+        (an expired one is forgotten first). Concurrent claims: exactly one gets None."""
+        with self.transaction() as db:
+            db.execute("delete from idempotency_keys where owner = ? and key = ? and expires_at <= ?"
+                       " and state not in ('processing', 'unsettled')", [owner, key, now])
+            taken = db.execute(
+                "insert or ignore into idempotency_keys (owner, key, fingerprint, state, created_at, expires_at)"
+                " values (?, ?, ?, 'processing', ?, ?)", [owner, key, fingerprint, now, expires_at]).rowcount
+            return None if taken else self.idempotency_key(owner, key)
+
+    def idempotency_key(self, owner: str, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from idempotency_keys where owner = ? and key = ?", [owner, key]))
+        return _decode_key(rows[0]) if rows else None
+
+    def finish_idempotency_key(self, owner: str, key: str, status: int, headers: list[tuple[str, str]],
+                               body: bytes) -> None:
+        """The answer to replay for the key from now on."""
+        with self.transaction() as db:
+            db.execute("update idempotency_keys set state = 'done', status = ?, headers = ?, body = ?, pending = null"
+                       " where owner = ? and key = ?", [status, json.dumps(headers), body, owner, key])
+
+    def mark_idempotency_key(self, owner: str, key: str, state: str) -> None:
+        """'recovered': its jobs are recorded but its answer is not (the next retry rebuilds it
+        from them); 'unsettled': a restart could not yet tell whether the schedd has them."""
+        with self.transaction() as db:
+            pending = "pending" if state == "unsettled" else "null"
+            db.execute(f"update idempotency_keys set state = ?, pending = {pending} where owner = ? and key = ?",
+                       [state, owner, key])
+
+    def release_idempotency_key(self, owner: str, key: str) -> None:
+        """Forget the key: the next request with it is a new submission."""
+        with self.transaction() as db:
+            db.execute("delete from idempotency_keys where owner = ? and key = ?", [owner, key])
+
+    def idempotency_keys_in(self, states: Iterable[str]) -> list[dict[str, Any]]:
+        """Keys in these states, oldest first (at start-up, 'processing' ones are those a
+        stopped process was answering)."""
+        states = list(states)
+        with self._lock:
+            return [_decode_key(r) for r in self.db.query(
+                f"select * from idempotency_keys where state in ({','.join('?' * len(states))})"
+                " order by created_at", states)]
+
+    def sweep_idempotency_keys(self, now: str) -> int:
+        """Forget keys past their window (not one a request is answering, or a restart settling)."""
+        with self.transaction() as db:
+            return db.execute("delete from idempotency_keys where expires_at <= ?"
+                              " and state not in ('processing', 'unsettled')", [now]).rowcount
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -1119,6 +1209,13 @@ def _make_private(path: Path) -> None:
         side = path.with_name(path.name + suffix)
         if side.exists():
             os.chmod(side, 0o600)
+
+
+def _decode_key(row: dict[str, Any]) -> dict[str, Any]:
+    row = dict(row)
+    for column, empty in (("job_ids", []), ("pending", None), ("headers", [])):
+        row[column] = json.loads(row[column]) if row[column] else empty
+    return row
 
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ STATUS_BY_ERROR = [
     (errors.Gone, falcon.HTTP_410),
     (errors.Conflict, falcon.HTTP_409),
     (errors.TooLarge, falcon.HTTP_413),
+    (errors.Unprocessable, falcon.HTTP_422),
     (errors.BackendRefused, falcon.HTTP_502),
     (errors.BackendUnavailable, falcon.HTTP_503),
     (errors.Busy, falcon.HTTP_503),
@@ -60,7 +61,8 @@ class GatewayErrors:
 def handle_gateway_error(req: falcon.Request, resp: falcon.Response, exc: errors.GatewayError, params) -> None:
     resp.status = _status_for(exc)
     resp.media = {"error": exc.message, **exc.details}
-    if isinstance(exc, (errors.BackendUnavailable, errors.RateLimited, errors.Busy, errors.NotYet)):
+    if isinstance(exc, (errors.BackendUnavailable, errors.RateLimited, errors.Busy, errors.NotYet,
+                        errors.InProgress)):
         resp.set_header("Retry-After", str(exc.retry_after))
     if isinstance(exc, errors.Unauthorized):
         resp.set_header("WWW-Authenticate", 'Bearer realm="modaclouds-batch"')

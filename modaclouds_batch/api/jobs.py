@@ -14,6 +14,7 @@ from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
 from .ranges import send_file
+from .idempotency import current_claim, idempotent
 from .submission import submission_from_request
 from .bodies import json_object
 from .views import array_view, job_detail, job_summary, notification_brief, notification_view
@@ -27,10 +28,18 @@ def submit_job(service: JobService, quota, actor, parse: Callable[[Staging], Sub
     """The one submission path of every door: quota, staging, ``parse(staging)`` (uploads land
     in the staging folder), the quota again for the items asked, submit, then the hook.
 
-    Anything raised on the way leaves nothing behind (no folder, no row, no cluster)."""
+    Anything raised on the way leaves nothing behind (no folder, no row, no cluster).
+    Under an ``Idempotency-Key`` (api/idempotency.py) the key goes with the submission; when
+    the key's jobs were recorded but their answer never sent, those jobs are returned
+    instead (request None): nothing is parsed, charged or submitted again."""
+    claim = current_claim()
+    if claim is not None and claim.recovered is not None:
+        return None, service.keyed_submission(claim.recovered, actor)
     quota.check_submission(actor)
     with service.staging(quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
         request = parse(staging)
+        if claim is not None:
+            request.idempotency_key = claim.key
         quota.check_submission(actor, request.item_count)  # before validating archives
         created = service.submit(staging, request)  # reserves its place (jobs, spool), atomically
     if on_submitted:
@@ -44,12 +53,13 @@ class JobsResource:
         self.quota = quota
         self.on_submitted = on_submitted
 
+    @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        request, created = submit_job(self.service, self.quota, actor,
-                                      lambda staging: submission_from_request(req, staging, actor), self.on_submitted)
+        _, created = submit_job(self.service, self.quota, actor,
+                                lambda staging: submission_from_request(req, staging, actor), self.on_submitted)
         resp.status = falcon.HTTP_201
-        if request.is_array:
+        if "items" in created:  # an array
             resp.location = f"/arrays/{created['id']}"
             resp.media = array_view(created)
         else:

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import falcon
 
 from ..api.bodies import lenient_json_object
+from ..api.idempotency import idempotent
 from ..api.jobs import MAX_PAGE, submit_job, time_param
 from ..api.submission import submission_from_json
 from ..errors import Conflict, Gone, InvalidRequest, NotFound
@@ -87,6 +88,7 @@ class RunResource:
         self.quota = gateway.quota
         self.on_submitted = submission_hook(gateway)
 
+    @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
         fields = run_body(lenient_json_object(req, RUN_EXAMPLE))

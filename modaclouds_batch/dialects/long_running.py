@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 import falcon
 
+from ..api.idempotency import idempotent
 from ..api.jobs import DEFAULT_PAGE, MAX_PAGE, submit_job
 from ..api.submission import submission_from_request
 from ..errors import Conflict, InvalidRequest
@@ -73,6 +74,7 @@ class CollectionResource:
         self.quota = gateway.quota
         self.on_submitted = submission_hook(gateway)
 
+    @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
         _, created = submit_job(self.service, self.quota, actor,

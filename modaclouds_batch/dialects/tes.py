@@ -17,6 +17,7 @@ import falcon
 
 from .. import __version__
 from ..api.bodies import json_object
+from ..api.idempotency import idempotent
 from ..api.jobs import submit_job
 from ..api.submission import submission_from_json
 from ..errors import Conflict, InvalidRequest, NotFound
@@ -299,6 +300,7 @@ class TasksResource:
         self.allow_private = gateway.settings.private_webhooks_allowed
         self.on_submitted = submission_hook(gateway)
 
+    @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
         task = tes_task.parse_task(json_object(req), self.folders, self.allow_private)
@@ -319,7 +321,9 @@ class TasksResource:
         if task.outputs:
             body["_outputs"] = task.outputs
         try:
-            self.store.add_tes_task(created["id"], task.body.get("name"), task.body.get("tags") or {}, body)
+            # A retry under an Idempotency-Key whose answer was lost may find the task recorded.
+            if created["id"] not in self.store.tes_tasks([created["id"]]):
+                self.store.add_tes_task(created["id"], task.body.get("name"), task.body.get("tags") or {}, body)
         except Exception:
             self.service.delete(created["id"], actor, req.context.request_id)
             raise

@@ -20,6 +20,7 @@ import uuid
 import falcon
 
 from ..api.bodies import lenient_json_object
+from ..api.idempotency import idempotent
 from ..api.jobs import submit_job
 from ..api.submission import submission_from_json
 from ..errors import Busy, BackendRefused, Conflict, GatewayError, Gone, InvalidRequest, NotFound, TooLarge
@@ -246,24 +247,31 @@ class JobResource:
         job = self._job(req)
         resp.media = job_view(job, self.store.job_data_refs(job["id"]))
 
+    @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
         fields = post_job_body(body_object(req, JOB_EXAMPLE))
         function = self._data_for(actor, fields["function_id"], "function_id")
         data1 = self._data_for(actor, fields["data1_id"], "data1_id") if fields["data1_id"] else None
         registered = None
-        if not fields["data2_id"]:  # the seed's server registers the output slot itself
-            registered = self.data.create(actor, io.BytesIO(b""), filename=None, content_type="text/plain",
-                                          request_id=req.context.request_id)
         words = [fields["runtime"], "./" + function["filename"]] + (["./" + data1["filename"]] if data1 else [])
         json_body = {"name": f"mecrm-{fields['runtime']}", "command": shlex.join(words),
                      "binary": function["id"], "runtime": fields["runtime"],
                      "input_files": [data1["id"]] if data1 else []}
-        answer_into = fields["data2_id"] or registered["id"]
+
+        def parse(staging):
+            nonlocal registered
+            answer_into = fields["data2_id"]
+            if not answer_into:  # the seed's server registers the output slot itself
+                registered = self.data.create(actor, io.BytesIO(b""), filename=None, content_type="text/plain",
+                                              request_id=req.context.request_id)
+                answer_into = registered["id"]
+            return dataclasses.replace(submission_from_json(json_body, actor, req.context.request_id),
+                                       answer_into=answer_into)
+
         try:
-            _, created = submit_job(self.service, self.quota, actor, lambda staging: dataclasses.replace(
-                submission_from_json(json_body, actor, req.context.request_id), answer_into=answer_into),
-                self.on_submitted)
+            # Registered in parse: a retry whose jobs exist already (Idempotency-Key) registers none.
+            _, created = submit_job(self.service, self.quota, actor, parse, self.on_submitted)
         except GatewayError as exc:
             if registered:
                 self.data.delete(actor, registered["id"])

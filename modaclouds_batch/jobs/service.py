@@ -31,7 +31,7 @@ from ..home import make_private_dir, mark_job_dir, private_dir, restrict_tree, w
 from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, Gone, InvalidRequest, NotFound, NotYet,
                       NotYours, TooLarge)
 from ..settings import Settings
-from ..store import JobFilter, Store
+from ..store import JobFilter, KeyedSubmission, Store
 from ..timefmt import now_iso, to_iso
 from . import bundles, live_output, resources
 from .validation_pool import ValidationPool
@@ -97,6 +97,9 @@ class SubmitRequest:
     # http(s) URLs HTCondor fetches on the execute node into the job's sandbox (by their
     # last path segment), e.g. a TES task's URL inputs.
     url_inputs: tuple[str, ...] = ()
+    # The client's Idempotency-Key (already claimed for ``actor``): tied to the job ids
+    # before the schedd submit, so a restart can find the jobs it named (recover_keyed_submissions).
+    idempotency_key: str | None = None
 
     @property
     def item_count(self) -> int:
@@ -255,6 +258,8 @@ class JobService:
         self._in_flight_lock = threading.Lock()
         # Called with the ids of jobs that reached a final state (see jobs_ended).
         self._end_listeners: list[Callable[[list[str]], None]] = []
+        # Keyed submissions of a stopped process that HTCondor's silence left unsettled.
+        self.keyed_unsettled = False
 
     # --- ends ---------------------------------------------------------------------
 
@@ -344,8 +349,32 @@ class JobService:
             max_output_mb=-(-self.settings.max_output_bytes // (1 << 20)),
             stream_output=self.settings.live_output_enabled, url_inputs=self._check_url_inputs(request),
         )
+        now = now_iso()
+        # The data object the answer goes into (seed 003's data2_id), checked with the sources.
+        answer_into = next((data_id for role, data_id in refs["all"] if role == "answer"), None)
+        array_id = str(uuid.uuid4()) if request.is_array else None
+        expires_at = to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None
+        rows = [{
+            "id": job_id, "name": name, "owner": actor.user, "state": JobState.IDLE.value,
+            "backend_status": "Idle", "cluster_id": None, "proc_id": None,
+            "arguments": json.dumps(arguments), "notification_url": notification_url,
+            "notification_events": request.notification_events, "has_input": staging.has_input,
+            "job_dir": str(job_dir), "request_id": request.request_id, "created_at": now, "updated_at": now,
+            "array_id": array_id, "kind": "command" if request.command else "bundle",
+            "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
+            "request_cpus": wanted.cpus, "request_memory_mb": wanted.memory_mb,
+            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit, "spool_bytes": spool[index],
+            "answer_into": answer_into,
+        } for index, (job_id, job_dir, arguments) in enumerate(items)]
+        data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
+        array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": None,
+                 "count": len(items), "created_at": now} if array_id else None
+        # With a key, what to record if this process dies once the schedd has the jobs.
+        keyed = KeyedSubmission(actor.user, request.idempotency_key, array_id,
+                                {"rows": rows, "data_refs": data_refs, "array": array}) \
+            if request.idempotency_key else None
         # Durably before the submit: whoever tracks this database sees these jobs are ours.
-        self.store.add_intents((job_id for job_id, _, _ in items), os.getpid())
+        self.store.add_intents((job_id for job_id, _, _ in items), os.getpid(), keyed)
         try:
             if request.is_array:
                 description = sd.render_submit(spec, per_item=True)
@@ -360,26 +389,9 @@ class JobService:
             self._discard_items(staging, items)
             raise BackendRefused(f"HTCondor refused the job: {exc}") from exc
 
-        now = now_iso()
-        # The data object the answer goes into (seed 003's data2_id), checked with the sources.
-        answer_into = next((data_id for role, data_id in refs["all"] if role == "answer"), None)
-        array_id = str(uuid.uuid4()) if request.is_array else None
-        expires_at = to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None
-        rows = [{
-            "id": job_id, "name": name, "owner": actor.user, "state": JobState.IDLE.value,
-            "backend_status": "Idle", "cluster_id": cluster_id, "proc_id": first_proc + index,
-            "arguments": json.dumps(arguments), "notification_url": notification_url,
-            "notification_events": request.notification_events, "has_input": staging.has_input,
-            "job_dir": str(job_dir), "request_id": request.request_id, "created_at": now, "updated_at": now,
-            "array_id": array_id, "kind": "command" if request.command else "bundle",
-            "command": request.command, "ttl": ttl, "expires_at": expires_at, "runtime": runtime,
-            "request_cpus": wanted.cpus, "request_memory_mb": wanted.memory_mb,
-            "request_disk_mb": wanted.disk_mb, "time_limit": wanted.time_limit, "spool_bytes": spool[index],
-            "answer_into": answer_into,
-        } for index, (job_id, job_dir, arguments) in enumerate(items)]
-        data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
-        array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": cluster_id,
-                 "count": len(items), "created_at": now} if array_id else None
+        rows = [{**row, "cluster_id": cluster_id, "proc_id": first_proc + index} for index, row in enumerate(rows)]
+        if array:
+            array = {**array, "cluster_id": cluster_id}
         try:
             self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id)
         except Exception:
@@ -644,7 +656,59 @@ class JobService:
                 self.data.note_archive_check(row["id"], row["sha256"], "bundle" if fits_a_bundle else "archive",
                                              links=bool(summary.symlinks))
 
+    def recover_keyed_submissions(self, at_start: bool = False) -> list[str]:
+        """Settle the submissions a stopped process was making under an idempotency key
+        (at start-up; later, those HTCondor's silence left unsettled). Jobs the schedd
+        accepted are recorded (from the rows tied to the key) and the key kept, so a retry
+        gets them rather than a second submission; a key whose jobs never reached the
+        schedd is released. Returns the job ids still unsettled: keep their intents.
+        """
+        unsettled: list[str] = []
+        states = ("processing", "unsettled") if at_start else ("unsettled",)
+        for claim in self.store.idempotency_keys_in(states):
+            owner, key, job_ids = claim["owner"], claim["key"], claim["job_ids"]
+            if not job_ids:  # stopped before the submit: nothing was queued
+                self.store.release_idempotency_key(owner, key)
+            elif self.store.get_job(job_ids[0]) is not None:  # recorded, stopped before the answer
+                self.store.mark_idempotency_key(owner, key, "recovered")
+            else:
+                try:
+                    ads = self.condor.query(sd.jobs_constraint(self.store.instance_id, job_ids),
+                                            [sd.GATEWAY_JOB_ID, "ClusterId", "ProcId"])
+                except CondorUnavailable as exc:
+                    log.warning("cannot yet tell whether the schedd holds the jobs of a keyed submission: %s", exc)
+                    self.store.mark_idempotency_key(owner, key, "unsettled")
+                    unsettled += job_ids
+                    continue
+                self._settle_keyed(claim, {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads})
+        self.keyed_unsettled = bool(unsettled)
+        return unsettled
+
+    def _settle_keyed(self, claim: dict[str, Any], ads: dict[str, dict[str, Any]]) -> None:
+        owner, key, job_ids, pending = claim["owner"], claim["key"], claim["job_ids"], claim["pending"]
+        if pending and all(job_id in ads for job_id in job_ids):
+            rows = [{**row, "cluster_id": ads[row["id"]]["ClusterId"], "proc_id": ads[row["id"]]["ProcId"]}
+                    for row in pending["rows"]]
+            array = pending["array"] and {**pending["array"], "cluster_id": rows[0]["cluster_id"]}
+            self.store.insert_jobs(rows, reason="submitted (recorded after a gateway restart)",
+                                   data_refs=[tuple(ref) for ref in pending["data_refs"]], array=array)
+            self.store.mark_idempotency_key(owner, key, "recovered")
+            log.info("recorded %d job(s) the schedd accepted before the gateway stopped (idempotency key of %s)",
+                     len(rows), owner)
+            return
+        if ads:  # part of a cluster: HTCondor submits a cluster whole, so this is not ours to keep
+            self.condor.remove_quietly(sd.jobs_constraint(self.store.instance_id, job_ids),
+                                       "the gateway stopped while submitting the job")
+        self.store.drop_intents(job_ids)
+        self.store.release_idempotency_key(owner, key)
+
     # --- reads ------------------------------------------------------------------
+
+    def keyed_submission(self, key_row: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        """The job (or array) an idempotency key's submission made, as ``submit`` returned it."""
+        if key_row.get("array_id"):
+            return self.get_array(key_row["array_id"], actor)
+        return self.get(key_row["job_ids"][0], actor)
 
     def get(self, job_id: str, actor: Actor) -> dict[str, Any]:
         """The job, if ``actor`` may see it; another user's job is 'not found' so ids do not leak."""
@@ -697,6 +761,7 @@ class JobService:
             self.store.mark_expired(job["id"], to_iso(now))
             report["cleaned"] += 1
         report["data"] = self.data.expire()
+        report["idempotency_keys"] = self.store.sweep_idempotency_keys(to_iso(now))
         return report
 
     def events(self, job_id: str, actor: Actor) -> list[dict[str, Any]]:

@@ -407,6 +407,8 @@ class Tracker:
             return
         self._last_sweep = time.monotonic()
         try:
+            if self.service.keyed_unsettled:
+                self.service.recover_keyed_submissions()
             swept = self.service.sweep_expired()
             report.changes += swept["removed"] + swept["cleaned"]
         except Exception:  # expiry must never stop tracking; the cause is logged

@@ -28,8 +28,18 @@ curl() {
 """
 
 
-def session(page: str) -> str:
-    return "\n".join(_BLOCK.findall((REPO / page).read_text(encoding="utf-8")))
+def session(page: str, section: str | None = None) -> str:
+    """The page's sh blocks; with ``section``, only those under the heading of that title
+    (until the next heading of its level or above), for a page whose other examples show
+    placeholders."""
+    text = (REPO / page).read_text(encoding="utf-8")
+    if section is not None:
+        match = re.search(rf"^(#+) {re.escape(section)}\s*$", text, re.MULTILINE)
+        assert match, f"{page} has no section {section!r}"
+        rest = text[match.end():]
+        end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, re.MULTILINE)
+        text = rest[:end.start()] if end else rest
+    return "\n".join(_BLOCK.findall(text))
 
 
 def expected_statuses(script: str) -> str:
@@ -48,9 +58,9 @@ def expected_statuses(script: str) -> str:
     return "".join(parts)
 
 
-def run_page(page: str, client: Client, cwd: Path, timeout: float = 300.0) -> str:
-    """Run the page's session against the client's gateway; returns its output."""
-    script = session(page)
+def run_page(page: str, client: Client, cwd: Path, timeout: float = 300.0, section: str | None = None) -> str:
+    """Run the page's session (or one section's) against the client's gateway; returns its output."""
+    script = session(page, section)
     assert script.strip(), f"{page} has no sh examples"
     statuses = cwd / "statuses"
     statuses.write_text("")

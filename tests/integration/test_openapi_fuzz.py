@@ -60,6 +60,20 @@ OPERATIONS = {
     result.ok().label: result.ok()
     for result in schemathesis.openapi.from_dict(SPEC).get_all_operations()
 }
+# schemathesis 4.32 cannot draw negative cases of a multipart body with a binary part once
+# the operation also has a header parameter (ValueError "Unsupported type: 'Binary'"), so
+# negative cases come from the description without the Idempotency-Key parameter; its
+# refusals (400 for a malformed key, 409, 422) are tested in test_idempotency.
+IDEMPOTENCY_KEY = {"$ref": "#/components/parameters/IdempotencyKey"}
+NEGATIVE_SPEC = json.loads(json.dumps(SPEC))
+for _item in NEGATIVE_SPEC["paths"].values():
+    for _operation in _item.values():
+        if isinstance(_operation, dict) and IDEMPOTENCY_KEY in _operation.get("parameters", []):
+            _operation["parameters"].remove(IDEMPOTENCY_KEY)
+NEGATIVE_OPERATIONS = {
+    result.ok().label: result.ok()
+    for result in schemathesis.openapi.from_dict(NEGATIVE_SPEC).get_all_operations()
+}
 ACTIVE = ["idle", "running", "held", "suspended"]
 # Requests made, by operation and answer status; printed at the end.
 FIGURES: collections.Counter = collections.Counter()
@@ -134,7 +148,7 @@ def _strategy(operation, mode: GenerationMode, known_ids: dict):
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 @pytest.mark.parametrize("label", sorted(set(OPERATIONS) - NOT_FUZZED))
 def test_operation_answers_as_described(fuzzed_gateway, known_ids, label, mode):
-    operation = OPERATIONS[label]
+    operation = (NEGATIVE_OPERATIONS if mode is GenerationMode.NEGATIVE else OPERATIONS)[label]
     session = fuzzed_gateway.client().http
 
     @hypothesis.given(case=_strategy(operation, mode, known_ids))

@@ -449,3 +449,16 @@ def test_another_users_data_id_in_a_main_api_job_is_404_like_an_unknown_one(user
     tool = alice.simulate_post(f"{BASE}/data", **form(file=("f", b"#!/bin/sh\n"))).text
     resp = bob.simulate_post("/jobs", json={"command": "./tool", "binary": tool})
     assert resp.status_code == 404 and resp.json["error"].startswith("binary: no data object")
+
+
+def test_a_job_posted_again_with_its_idempotency_key_is_the_same_job_and_answer_object(world):
+    function = world.post_data(b"print('hi')\n")
+    body = {"function_id": function, "runtime": "python3"}
+    first = world.post_job(body, headers={"Idempotency-Key": "mecrm-1"})
+    again = world.post_job(body, headers={"Idempotency-Key": "mecrm-1"})
+    assert first.status_code == again.status_code == 200, first.text
+    assert again.json == first.json and again.headers["Idempotent-Replayed"] == "true"
+    assert world.store.count_jobs() == 1
+    assert world.store.list_data(None, 10, 0)[1] == 2  # the function and one answer object
+    other = world.post_job({**body, "runtime": "bash"}, headers={"Idempotency-Key": "mecrm-1"})
+    assert other.status_code == 422 and world.store.count_jobs() == 1
