@@ -70,6 +70,9 @@ def job_detail(job: Mapping[str, Any], events: list[dict[str, Any]]) -> dict[str
                       "disk_mb": job.get("request_disk_mb") or DEFAULT_DISK_MB},
         "time_limit": job.get("time_limit"),
         "expires_at": job.get("expires_at"),
+        "after": job.get("after", []),
+        "after_any": job.get("after_any", []),
+        "awaiting_dependencies": bool(job.get("awaiting_dependencies")) and not state.is_final,
         "history": events,
         "links": {
             "self": base,
