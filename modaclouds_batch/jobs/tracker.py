@@ -253,16 +253,16 @@ class Tracker:
             self._close_missing(instance, missing, report)
         restated = {c.job_id for c in changes if c.new_state}
         ended = {c.job_id for c in changes if c.new_state and JobState(c.new_state).is_final}
-        still_waiting: set[str] = set()
+        decided: set[str] = set()
         # A waiting job that just ended (its owner removed it) has nothing left to wait for.
         waiting = [job for job_id, job in active.items()
                    if job.get("awaiting_dependencies") and job_id in seen and job_id not in ended]
         if waiting or stale_gates:
             now_in = {c.job_id: c.new_state for c in changes if c.new_state}
-            still_waiting = self._settle_dependencies(instance, waiting, now_in, stale_gates, report)
+            decided = self._settle_dependencies(instance, waiting, now_in, stale_gates, report)
         idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
                 if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE
-                and ad.get(sd.GATEWAY_JOB_ID) not in still_waiting]
+                and ad.get(sd.GATEWAY_JOB_ID) not in decided]
         if idle and self.workers is not None:
             self._explain_waits(idle, active, restated, report)
         orphans = self._orphans(unknown)
@@ -277,7 +277,8 @@ class Tracker:
                              stale_gates: list[str], report: CycleReport) -> set[str]:
         """Open the gate of each waiting job whose dependencies all ended as it asked (one
         edit for all), remove those that can never start (one remove for all), and say what
-        the others wait for. Returns the ids still waiting.
+        the others wait for. Returns the ids whose state_reason this decided: those still
+        waiting, and those ended (still idle in the queue until the remove lands).
 
         The gate is opened in the schedd before the store says so, and a job is recorded
         removed before it is removed from the schedd: a gateway that stops in between finds
@@ -326,7 +327,7 @@ class Tracker:
             except CondorUnavailable as exc:
                 report.errors.append(str(exc))
                 log.warning("tracker: could not remove %d jobs whose dependencies failed: %s", len(doomed), exc)
-        return still
+        return still | {change.job_id for change in ending}
 
     def _explain_waits(self, idle, active: dict[str, dict], restated: set[str], report: CycleReport) -> None:
         """Record why each idle job waits (state_reason), where that changed."""

@@ -28,8 +28,32 @@ curl() {
 """
 
 
-def session(page: str) -> str:
-    return "\n".join(_BLOCK.findall((REPO / page).read_text(encoding="utf-8")))
+def session(page: str, section: str | None = None) -> str:
+    """The page's sh blocks; with ``section`` (a heading's text), only those under that
+    heading, up to the next heading of the same or a higher level."""
+    text = (REPO / page).read_text(encoding="utf-8")
+    if section is not None:
+        text = _section(text, section)
+        assert text, f"{page} has no heading {section!r}"
+    return "\n".join(_BLOCK.findall(text))
+
+
+def _section(text: str, title: str) -> str:
+    """The lines under the heading ``title`` (lines in fenced blocks are never headings)."""
+    kept: list[str] = []
+    level = None
+    fenced = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"^(#+) (.*)$", line.rstrip("\n"))
+        if heading and level is not None and len(heading.group(1)) <= level:
+            break
+        if level is not None:
+            kept.append(line)
+        elif heading and heading.group(2) == title:
+            level = len(heading.group(1))
+    return "".join(kept)
 
 
 def expected_statuses(script: str) -> str:
@@ -48,9 +72,9 @@ def expected_statuses(script: str) -> str:
     return "".join(parts)
 
 
-def run_page(page: str, client: Client, cwd: Path, timeout: float = 300.0) -> str:
-    """Run the page's session against the client's gateway; returns its output."""
-    script = session(page)
+def run_page(page: str, client: Client, cwd: Path, timeout: float = 300.0, section: str | None = None) -> str:
+    """Run the page's session (or one section's) against the client's gateway; returns its output."""
+    script = session(page, section)
     assert script.strip(), f"{page} has no sh examples"
     statuses = cwd / "statuses"
     statuses.write_text("")
