@@ -130,6 +130,31 @@ def wait_for_ad(schedd, job_id: str, predicate, timeout: float = 180.0):
     return None
 
 
+def test_a_pool_restart_keeps_stage_two_gated_until_stage_one_completes(client, pool, schedd):
+    """The gate is in the schedd's queue: it survives the schedd's restart. (Stage 1 is held
+    across it, as in test_durability, since a running job stays Running for its lease.)"""
+    from modaclouds_batch.condor import pool as pool_tooling
+
+    stage1 = submitted(client.submit(pack_bundle("hello"), name="pool-restart-stage-1"))["job_id"]
+    assert client.post(f"/jobs/{stage1}/hold").status_code == 202
+    stage2 = submitted(client.submit(pack_bundle("hello"), name="pool-restart-stage-2",
+                                     **{"job-after": stage1}))["job_id"]
+    # Once its spooling hold is over: a job whose input was still settling when the schedd
+    # stopped stays in that hold after the restart (HTCondor's, whatever the job waits for).
+    assert wait_for_ad(schedd, stage2, lambda ad: ad.get("JobStatus") == 1), "stage 2 was never queued"
+    pool_tooling.down(pool, log=lambda line: None)
+    pool_tooling.up(pool, log=lambda line: None)
+    assert client.get("/health").status_code == 200
+    [ad] = schedd.query(f'{sd.GATEWAY_JOB_ID} == "{stage2}"', ["JobStatus", sd.GATEWAY_WAITING])
+    assert (ad["JobStatus"], ad[sd.GATEWAY_WAITING]) == (1, True), dict(ad)
+    assert client.job(stage2)["state_reason"] == f"waiting for {stage1}"
+    assert client.post(f"/jobs/{stage1}/release").status_code == 202
+    first = client.wait_for(stage1, FINAL, timeout=180)
+    second = client.wait_for(stage2, FINAL, timeout=180)
+    assert (first["job_status"], second["job_status"]) == ("completed", "completed"), second
+    assert parse_iso(second["start_date"]) >= parse_iso(first["completion_date"])
+
+
 def test_the_api_pages_dependency_examples_run_as_printed(client, tmp_path):
     out = run_page("docs/api.md", client, tmp_path, section="Job dependencies: `job-after`, `job-after-any`")
     assert "stage 2 ran" in out
