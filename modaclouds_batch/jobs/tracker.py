@@ -291,18 +291,18 @@ class Tracker:
         reasons: list[JobChange] = []
         still: set[str] = set()
         for job in waiting:
-            decided = dependencies.verdict(edges.get(job["id"], []), targets)
-            if decided.decision == "start":
+            outcome = dependencies.verdict(edges.get(job["id"], []), targets)
+            if outcome.decision == "start":
                 starting.append(job)
-            elif decided.decision == "end":
+            elif outcome.decision == "end":
                 ending.append(JobChange(job["id"], {"completed_at": now_iso(), "awaiting_dependencies": None},
-                                        JobState.REMOVED.value, decided.reason))
+                                        JobState.REMOVED.value, outcome.reason))
             else:
                 still.add(job["id"])
                 # Held by its owner meanwhile, it shows the hold's reason; idle again, what it waits for.
                 if now_in.get(job["id"], job["state"]) == JobState.IDLE.value and (
-                        job["id"] in now_in or job.get("state_reason") != decided.reason):
-                    reasons.append(JobChange(job["id"], {"state_reason": decided.reason}))
+                        job["id"] in now_in or job.get("state_reason") != outcome.reason):
+                    reasons.append(JobChange(job["id"], {"state_reason": outcome.reason}))
         if starting:
             try:
                 self.condor.edit(sd.jobs_constraint(instance, [job["id"] for job in starting]),
