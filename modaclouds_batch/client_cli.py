@@ -193,6 +193,10 @@ def _submit_fields(**options: str | None) -> dict[str, str]:
 @click.option("--time-limit", help="Stop run.sh after this long: seconds or 1h30m; its output so far is kept.")
 @click.option("--runtime", help="A runtime some worker must offer, e.g. python3.")
 @click.option("--ttl", help="Seconds after which the job is removed and cleaned up (not a time limit).")
+@click.option("--after", multiple=True, metavar="JOB_ID",
+              help="Start only once this job (or array) completed; repeatable. If it fails, this job is removed.")
+@click.option("--after-any", multiple=True, metavar="JOB_ID",
+              help="Start only once this job (or array) ended, however it ended; repeatable.")
 @click.option("--wait", is_flag=True, help="Follow the job until it ends, then print its stdout.")
 @click.option("--download", type=click.Path(file_okay=False, path_type=Path),
               help="Once the job ends, unpack its outputs into this folder (implies --wait).")
@@ -200,7 +204,7 @@ def _submit_fields(**options: str | None) -> dict[str, str]:
 @click.pass_context
 @reports_errors
 def submit(ctx, bundle: Path, input_: Path | None, args, name, notify, cpus, memory, disk, time_limit,
-           runtime, ttl, wait, download, as_json) -> None:
+           runtime, ttl, after, after_any, wait, download, as_json) -> None:
     """Submit BUNDLE (a folder holding run.sh, or a .tar.gz) as a job.
 
     Prints the job id (or the job as JSON). With --wait, follows the state until the job
@@ -210,7 +214,8 @@ def submit(ctx, bundle: Path, input_: Path | None, args, name, notify, cpus, mem
     with display.upload(f"uploading {bundle.name}") as progress:
         job = client.submit(bundle, input=input_, args=args, name=name, notify=notify, progress=progress,
                             fields=_submit_fields(cpus=cpus, memory=memory, disk=disk, time_limit=time_limit,
-                                                  runtime=runtime, ttl=ttl))
+                                                  runtime=runtime, ttl=ttl, after=",".join(after),
+                                                  after_any=",".join(after_any)))
     display.line(f"submitted job {job['id']} ({job['name']}, backend id {job['backend_id']})")
     if not (wait or download):
         _echo_json(job) if as_json else click.echo(job["id"])

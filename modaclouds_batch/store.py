@@ -332,6 +332,21 @@ def m019_idempotency_keys(db: Database) -> None:
     db["idempotency_keys"].create_index(["expires_at"])
 
 
+@migrations()
+def m021_job_dependencies(db: Database) -> None:
+    # The jobs (or arrays) a job waits for, as named at submission, with how: "afterok" (each
+    # must complete) or "afterany" (each must end). Kept after the job they name is deleted:
+    # a dependency with nothing left to name is one that ended without completing.
+    db.execute(
+        "create table job_dependencies (job_id text not null references jobs(id) on delete cascade,"
+        " after_id text not null, mode text not null, primary key (job_id, after_id))"
+    )
+    db["job_dependencies"].create_index(["after_id"])
+    # 1 while the job's gate in the schedd is closed (GatewayWaiting): the tracker opens it,
+    # or removes the job, once its dependencies decide.
+    db["jobs"].add_column("awaiting_dependencies", int)
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -467,10 +482,10 @@ class Store:
 
     def insert_jobs(self, jobs: list[dict[str, Any]], reason: str | None = None,
                     data_refs: Iterable[tuple[str, str, str]] = (), array: dict[str, Any] | None = None,
-                    charge_id: str | None = None) -> None:
-        """Record newly queued jobs (an array's items, its record, the data they use) at once,
-        durably, replacing their submission intents and dropping the charge that held their
-        place against the owner's limits."""
+                    charge_id: str | None = None, dependencies: Iterable[tuple[str, str, str]] = ()) -> None:
+        """Record newly queued jobs (an array's items, its record, the data they use, the jobs
+        they wait for as (job id, named id, mode)) at once, durably, replacing their submission
+        intents and dropping the charge that held their place against the owner's limits."""
         with self.durable_transaction() as db:
             db.execute(f"delete from submission_intents where job_id in ({','.join('?' * len(jobs))})",
                        [job["id"] for job in jobs])
@@ -485,6 +500,8 @@ class Store:
             )
             db["job_data_refs"].insert_all(
                 ({"job_id": j, "data_id": d, "role": r} for j, d, r in data_refs), ignore=True)
+            db["job_dependencies"].insert_all(
+                {"job_id": j, "after_id": a, "mode": m} for j, a, m in dependencies)
             for job in jobs:
                 self._write_outbox(job["id"])
 
@@ -987,6 +1004,38 @@ class Store:
             return list(self.db.query(
                 "select * from data_objects where expires_at is not null and expires_at <= ?", [now]))
 
+    # --- dependencies ----------------------------------------------------------------------
+
+    def dependencies_of(self, job_ids: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+        """job id -> the (named id, mode) pairs it waits for, in the order they were named."""
+        job_ids = list(job_ids)
+        found: dict[str, list[tuple[str, str]]] = {}
+        with self._lock:
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                for job_id, after_id, mode in self.db.execute(
+                        "select job_id, after_id, mode from job_dependencies"
+                        f" where job_id in ({','.join('?' * len(chunk))}) order by rowid", chunk):
+                    found.setdefault(job_id, []).append((after_id, mode))
+        return found
+
+    def dependency_targets(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """What each id names: a job (its own row) or an array (its items), as
+        ``{"owner", "array": bool, "items": [(job id, state), ...]}``; unknown ids are absent."""
+        ids = list(dict.fromkeys(ids))
+        found: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for start in range(0, len(ids), 250):
+                chunk = ids[start:start + 250]
+                marks = ",".join("?" * len(chunk))
+                for named, owner, job_id, state, is_array in self.db.execute(
+                        f"select id, owner, id, state, 0 from jobs where id in ({marks})"
+                        f" union all select array_id, owner, id, state, 1 from jobs where array_id in ({marks})"
+                        " order by 5, 1, 3", chunk + chunk):
+                    target = found.setdefault(named, {"owner": owner, "array": bool(is_array), "items": []})
+                    target["items"].append((job_id, state))
+        return found
+
     # --- arrays and expiry -------------------------------------------------------------------
 
     def get_array(self, array_id: str) -> dict[str, Any] | None:
@@ -1129,6 +1178,7 @@ class Store:
         """The job's record and every row that hangs off it: events, notifications, data references."""
         with self.transaction() as db:
             db.execute("delete from job_data_refs where job_id = ?", [job_id])
+            db.execute("delete from job_dependencies where job_id = ?", [job_id])
             db.execute("delete from delivery_attempts where event_id in (select id from outbox where job_id = ?)", [job_id])
             db.execute("delete from outbox where job_id = ?", [job_id])
             db.execute("delete from job_events where job_id = ?", [job_id])

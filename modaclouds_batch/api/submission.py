@@ -35,7 +35,11 @@ FORM_FIELDS = {
     "job-disk": "disk",
     "job-time-limit": "time_limit",
     "job-resources-wait": "resources_wait",
+    "job-after": "after",
+    "job-after-any": "after_any",
 }
+# Form fields that may be repeated (or hold several ids separated by commas or spaces).
+LIST_FIELDS = {"job-input-ids", "job-after", "job-after-any"}
 # JSON key -> SubmitRequest attribute (form names are accepted in JSON too).
 JSON_FIELDS = {
     **FORM_FIELDS,
@@ -58,6 +62,8 @@ JSON_FIELDS = {
     "disk": "disk",
     "time_limit": "time_limit",
     "resources_wait": "resources_wait",
+    "after": "after",
+    "after_any": "after_any",
 }
 NOTIFICATION_EVENTS = ("final", "all")
 _ID_SPLIT = re.compile(r"[,\s]+")
@@ -106,6 +112,8 @@ def _build(values: dict[str, Any], actor, request_id: str | None) -> SubmitReque
         disk=values.get("disk"),
         time_limit=values.get("time_limit"),
         resources_wait=_flag(values.get("resources_wait"), "job-resources-wait"),
+        after=_ids(values.get("after"), "after", "job ids"),
+        after_any=_ids(values.get("after_any"), "after_any", "job ids"),
     )
 
 
@@ -135,14 +143,14 @@ def _arguments(value: Any) -> str | list[str] | None:
                          field="job-arguments")
 
 
-def _ids(value: Any, field: str) -> list[str]:
+def _ids(value: Any, field: str, what: str = "data ids") -> list[str]:
     if value in (None, ""):
         return []
     if isinstance(value, str):
         return [v for v in _ID_SPLIT.split(value) if v]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise InvalidRequest(f"{field} must be a list of data ids", field=field)
+    raise InvalidRequest(f"{field} must be a list of {what}", field=field)
 
 
 def _array(value: Any) -> list | None:
@@ -189,8 +197,8 @@ def _multipart(req: falcon.Request, staging: Staging) -> dict[str, Any]:
                 staging.receive_script(part.text)
             else:
                 staging.receive(name, part.stream, part.filename)
-        elif name == "job-input-ids" and "input_ids" in values:
-            values["input_ids"] += " " + part.text  # repeated field
+        elif name in LIST_FIELDS and FORM_FIELDS[name] in values:
+            values[FORM_FIELDS[name]] += " " + part.text  # repeated field
         elif name in FORM_FIELDS:
             values[FORM_FIELDS[name]] = part.text
         else:
@@ -204,7 +212,7 @@ def _urlencoded(req: falcon.Request, staging: Staging) -> dict[str, Any]:
     for name, value in form.items():
         if name == "job-input":
             raise InvalidRequest("job-input must be uploaded as a file with multipart/form-data", field=name)
-        if isinstance(value, list) and name != "job-input-ids":
+        if isinstance(value, list) and name not in LIST_FIELDS:
             raise InvalidRequest(f"{name} given twice", field=name)
         if name == "job-bundle":
             if value:

@@ -20,6 +20,9 @@ GATEWAY_INSTANCE = "GatewayInstance"
 GATEWAY_OWNER = "GatewayOwner"
 GATEWAY_JOB_NAME = "GatewayJobName"
 GATEWAY_REQUEST_ID = "GatewayRequestId"
+# True while a job waits for its dependencies: its requirements match no slot until the
+# tracker edits it to false (HTCondor refuses `hold = true` on a spooled submission).
+GATEWAY_WAITING = "GatewayWaiting"
 # Seconds run.sh may run; the launcher stops it then and exits TIME_LIMIT_EXIT_CODE.
 GATEWAY_TIME_LIMIT = "GatewayTimeLimit"
 TIME_LIMIT_EXIT_CODE = 124  # as coreutils' `timeout` says it
@@ -78,6 +81,7 @@ JOB_PROJECTION = [
     # Where a streaming job's stdout and stderr grow (its spool folder).
     "Iwd",
     "StreamOut",
+    GATEWAY_WAITING,
 ]
 
 
@@ -106,6 +110,8 @@ class JobSpec:
     # http(s) URLs HTCondor fetches on the execute node (its curl plugin) into the sandbox,
     # each under its URL's last path segment; checked by check_url_input.
     url_inputs: tuple[str, ...] = ()
+    # Waits for other jobs: queued with its GatewayWaiting gate closed.
+    waiting: bool = False
 
 
 # What a URL in transfer_input_files may hold: no comma or space (the list's separators),
@@ -198,8 +204,14 @@ def render_submit(spec: JobSpec, per_item: bool = False) -> htcondor2.Submit:
         description[f"My.{GATEWAY_TIME_LIMIT}"] = str(int(spec.time_limit))
         description["environment"] = f"{TIME_LIMIT_ENV}={int(spec.time_limit)}"
         description["allowed_job_duration"] = str(int(spec.time_limit) + TIME_LIMIT_BACKSTOP_SECONDS)
+    requirements = []
     if spec.runtime:
-        description["requirements"] = f"stringListMember({classad2.quote(spec.runtime)}, {RUNTIMES_ATTR} ?: \"\")"
+        requirements.append(f"stringListMember({classad2.quote(spec.runtime)}, {RUNTIMES_ATTR} ?: \"\")")
+    if spec.waiting:
+        description[f"My.{GATEWAY_WAITING}"] = "true"
+        requirements.append(f"(My.{GATEWAY_WAITING} =!= true)")
+    if requirements:
+        description["requirements"] = " && ".join(requirements)
     if per_item:
         description["initialdir"] = f"$({ITEM_JOB_DIR})"
         description[f"My.{GATEWAY_JOB_ID}"] = f'"$({ITEM_JOB_ID})"'

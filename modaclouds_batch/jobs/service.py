@@ -33,7 +33,7 @@ from ..errors import (BackendRefused, BackendUnavailable, Conflict, Forbidden, G
 from ..settings import Settings
 from ..store import JobFilter, KeyedSubmission, Store
 from ..timefmt import now_iso, to_iso
-from . import bundles, live_output, resources
+from . import bundles, dependencies, live_output, resources
 from .validation_pool import ValidationPool
 from .states import ACTIVE_STATES, FINAL_STATES, HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
 
@@ -53,11 +53,23 @@ def url_input_name(url: str) -> str | None:
     return sd.url_input_name(url)
 
 
-def check_job_id(job_id: str) -> str:
+def check_job_id(job_id: str, field_name: str | None = None) -> str:
     """Ids are UUIDs; anything else is a malformed request rather than an unknown job."""
     if not _UUID_RE.match(job_id.lower()):
-        raise InvalidRequest(f"'{job_id}' is not a job id; job ids are UUIDs such as the job_id POST /jobs returned")
+        where = f"{field_name}: " if field_name else ""
+        raise InvalidRequest(f"{where}'{job_id}' is not a job id; job ids are UUIDs such as the job_id POST /jobs "
+                             "returned", **({"field": field_name} if field_name else {}))
     return job_id.lower()
+
+
+@dataclass(frozen=True)
+class Waits:
+    """What a submission waits for: (named id, mode) edges, whether its gate starts closed
+    (some named job has not ended yet), and the state_reason that says so."""
+
+    edges: list[tuple[str, str]] = field(default_factory=list)
+    waiting: bool = False
+    reason: str | None = None
 
 
 # A plain-text job-bundle that is only an archive's name: curl's -F without the @.
@@ -100,6 +112,9 @@ class SubmitRequest:
     # The client's Idempotency-Key (already claimed for ``actor``): tied to the job ids
     # before the schedd submit, so a restart can find the jobs it named (recover_keyed_submissions).
     idempotency_key: str | None = None
+    # Jobs (or arrays) this one waits for: each must complete (after), or only end (after_any).
+    after: list[str] = field(default_factory=list)
+    after_any: list[str] = field(default_factory=list)
 
     @property
     def item_count(self) -> int:
@@ -318,6 +333,7 @@ class JobService:
         ttl = _check_ttl(request.ttl)
         runtime = self._check_runtime(request.runtime, request.runtime_wait)
         wanted = self._check_resources(request)
+        waits = self._check_dependencies(request)
         item_arguments = self._item_arguments(request)
         # What the schedd's spool will hold: every item its own copy of every input, of its
         # arguments.sh and of the launcher (measured on HTCondor 25: nothing is shared).
@@ -333,11 +349,12 @@ class JobService:
                     archives.append((bundles.ArchiveSource(path, "job-input", False, self.limits), data_id))
             self._validate_archives(actor, archives)
             return self._queue(staging, request, refs, name, notification_url, ttl, runtime, wanted,
-                               item_arguments, spool, charge_id)
+                               item_arguments, spool, charge_id, waits)
 
     def _queue(self, staging: Staging, request: SubmitRequest, refs: dict[str, Any], name: str,
                notification_url: str | None, ttl: int | None, runtime: str | None, wanted: resources.Resources,
-               item_arguments: list[list[str]], spool: list[int], charge_id: str | None) -> dict[str, Any]:
+               item_arguments: list[list[str]], spool: list[int], charge_id: str | None,
+               waits: "Waits") -> dict[str, Any]:
         """Submit the validated job as one cluster and record it with the charge that held its place."""
         actor = request.actor
         items = self._prepare_items(staging, item_arguments, request.is_array)
@@ -348,6 +365,7 @@ class JobService:
             request_disk_kb=wanted.disk_mb * 1024, time_limit=wanted.time_limit,
             max_output_mb=-(-self.settings.max_output_bytes // (1 << 20)),
             stream_output=self.settings.live_output_enabled, url_inputs=self._check_url_inputs(request),
+            waiting=waits.waiting,
         )
         now = now_iso()
         # The data object the answer goes into (seed 003's data2_id), checked with the sources.
@@ -356,6 +374,7 @@ class JobService:
         expires_at = to_iso(datetime.now(timezone.utc) + timedelta(seconds=ttl)) if ttl else None
         rows = [{
             "id": job_id, "name": name, "owner": actor.user, "state": JobState.IDLE.value,
+            "awaiting_dependencies": 1 if waits.waiting else None, "state_reason": waits.reason,
             "backend_status": "Idle", "cluster_id": None, "proc_id": None,
             "arguments": json.dumps(arguments), "notification_url": notification_url,
             "notification_events": request.notification_events, "has_input": staging.has_input,
@@ -369,9 +388,11 @@ class JobService:
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": None,
                  "count": len(items), "created_at": now} if array_id else None
+        dependencies = [(job_id, after_id, mode) for job_id, _, _ in items for after_id, mode in waits.edges]
         # With a key, what to record if this process dies once the schedd has the jobs.
         keyed = KeyedSubmission(actor.user, request.idempotency_key, array_id,
-                                {"rows": rows, "data_refs": data_refs, "array": array}) \
+                                {"rows": rows, "data_refs": data_refs, "array": array,
+                                 "dependencies": dependencies}) \
             if request.idempotency_key else None
         # Durably before the submit: whoever tracks this database sees these jobs are ours.
         self.store.add_intents((job_id for job_id, _, _ in items), os.getpid(), keyed)
@@ -393,7 +414,8 @@ class JobService:
         if array:
             array = {**array, "cluster_id": cluster_id}
         try:
-            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id)
+            self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id,
+                                   dependencies=dependencies)
         except Exception:
             self.condor.remove_quietly(f"ClusterId == {cluster_id}", "the gateway could not record the job")
             self._discard_items(staging, items)
@@ -433,6 +455,35 @@ class JobService:
             message, field_name, largest = refusal
             raise InvalidRequest(message, field=field_name, largest_offer=largest)
         return wanted
+
+    def _check_dependencies(self, request: SubmitRequest) -> "Waits":
+        """The jobs (or arrays) the submission waits for: the caller's own, named once each,
+        none that already ended in a way that means this job could never start."""
+        edges = [(after_id, dependencies.AFTER_OK) for after_id in request.after] + [
+            (after_id, dependencies.AFTER_ANY) for after_id in request.after_any]
+        if not edges:
+            return Waits()
+        field_of = {dependencies.AFTER_OK: "after", dependencies.AFTER_ANY: "after_any"}
+        if len(edges) > dependencies.MAX_DEPENDENCIES:
+            raise InvalidRequest(f"a job waits for at most {dependencies.MAX_DEPENDENCIES} jobs or arrays; "
+                                 f"this one names {len(edges)}", field="after")
+        named = [(check_job_id(after_id, field_of[mode]), mode) for after_id, mode in edges]
+        repeated = sorted({after_id for after_id, _ in named if sum(a == after_id for a, _ in named) > 1})
+        if repeated:
+            raise InvalidRequest(f"after and after_any name {', '.join(repeated)} more than once; name each job once",
+                                 field="after", repeated=repeated)
+        targets = self.store.dependency_targets(after_id for after_id, _ in named)
+        for after_id, mode in named:
+            target = targets.get(after_id)
+            # Another user's job is as unknown as one that never existed: ids do not leak.
+            if target is None or target["owner"] != request.actor.user:
+                raise InvalidRequest(f"{field_of[mode]}: no job or array {after_id} of yours; a job waits only for "
+                                     "your own jobs (GET /jobs lists them)", field=field_of[mode])
+        decided = dependencies.verdict(named, targets)
+        if decided.decision == "end":
+            raise Conflict(f"after: {decided.reason}, so this job could never start; name jobs that can still "
+                           "complete, or use after_any to run once they end whatever their outcome", field="after")
+        return Waits(named, decided.decision == "wait", decided.reason)
 
     def _check_answer_target(self, request: SubmitRequest) -> str | None:
         """The data object the answer goes into: the caller's own, and no active job's answer already."""
@@ -691,7 +742,8 @@ class JobService:
                     for row in pending["rows"]]
             array = pending["array"] and {**pending["array"], "cluster_id": rows[0]["cluster_id"]}
             self.store.insert_jobs(rows, reason="submitted (recorded after a gateway restart)",
-                                   data_refs=[tuple(ref) for ref in pending["data_refs"]], array=array)
+                                   data_refs=[tuple(ref) for ref in pending["data_refs"]], array=array,
+                                   dependencies=[tuple(edge) for edge in pending.get("dependencies", [])])
             self.store.mark_idempotency_key(owner, key, "recovered")
             log.info("recorded %d job(s) the schedd accepted before the gateway stopped (idempotency key of %s)",
                      len(rows), owner)
@@ -719,6 +771,9 @@ class JobService:
         if job.get("expired_at"):
             raise Gone(f"job {job_id} expired at {job['expired_at']}; its record and artifacts were cleaned up",
                        expired_at=job["expired_at"])
+        edges = self.store.dependencies_of([job["id"]]).get(job["id"], [])
+        job["after"] = [after_id for after_id, mode in edges if mode == dependencies.AFTER_OK]
+        job["after_any"] = [after_id for after_id, mode in edges if mode == dependencies.AFTER_ANY]
         return job
 
     def get_array(self, array_id: str, actor: Actor) -> dict[str, Any]:
@@ -818,6 +873,10 @@ class JobService:
                 f"no action '{action_name}'; actions are {', '.join(a.value for a in JobAction)}"
             ) from None
         job = self.get(job_id, actor)
+        if action is JobAction.RELEASE and job.get("awaiting_dependencies") and job["state"] == JobState.IDLE.value:
+            raise Conflict(f"job {job['id']} is {job.get('state_reason') or 'waiting for its dependencies'}: it starts "
+                           "by itself once they complete, and release cannot start it earlier; remove it if it "
+                           "should not run", job_status=job["state"])
         conflict = action_conflict(action, JobState(job["state"]))
         if conflict:
             raise Conflict(conflict, job_status=job["state"])

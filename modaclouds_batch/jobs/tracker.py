@@ -21,7 +21,7 @@ from ..condor.schedd import CondorUnavailable
 from ..home import job_dir_owner, restrict_tree
 from ..store import JobChange
 from ..timefmt import epoch_to_iso, now_iso
-from . import live_output
+from . import dependencies, live_output
 from .states import ACTIVE_STATES, FINAL_STATES, JobState, backend_status, state_from_ad
 from .waiting import wait_reasons
 
@@ -225,6 +225,7 @@ class Tracker:
         changes: list[JobChange] = []
         finished: dict[str, tuple[dict, dict]] = {}
         leftovers: list[str] = []  # final in our store, still in the queue
+        stale_gates: list[str] = []  # final in our store, still waiting in the queue
         unknown: list[str] = []
         in_flight = self.service.in_flight()
         seen: set[str] = set()
@@ -242,6 +243,8 @@ class Tracker:
                         unknown.append(job_id)
                 elif ad.get("JobStatus") == 4:
                     leftovers.append(job_id)
+                elif ad.get(sd.GATEWAY_WAITING) is True and ad.get("JobStatus") in (1, 5):
+                    stale_gates.append(job_id)
                 continue
             if state_from_ad(ad) in (JobState.COMPLETED, JobState.FAILED):
                 finished[job_id] = (job, ad)
@@ -253,10 +256,7 @@ class Tracker:
         if changes:
             self._apply(changes, report)
             report.changes += len(changes)
-        idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
-                if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE]
-        if idle and self.workers is not None:
-            self._explain_waits(idle, active, {c.job_id for c in changes if c.new_state}, report)
+        # Jobs that ended this cycle are recorded before their dependants are decided.
         if finished:
             self._collect_outputs(instance, finished, report)
         if leftovers:
@@ -265,6 +265,20 @@ class Tracker:
         if missing:
             self._close_missing(instance, missing, report)
         self._note_left_queue(seen, report)
+        restated = {c.job_id for c in changes if c.new_state}
+        ended = {c.job_id for c in changes if c.new_state and JobState(c.new_state).is_final}
+        decided: set[str] = set()
+        # A waiting job that just ended (its owner removed it) has nothing left to wait for.
+        waiting = [job for job_id, job in active.items()
+                   if job.get("awaiting_dependencies") and job_id in seen and job_id not in ended]
+        if waiting or stale_gates:
+            now_in = {c.job_id: c.new_state for c in changes if c.new_state}
+            decided = self._settle_dependencies(instance, waiting, now_in, stale_gates, report)
+        idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
+                if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE
+                and ad.get(sd.GATEWAY_JOB_ID) not in decided]
+        if idle and self.workers is not None:
+            self._explain_waits(idle, active, restated, report)
         orphans = self._orphans(unknown)
         if orphans:
             self._remove_orphans(instance, orphans, report)
@@ -272,6 +286,62 @@ class Tracker:
             self._sweep(report)
         report.round_trips = self.condor.thread_round_trips() - start_trips
         return report
+
+    def _settle_dependencies(self, instance: str, waiting: list[dict], now_in: dict[str, str],
+                             stale_gates: list[str], report: CycleReport) -> set[str]:
+        """Open the gate of each waiting job whose dependencies all ended as it asked (one
+        edit for all), remove those that can never start (one remove for all), and say what
+        the others wait for. Returns the ids whose state_reason this decided: those still
+        waiting, and those ended (still idle in the queue until the remove lands).
+
+        The gate is opened in the schedd before the store says so, and a job is recorded
+        removed before it is removed from the schedd: a gateway that stops in between finds
+        the job still waiting (and opens it again) or a final job still gated in the queue
+        (``stale_gates``, removed again), so neither step is lost."""
+        edges = self.store.dependencies_of(job["id"] for job in waiting)
+        targets = self.store.dependency_targets(after_id for pairs in edges.values() for after_id, _ in pairs)
+        starting: list[dict] = []
+        ending: list[JobChange] = []
+        reasons: list[JobChange] = []
+        still: set[str] = set()
+        for job in waiting:
+            outcome = dependencies.verdict(edges.get(job["id"], []), targets)
+            if outcome.decision == "start":
+                starting.append(job)
+            elif outcome.decision == "end":
+                ending.append(JobChange(job["id"], {"completed_at": now_iso(), "awaiting_dependencies": None},
+                                        JobState.REMOVED.value, outcome.reason))
+            else:
+                still.add(job["id"])
+                # Held by its owner meanwhile, it shows the hold's reason; idle again, what it waits for.
+                if now_in.get(job["id"], job["state"]) == JobState.IDLE.value and (
+                        job["id"] in now_in or job.get("state_reason") != outcome.reason):
+                    reasons.append(JobChange(job["id"], {"state_reason": outcome.reason}))
+        if starting:
+            try:
+                self.condor.edit(sd.jobs_constraint(instance, [job["id"] for job in starting]),
+                                 sd.GATEWAY_WAITING, "false")
+            except CondorUnavailable as exc:
+                report.errors.append(str(exc))
+                log.warning("tracker: could not start %d jobs whose dependencies completed: %s", len(starting), exc)
+                still.update(job["id"] for job in starting)
+            else:
+                # What it waits for now is a slot: the wait explanation says so below.
+                reasons += [JobChange(job["id"], {"awaiting_dependencies": None, **(
+                    {"state_reason": None} if now_in.get(job["id"], job["state"]) == JobState.IDLE.value else {})})
+                    for job in starting]
+        if reasons or ending:
+            self._apply(reasons + ending, report)
+            report.changes += len(reasons) + len(ending)
+        doomed = [change.job_id for change in ending] + stale_gates
+        if doomed:
+            try:
+                self.condor.act("remove", sd.jobs_constraint(instance, doomed),
+                                "a job it waited for ended without completing")
+            except CondorUnavailable as exc:
+                report.errors.append(str(exc))
+                log.warning("tracker: could not remove %d jobs whose dependencies failed: %s", len(doomed), exc)
+        return still | {change.job_id for change in ending}
 
     def _explain_waits(self, idle, active: dict[str, dict], restated: set[str], report: CycleReport) -> None:
         """Record why each idle job waits (state_reason), where that changed."""

@@ -29,17 +29,31 @@ curl() {
 
 
 def session(page: str, section: str | None = None) -> str:
-    """The page's sh blocks; with ``section``, only those under the heading of that title
-    (until the next heading of its level or above), for a page whose other examples show
-    placeholders."""
+    """The page's sh blocks; with ``section`` (a heading's text), only those under that
+    heading, up to the next heading of the same or a higher level."""
     text = (REPO / page).read_text(encoding="utf-8")
     if section is not None:
-        match = re.search(rf"^(#+) {re.escape(section)}\s*$", text, re.MULTILINE)
-        assert match, f"{page} has no section {section!r}"
-        rest = text[match.end():]
-        end = re.search(rf"^#{{1,{len(match.group(1))}}} ", rest, re.MULTILINE)
-        text = rest[:end.start()] if end else rest
+        text = _section(text, section)
+        assert text, f"{page} has no heading {section!r}"
     return "\n".join(_BLOCK.findall(text))
+
+
+def _section(text: str, title: str) -> str:
+    """The lines under the heading ``title`` (lines in fenced blocks are never headings)."""
+    kept: list[str] = []
+    level = None
+    fenced = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"^(#+) (.*)$", line.rstrip("\n"))
+        if heading and level is not None and len(heading.group(1)) <= level:
+            break
+        if level is not None:
+            kept.append(line)
+        elif heading and heading.group(2) == title:
+            level = len(heading.group(1))
+    return "".join(kept)
 
 
 def expected_statuses(script: str) -> str:

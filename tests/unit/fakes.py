@@ -52,6 +52,9 @@ class FakeCondor:
         if attr == "LeaveJobInQueue":
             for ad in self._select(self.queue, constraint):
                 self.history_ads[ad["GatewayJobId"]] = self.queue.pop(ad["GatewayJobId"])
+            return
+        for ad in self._select(self.queue, constraint):
+            self.queue[ad["GatewayJobId"]][attr] = {"true": True, "false": False}.get(value, value)
 
     def act(self, action, constraint, reason=None):
         self._trip(action, constraint)
@@ -73,6 +76,8 @@ class FakeCondor:
         cluster = len(self.queue) + len(self.history_ads) + 1
         ids = ([item["gateway_job_id"] for item in itemdata] if itemdata
                else [str(description["My.GatewayJobId"]).strip('"')])
+        # A job submitted waiting for others keeps its gate (GatewayWaiting) until an edit opens it.
+        gate = {"GatewayWaiting": True} if "My.GatewayWaiting" in description.keys() else {}
         for proc, job_id in enumerate(ids):
-            self.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": proc, "JobStatus": 1}
+            self.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": proc, "JobStatus": 1, **gate}
         return cluster, 0

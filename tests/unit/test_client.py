@@ -305,6 +305,18 @@ def test_cli_submit_prints_the_job_id_or_json(stub):
     assert json.loads(result.stdout)["job_status"] == "idle"
 
 
+def test_cli_submit_after_sends_the_dependency_fields(stub):
+    stub.on("POST", "/jobs", (201, {}, job("idle")))
+    other = "0b7e2c1a-0000-4000-8000-000000000001"
+    result = run_cli(stub, "submit", str(REPO / "bundles" / "hello"), "--after", JOB_ID, "--after", other,
+                     "--after-any", other)
+    assert result.exit_code == 0, result.output
+    request = stub.requests[-1]
+    parts = {part.headers[b"Content-Disposition"].decode().split('name="')[1].split('"')[0]: part.content
+             for part in MultipartDecoder(request["body"], request["headers"]["Content-Type"]).parts}
+    assert parts["job-after"] == f"{JOB_ID},{other}".encode() and parts["job-after-any"] == other.encode()
+
+
 @pytest.mark.parametrize("status, code", [("completed", 0), ("failed", 3), ("removed", 4)])
 def test_cli_submit_wait_prints_stdout_and_exits_by_the_jobs_end(stub, status, code):
     stub.on("POST", "/jobs", (201, {}, job("idle")))

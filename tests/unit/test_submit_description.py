@@ -64,3 +64,11 @@ def test_only_the_output_archive_comes_back_and_its_size_is_capped():
     assert submit["transfer_output_files"] == "output.tar.gz"  # plus stdout/stderr, which are output/error
     assert submit["max_transfer_output_mb"] == "2048"
     assert "max_transfer_output_mb" not in render().keys()
+
+
+def test_a_waiting_job_is_gated_by_its_requirements_beside_its_runtime():
+    submit = render(waiting=True, runtime="python3")
+    assert submit["My.GatewayWaiting"] == "true"
+    assert submit["requirements"] == 'stringListMember("python3", GatewayRuntimes ?: "") && (My.GatewayWaiting =!= true)'
+    plain = render()
+    assert "My.GatewayWaiting" not in plain.keys() and "requirements" not in plain.keys()
