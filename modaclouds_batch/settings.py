@@ -156,6 +156,12 @@ class Settings:
     # Folders on the gateway's machine (comma-separated) that TES tasks may read file:// inputs
     # from and write file:// outputs into; empty: the TES door refuses file:// URLs.
     tes_file_folders: str = ""
+    # Seed 000 (/slots): seconds a slot lease (worker-id) stays usable; leases and leased jobs
+    # or transfers active at once (each open /slots request holds one of ``threads``); the pace
+    # of a leased upload or download in bytes per second (0: as fast as the disk goes).
+    slot_lease_seconds: float = 300.0
+    max_leased_slots: int = 4
+    slot_transfer_bytes_per_second: int = 0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
