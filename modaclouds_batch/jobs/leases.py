@@ -203,6 +203,9 @@ class SlotLeases:
         its transfer, or the unused lease itself (remove only: it frees the slot)."""
         lease = self.find(actor, worker_id)
         state, job = self.state(actor, lease)
+        if job is not None and not state.is_final:
+            self.jobs.refresh([job])  # the transition is judged on what the schedd says now
+            state, job = self.state(actor, lease)
         conflict = action_conflict(action, state)
         if conflict:
             raise InvalidRequest(conflict, field="new_job_status", job_status=state.value)
