@@ -18,7 +18,7 @@ from ..api.bodies import json_object
 from ..api.data import upload_from_request
 from ..api.jobs import submit_job
 from ..api.submission import submission_from_request
-from ..errors import Gone, InvalidRequest, NotFound, NotYet
+from ..errors import GatewayError, Gone, InvalidRequest, NotFound, NotYet
 from ..jobs.leases import PACED_CHUNK, PacedReader, SlotLeases, Transfer, TransferTerminated
 from ..jobs.states import JobAction, JobState
 from . import Dialect, submission_hook
@@ -206,9 +206,11 @@ class UploadNewResource:
                                    request_id=req.context.request_id)
         except TransferTerminated:
             lease = self.leases.finish_transfer(transfer, JobState.REMOVED)
+        except (GatewayError, falcon.HTTPError):
+            self.leases.give_back(transfer)  # a refused body (400, 413, 415): nothing kept, the lease usable again
+            raise
         except BaseException as exc:
-            self.leases.finish_transfer(transfer, JobState.REMOVED,
-                                        reason=f"the upload failed: {getattr(exc, 'message', None) or exc}")
+            self.leases.finish_transfer(transfer, JobState.REMOVED, reason=f"the upload failed: {exc}")
             raise
         else:
             lease = self.leases.finish_transfer(transfer, JobState.COMPLETED, data_id=row["id"])

@@ -134,7 +134,7 @@ class SlotLeases:
         try:
             uuid.UUID(worker_id)
         except ValueError:
-            raise InvalidRequest(f"'{worker_id}' is not a worker-id; GET /slots/new_job/ gives one",
+            raise InvalidRequest(f"'{worker_id[:64]}' is not a worker-id; GET /slots/new_job/ gives one",
                                  field="worker-id") from None
         lease = self.store.get_lease(worker_id)
         if lease is None or not actor.may_see(lease["owner"]):
@@ -237,6 +237,12 @@ class SlotLeases:
         with self._lock:
             self._transfers[worker_id] = transfer
         return transfer
+
+    def give_back(self, transfer: Transfer) -> None:
+        """A refused transfer request: forget the transfer, and the lease is unused again."""
+        with self._lock:
+            self._transfers.pop(transfer.worker_id, None)
+        self.store.unclaim_lease(transfer.worker_id)
 
     def finish_transfer(self, transfer: Transfer, state: JobState, reason: str | None = None,
                         data_id: str | None = None) -> dict[str, Any]:

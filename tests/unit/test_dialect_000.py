@@ -303,6 +303,23 @@ def test_an_upload_becomes_a_data_object_once_complete(world):
     assert world.status(worker_id).json["data_id"] == resp.json["data_id"]
 
 
+@pytest.mark.parametrize("body, content_type, status", [
+    (b"--x\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nv\r\n--x--\r\n",
+     "multipart/form-data; boundary=x", 400),
+    (b"x" * 2048, "application/octet-stream", 413),
+])
+def test_a_refused_upload_keeps_nothing_and_gives_the_lease_back(tmp_path, body, content_type, status):
+    w = small_world(tmp_path, max_upload_bytes=1024)
+    try:
+        worker_id = w.lease()
+        resp = w.http.simulate_post(f"{BASE}/upload/new/{worker_id}", body=body, headers={"Content-Type": content_type})
+        assert resp.status_code == status, resp.text
+        assert data_objects(w) == [] and w.status(worker_id).json["status"] == "Not Running"
+        assert w.http.simulate_post(f"{BASE}/upload/new/{worker_id}", body=b"ok").json["status"] == "Completed"
+    finally:
+        w.store.close()
+
+
 def paced_world(tmp_path) -> World:
     return small_world(tmp_path, slot_transfer_bytes_per_second=64 * 1024)
 
