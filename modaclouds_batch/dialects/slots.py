@@ -99,9 +99,8 @@ class StatusResource:
 
 
 class ModifyResource:
-    def __init__(self, leases: SlotLeases, jobs):
+    def __init__(self, leases: SlotLeases):
         self.leases = leases
-        self.jobs = jobs
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, worker_id: str, new_job_status: str) -> None:
         actor = req.context.actor
@@ -122,15 +121,12 @@ class ModifyResource:
         while True:
             lease = self.leases.find(actor, worker_id)
             view = lease_view(self.leases, actor, lease)
-            if view["status"] == wanted or STATES[JobState(view["state"])] in ("Completed", "Terminated"):
+            if view["status"] in (wanted, "Completed", "Terminated"):
                 return view
             if time.monotonic() >= deadline:
                 return {**view, "requested": wanted}
             time.sleep(POLL_SECONDS)
-            if lease["job_id"]:
-                job = self.jobs.store.get_job(lease["job_id"])
-                if job is not None:
-                    self.jobs.refresh([job])  # what the schedd says now (the tracker records removals)
+            self.leases.refresh(lease)  # what the schedd says now (the tracker records removals)
 
 
 class JobNewResource:
@@ -305,7 +301,7 @@ def register(app, gateway) -> None:
                         bytes_per_second=settings.slot_transfer_bytes_per_second)
     app.add_route(f"{BASE}/new_job", NewJobResource(leases))
     app.add_route(f"{BASE}/status/{{worker_id}}", StatusResource(leases))
-    app.add_route(f"{BASE}/modify/{{worker_id}}/{{new_job_status}}", ModifyResource(leases, gateway.service))
+    app.add_route(f"{BASE}/modify/{{worker_id}}/{{new_job_status}}", ModifyResource(leases))
     app.add_route(f"{BASE}/job/new/{{worker_id}}", JobNewResource(leases, gateway))
     app.add_route(f"{BASE}/upload/new/{{worker_id}}", UploadNewResource(leases, gateway))
     app.add_route(f"{BASE}/download/new/{{worker_id}}", DownloadNewResource(leases, gateway))

@@ -192,6 +192,12 @@ class SlotLeases:
             return JobState(lease["status"]), None
         return JobState.IDLE, None
 
+    def refresh(self, lease: dict[str, Any]) -> None:
+        """Bring a lease's job up to date with the schedd (the tracker would, a cycle later)."""
+        job = self.store.get_job(lease["job_id"]) if lease["kind"] == "job" and lease["job_id"] else None
+        if job is not None and not JobState(job["state"]).is_final:
+            self.jobs.refresh([job])
+
     def bytes_moved(self, lease: dict[str, Any]) -> int | None:
         transfer = self._transfers.get(lease["worker_id"])
         return transfer.bytes if transfer is not None else lease["bytes"]
@@ -202,10 +208,8 @@ class SlotLeases:
         """Suspend, continue or remove what the lease holds: its job (through the job service),
         its transfer, or the unused lease itself (remove only: it frees the slot)."""
         lease = self.find(actor, worker_id)
+        self.refresh(lease)  # the transition is judged on what the schedd says now
         state, job = self.state(actor, lease)
-        if job is not None and not state.is_final:
-            self.jobs.refresh([job])  # the transition is judged on what the schedd says now
-            state, job = self.state(actor, lease)
         conflict = action_conflict(action, state)
         if conflict:
             raise InvalidRequest(conflict, field="new_job_status", job_status=state.value)
