@@ -183,7 +183,7 @@ class SlotLeases:
                 return JobState.REMOVED, None
             state = JobState(job["state"])
             if state.is_final and lease["ended_at"] is None:
-                self.store.update_lease(lease["worker_id"], {"ended_at": job.get("finished_at") or now_iso()})
+                self.store.update_lease(lease["worker_id"], {"ended_at": job.get("completed_at") or now_iso()})
             return state, job
         transfer = self._transfers.get(lease["worker_id"])
         if transfer is not None:

@@ -17,6 +17,7 @@ from modaclouds_batch.dialects import slots
 from modaclouds_batch.jobs.states import JobState
 from modaclouds_batch.jobs.tracker import Tracker
 from modaclouds_batch.store import Store
+from modaclouds_batch.timefmt import parse_iso
 
 from .fakes import FakeCondor
 from .test_dialect_001_002 import World as SharedWorld
@@ -130,7 +131,8 @@ def test_new_job_leases_a_worker_id_that_expires_after_the_setting(world):
     worker_id = resp.json["worker-id"]
     assert set(resp.json) == {"worker-id", "expires_at"} and uuid.UUID(worker_id).version == 4
     lease = world.store.get_lease(worker_id)
-    assert lease["expires_at"] == resp.json["expires_at"] > lease["created_at"]
+    assert lease["expires_at"] == resp.json["expires_at"]
+    assert (parse_iso(lease["expires_at"]) - parse_iso(lease["created_at"])).total_seconds() == 300
     assert resp.headers["location"] == f"{BASE}/status/{worker_id}"
     status = world.status(worker_id)
     assert status.status_code == 200
@@ -152,6 +154,13 @@ def test_leases_never_outnumber_the_pools_free_slots(world):
     world.lease(), world.lease()  # the worker has 2 free CPUs
     resp = world.http.simulate_get(f"{BASE}/new_job/")
     assert resp.status_code == 503 and resp.json["limit"] == "pool" and resp.headers["retry-after"]
+
+
+def test_a_leased_job_still_queued_keeps_its_slot_reserved(world):
+    world.start_job(world.lease())  # idle: the pool has not given it a CPU yet
+    world.lease()  # the second of the worker's 2 free CPUs
+    resp = world.http.simulate_get(f"{BASE}/new_job/")
+    assert resp.status_code == 503 and resp.json["limit"] == "pool"
 
 
 def test_an_expired_lease_frees_its_slot_by_itself_and_is_400(tmp_path):
