@@ -84,7 +84,7 @@ class NewJobResource:
         self.leases = leases
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        lease = self.leases.grant(req.context.actor)
+        lease = self.leases.grant(req.context.actor, req.context.request_id)
         resp.location = f"{BASE}/status/{lease['worker_id']}"
         resp.media = {"worker-id": lease["worker_id"], "expires_at": lease["expires_at"]}
 
@@ -296,7 +296,7 @@ class _Sending:
 
 def register(app, gateway) -> None:
     settings = gateway.settings
-    leases = SlotLeases(gateway.store, gateway.service, lambda: free_slots(gateway.infra),
+    leases = SlotLeases(gateway.store, gateway.service, lambda: free_slots(gateway.infra), gateway.audit,
                         lease_seconds=settings.slot_lease_seconds, max_leased=settings.max_leased_slots,
                         bytes_per_second=settings.slot_transfer_bytes_per_second)
     app.add_route(f"{BASE}/new_job", NewJobResource(leases))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from ..access.audit import AuditLog
 from ..access.identity import Actor
 from ..errors import Busy, Conflict, InvalidRequest
 from ..store import Store
@@ -91,9 +92,10 @@ class PacedReader:
 
 
 class SlotLeases:
-    def __init__(self, store: Store, jobs, free_slots: Callable[[], int], *, lease_seconds: float,
-                 max_leased: int, bytes_per_second: int = 0):
+    def __init__(self, store: Store, jobs, free_slots: Callable[[], int], audit: AuditLog, *,
+                 lease_seconds: float, max_leased: int, bytes_per_second: int = 0):
         self.store = store
+        self.audit = audit
         self.jobs = jobs  # the JobService: every action on a job goes through it
         # How many one-CPU jobs the pool could start now (the collector's free slots).
         self.free_slots = free_slots
@@ -105,7 +107,7 @@ class SlotLeases:
 
     # --- granting -----------------------------------------------------------------------
 
-    def grant(self, actor: Actor) -> dict[str, Any]:
+    def grant(self, actor: Actor, request_id: str | None = None) -> dict[str, Any]:
         """A new lease for ``actor``, or Busy when the gateway's limit or the pool is full."""
         now = datetime.now(timezone.utc)
         self.store.delete_expired_leases(to_iso(now - FORGET_EXPIRED_AFTER))
@@ -124,6 +126,8 @@ class SlotLeases:
                            "retry in a few seconds", retry_after=RETRY_AFTER_SECONDS, limit="pool")
 
         self.store.grant_lease(row, _values(ACTIVE_STATES), [JobState.IDLE.value], decide)
+        self.audit.record(actor, "slot.lease", row["worker_id"], request_id=request_id,
+                          detail={"expires_at": row["expires_at"]})
         return row
 
     # --- finding -------------------------------------------------------------------------
@@ -225,6 +229,7 @@ class SlotLeases:
                    JobAction.REMOVE: JobState.REMOVED}[action]
             transfer.set_state(new, f"terminated by {actor.user}" if new is JobState.REMOVED else None)
             self.store.update_lease(worker_id, {"status": new.value})
+            self.audit.record(actor, f"slot.{transfer.kind}.{action.value}", worker_id, request_id=request_id)
             return
         if lease["kind"] == "job":  # claimed by a submission in flight: nothing to act on yet
             raise InvalidRequest(f"lease {worker_id}'s job is being submitted; retry in a moment",
@@ -232,6 +237,7 @@ class SlotLeases:
         # An unused lease: only remove applies (action_conflict said so); it frees its slot.
         self.store.update_lease(worker_id, {"used_at": now_iso(), "ended_at": now_iso(), "status": "removed",
                                             "reason": f"given back unused by {actor.user}"})
+        self.audit.record(actor, "slot.release", worker_id, request_id=request_id)
 
     # --- transfers ---------------------------------------------------------------------------
 

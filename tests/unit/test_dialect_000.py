@@ -289,6 +289,8 @@ def test_terminating_an_unused_lease_gives_its_slot_back(tmp_path):
         worker_id = w.lease()
         resp = w.modify(worker_id, "Terminated")
         assert resp.status_code == 200 and resp.json["status"] == "Terminated"
+        actions = [e["action"] for e in w.store.audit_entries(None, None, None, 10, None) if e["target"] == worker_id]
+        assert set(actions) == {"slot.lease", "slot.release"}
         assert w.http.simulate_get(f"{BASE}/new_job/").status_code == 200
         assert w.start_job(worker_id).status_code == 400
     finally:
