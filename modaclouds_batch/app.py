@@ -103,6 +103,9 @@ class Gateway:
         stale = self.store.fail_unfinished_worker_requests(now_iso())
         if stale:
             log.warning("marked %d worker requests failed: the gateway stopped while they ran", stale)
+        slot_work = self.store.end_unfinished_slot_work(now_iso())
+        if slot_work:
+            log.info("ended %d slot leases' transfers or submissions that a stopped gateway left unfinished", slot_work)
         self.infra.check_added_workers(at_start=True)
         self.tracker.start()
         self.webhooks.start()

@@ -164,6 +164,12 @@ class Settings:
     # How long a submission's Idempotency-Key is remembered: a retry with it within this many
     # seconds gets the first answer instead of a second job (docs/api.md).
     idempotency_window_seconds: int = 86400
+    # Seed 000 (/slots): seconds a slot lease (worker-id) stays usable; leases and leased jobs
+    # or transfers active at once (each open /slots request holds one of ``threads``); the pace
+    # of a leased upload or download in bytes per second (0: as fast as the disk goes).
+    slot_lease_seconds: float = 300.0
+    max_leased_slots: int = 4
+    slot_transfer_bytes_per_second: int = 0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

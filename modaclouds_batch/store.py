@@ -347,6 +347,21 @@ def m021_job_dependencies(db: Database) -> None:
     db["jobs"].add_column("awaiting_dependencies", int)
 
 
+@migrations()
+def m018_slot_leases(db: Database) -> None:
+    # Seed 000's slot leases: a worker-id reserves a slot until expires_at and is used once,
+    # for a job (job_id), an upload (data_id once complete) or a download; status (a core
+    # state: running, suspended, completed, removed) and bytes are a transfer's, or 'removed'
+    # for a lease given back unused; ended_at marks a lease that holds its slot no more.
+    db["slot_leases"].create(
+        {"worker_id": str, "owner": str, "created_at": str, "expires_at": str, "used_at": str, "kind": str,
+         "job_id": str, "data_id": str, "status": str, "bytes": int, "ended_at": str, "reason": str},
+        pk="worker_id", not_null={"owner", "created_at", "expires_at"},
+    )
+    db["slot_leases"].create_index(["owner"])
+    db["slot_leases"].create_index(["ended_at", "expires_at"])
+
+
 def url_host(url: str | None) -> str:
     """A URL's host name, lower case ("" when it has none): SQL's url_host(), and the key
     of the webhook worker's per-host limit."""
@@ -1245,6 +1260,79 @@ class Store:
     def count_jobs(self) -> int:
         with self._lock:
             return self.db.execute("select count(*) from jobs").fetchone()[0]
+
+    # --- slot leases (seed 000) -------------------------------------------------------------
+
+    def lease_usage(self, now: str, active_states: Iterable[str], queued_states: Iterable[str]) -> dict[str, int]:
+        """``active``: leases holding a slot (unused and unexpired, claimed by a submission in
+        flight, bound to a job in ``active_states``, or a transfer under way); ``unused``: the
+        unused unexpired ones; ``queued``: those used for a job the pool has not started
+        (in flight, or a job in ``queued_states``). An expired unused lease is in none: it
+        frees its slot by itself."""
+        active, queued = list(active_states), list(queued_states)
+        a, q = ",".join("?" * len(active)), ",".join("?" * len(queued))
+        with self._lock:
+            row = self.db.execute(
+                "select"
+                " coalesce(sum(case when l.used_at is null or (l.kind = 'job' and l.job_id is null) then 1"
+                f"  when l.kind = 'job' and j.state in ({a}) then 1"
+                "  when l.kind != 'job' and l.status in ('running', 'suspended') then 1 else 0 end), 0),"
+                " coalesce(sum(case when l.used_at is null then 1 else 0 end), 0),"
+                " coalesce(sum(case when l.kind = 'job' and (l.job_id is null"
+                f"  or j.state in ({q})) then 1 else 0 end), 0)"
+                " from slot_leases l left join jobs j on j.id = l.job_id"
+                " where l.ended_at is null and (l.used_at is not null or l.expires_at > ?)",
+                [*active, *queued, now]).fetchone()
+        return {"active": row[0], "unused": row[1], "queued": row[2]}
+
+    def grant_lease(self, row: dict[str, Any], active_states: Iterable[str], queued_states: Iterable[str],
+                    decide: Callable[[dict[str, int]], None]) -> None:
+        """Check and record a lease at once: ``decide`` sees ``lease_usage`` and raises to
+        refuse, so concurrent requests cannot lease more slots than there are."""
+        with self.transaction() as db:
+            decide(self.lease_usage(row["created_at"], active_states, queued_states))
+            db["slot_leases"].insert(row)
+
+    def get_lease(self, worker_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            rows = list(self.db.query("select * from slot_leases where worker_id = ?", [worker_id]))
+        return rows[0] if rows else None
+
+    def claim_lease(self, worker_id: str, owner: str, kind: str, now: str, status: str | None = None) -> bool:
+        """Use the lease once: True for the one caller that finds it unused and unexpired."""
+        with self.transaction() as db:
+            return db.execute(
+                "update slot_leases set used_at = ?, kind = ?, status = ?, bytes = 0 where worker_id = ?"
+                " and owner = ? and used_at is null and ended_at is null and expires_at > ?",
+                [now, kind, status, worker_id, owner, now]).rowcount == 1
+
+    def unclaim_lease(self, worker_id: str) -> None:
+        """A refused submission gives its lease back (still single-use, still expiring)."""
+        with self.transaction() as db:
+            db.execute("update slot_leases set used_at = null, kind = null, status = null, bytes = null"
+                       " where worker_id = ? and job_id is null and data_id is null", [worker_id])
+
+    def update_lease(self, worker_id: str, values: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db["slot_leases"].update(worker_id, values)
+
+    def end_unfinished_slot_work(self, now: str) -> int:
+        """At start-up: transfers a stopped gateway was carrying are terminated (their
+        connection is gone), and leases claimed by a submission that never recorded its job
+        are given back. Returns how many leases changed."""
+        with self.transaction() as db:
+            ended = db.execute(
+                "update slot_leases set status = 'removed', ended_at = ?,"
+                " reason = 'the gateway stopped during the transfer' where kind in ('upload', 'download')"
+                " and status in ('running', 'suspended')", [now]).rowcount
+            return ended + db.execute(
+                "update slot_leases set used_at = null, kind = null, status = null, bytes = null"
+                " where kind = 'job' and job_id is null").rowcount
+
+    def delete_expired_leases(self, before: str) -> int:
+        """Forget unused leases that expired before a time (they hold nothing either way)."""
+        with self.transaction() as db:
+            return db.execute("delete from slot_leases where used_at is null and expires_at < ?", [before]).rowcount
 
 
 def _make_private(path: Path) -> None:

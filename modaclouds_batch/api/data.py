@@ -29,7 +29,7 @@ SERVED_TYPES = frozenset({
 _CHARSET = re.compile(r"""charset\s*=\s*"?([A-Za-z0-9._-]{1,40})"?""", re.IGNORECASE)
 
 
-def _upload(req: falcon.Request):
+def upload_from_request(req: falcon.Request):
     """(stream, filename, content type, ttl) of an upload: multipart 'file' part or a raw body."""
     content_type = (req.content_type or "").split(";")[0].strip().lower()
     ttl = req.get_param_as_int("ttl", min_value=1)
@@ -74,7 +74,7 @@ class DataCollectionResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        stream, filename, content_type, ttl = _upload(req)
+        stream, filename, content_type, ttl = upload_from_request(req)
         row = self.data.create(actor, stream, filename=filename, content_type=content_type, ttl=ttl,
                                limit=self.quota.limits_for(actor.user)["max_upload_bytes"],
                                request_id=req.context.request_id)
@@ -112,7 +112,7 @@ class DataObjectResource:
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, data_id: str) -> None:
         actor = req.context.actor
-        stream, filename, content_type, _ = _upload(req)
+        stream, filename, content_type, _ = upload_from_request(req)
         if_match = req.if_match[0] if req.if_match else None
         row = self.data.replace(
             actor, data_id, stream, if_match=str(if_match) if if_match else None,

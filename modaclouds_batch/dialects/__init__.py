@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 from ..jobs.states import JobState
 
 # Every dialect the gateway speaks, in the order `GET /` lists them.
-MODULES = ("modaclouds", "job_manager", "long_running", "workers_data", "tes")
+MODULES = ("modaclouds", "slots", "job_manager", "long_running", "workers_data", "tes")
 
 
 @dataclass(frozen=True)
