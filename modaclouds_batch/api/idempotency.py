@@ -47,7 +47,7 @@ MAX_KEY_LENGTH = 255
 # 425, 429 (retry later) nor 5xx: those release the key.
 REPLAYED_REFUSALS = frozenset({400, 403, 404, 405, 410, 411, 413, 414, 415, 422})
 # The answer's headers a replay repeats (the others are made afresh, e.g. X-Request-Id).
-KEPT_HEADERS = ("Location", "Content-Type", "Content-Location", "Link")
+KEPT_HEADERS = ("Location", "Content-Type", "Content-Location", "Link", "X-Job-Id")
 # What a 409 tells a client to wait before asking again, in seconds.
 RETRY_AFTER_SECONDS = 2
 # A body up to this size is copied in memory; beyond, to an unnamed file in the gateway's home.

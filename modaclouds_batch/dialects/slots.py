@@ -16,6 +16,7 @@ import falcon
 
 from ..api.bodies import json_object
 from ..api.data import upload_from_request
+from ..api.idempotency import current_claim, idempotent
 from ..api.jobs import submit_job
 from ..api.submission import submission_from_request
 from ..errors import GatewayError, Gone, InvalidRequest, NotFound, NotYet
@@ -136,16 +137,24 @@ class JobNewResource:
         self.quota = gateway.quota
         self.on_submitted = submission_hook(gateway)
 
+    @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response, worker_id: str) -> None:
         actor = req.context.actor
         wait = req.get_param_as_bool("wait", default=True)
-        self.leases.claim(actor, worker_id, "job")
+        # A retry with the Idempotency-Key of a request whose job exists (its answer was lost,
+        # or streamed and so never kept) finds the lease used by that request: it reattaches
+        # to the job (submit_job returns it) instead of being refused as a reused lease.
+        claim = current_claim()
+        reattaching = claim is not None and claim.recovered is not None
+        if not reattaching:
+            self.leases.claim(actor, worker_id, "job")
         try:
             _, created = submit_job(self.jobs, self.quota, actor,
                                     lambda staging: _one_job(submission_from_request(req, staging, actor)),
                                     self.on_submitted)
         except BaseException:
-            self.leases.release(worker_id)  # the lease stays usable for a corrected request
+            if not reattaching:
+                self.leases.release(worker_id)  # the lease stays usable for a corrected request
             raise
         self.leases.bind_job(worker_id, created["id"])
         resp.location = f"{BASE}/status/{worker_id}"

@@ -473,3 +473,36 @@ def test_start_up_ends_transfers_a_stopped_gateway_was_carrying(tmp_path):
         assert store.lease_usage(now, ["running"], ["idle"])["active"] == 0
     finally:
         store.close()
+
+
+def test_a_job_retried_with_its_idempotency_key_reattaches_instead_of_reusing_the_lease(world):
+    """The lease is single-use, so a retry after a lost answer would be refused: with an
+    Idempotency-Key it gets the first request's job, and the schedd sees one submission."""
+    worker_id = world.lease()
+    key = {"Idempotency-Key": "slot-job-1"}
+    first = world.http.simulate_post(f"{BASE}/job/new/{worker_id}", json={"command": "sleep 60"},
+                                     params={"wait": "false"}, headers=key)
+    assert first.status_code == 202, first.text
+    again = world.http.simulate_post(f"{BASE}/job/new/{worker_id}", json={"command": "sleep 60"},
+                                     params={"wait": "false"}, headers=key)
+    assert again.status_code == 202 and again.headers["x-job-id"] == first.headers["x-job-id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert world.store.count_jobs() == 1 and world.condor.clusters == 1
+    # A streamed answer is never kept, so its retry goes through the route and reattaches.
+    worker_id = world.lease()
+    key = {"Idempotency-Key": "slot-job-2"}
+
+    def finish_once_queued():
+        lease = eventually(lambda: (world.store.get_lease(worker_id) or {}).get("job_id") and
+                           world.store.get_lease(worker_id))
+        world.set_status(lease["job_id"], 2)
+        world.finish(lease["job_id"], exit_code=0)
+
+    finisher = Background(finish_once_queued)
+    streamed = world.http.simulate_post(f"{BASE}/job/new/{worker_id}", json={"command": "echo hi"}, headers=key)
+    finisher.join()
+    retried = world.http.simulate_post(f"{BASE}/job/new/{worker_id}", json={"command": "echo hi"}, headers=key)
+    assert streamed.status_code == retried.status_code == 200, retried.text
+    assert json.loads(retried.text) == json.loads(streamed.text)
+    assert json.loads(retried.text)["status"] == "Completed"
+    assert world.store.count_jobs() == 2 and world.condor.clusters == 2

@@ -285,7 +285,7 @@ def test_tes_and_workers_data_routes_take_the_key(world):
 
 
 SUBMIT_ROUTES = {("POST", "/jobs"), ("POST", "/api/job/run"), ("POST", "/async/jobs"), ("POST", "/mecrm/job"),
-                 ("POST", "/ga4gh/tes/v1/tasks")}
+                 ("POST", "/ga4gh/tes/v1/tasks"), ("POST", "/slots/job/new/{worker_id}")}
 
 
 def test_every_submit_route_is_idempotent_and_described_so(world):
