@@ -249,3 +249,23 @@ def test_a_restart_keeps_the_lease_and_it_still_runs_its_job(small):
                             timeout=300)
     assert resp.status_code == 200, resp.text
     assert json.loads(resp.text)["status"] == "Completed"
+
+
+def test_a_job_request_retried_with_its_idempotency_key_reattaches_to_one_job(client, schedd):
+    """A client that lost the streamed answer retries with the same key: it gets the first
+    request's job and its final state, the schedd has one job with the name, and a plain
+    retry would have been refused as a reused lease."""
+    worker_id = lease(client)
+    name = f"slots-idem-{worker_id[:8]}"
+    key = {"Idempotency-Key": f"slots-{worker_id}"}
+    body = {"command": "echo once", "name": name}
+    first = client.http.post(client.url + f"{BASE}/job/new/{worker_id}", json=body, headers=key, timeout=300)
+    retried = client.http.post(client.url + f"{BASE}/job/new/{worker_id}", json=body, headers=key, timeout=300)
+    assert first.status_code == retried.status_code == 200, retried.text
+    assert json.loads(retried.text)["job_id"] == json.loads(first.text)["job_id"] == retried.headers["X-Job-Id"]
+    assert json.loads(retried.text)["status"] == "Completed"
+    ads = schedd.query(f'GatewayJobName == "{name}"', ["GatewayJobId"]) + \
+        list(schedd.history(f'GatewayJobName == "{name}"', ["GatewayJobId"], match=-1))
+    assert {ad["GatewayJobId"] for ad in ads} == {retried.headers["X-Job-Id"]}
+    plain = client.post(f"{BASE}/job/new/{worker_id}", json=body)
+    assert plain.status_code == 400 and "already used" in plain.json()["error"]

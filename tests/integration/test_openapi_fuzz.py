@@ -53,6 +53,11 @@ NOT_FUZZED = {"POST /workers/{name}/drain"}
 # Known gap, reported: /data reads no multipart part after the file, so a broken field
 # placed after it goes unnoticed; their negative cases leave multipart bodies out.
 NO_NEGATIVE_MULTIPART = {"POST /data", "PUT /data/{data_id}"}
+# schemathesis 4.32 raises while building its negative bodies (ValueError "Unsupported type:
+# 'Binary'" in a body filter, for the bodies POST /jobs takes behind a path parameter) even
+# without the header and query parameters below: fuzzed with well-formed cases only; the
+# same bodies' negative cases run on POST /jobs.
+NO_NEGATIVE = {"POST /slots/job/new/{worker_id}"}
 # Destructive with an existing id (the job would be deleted or cancelled for every operation
 # fuzzed after it): fuzzed with generated ids only.
 NO_KNOWN_IDS = {"DELETE /jobs/{job_id}", "DELETE /async/jobs/{job_id}/cancel"}
@@ -151,6 +156,8 @@ def _strategy(operation, mode: GenerationMode, known_ids: dict):
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 @pytest.mark.parametrize("label", sorted(set(OPERATIONS) - NOT_FUZZED))
 def test_operation_answers_as_described(fuzzed_gateway, known_ids, label, mode):
+    if mode is GenerationMode.NEGATIVE and label in NO_NEGATIVE:
+        pytest.skip(f"{label}: schemathesis cannot build its negative bodies (see NO_NEGATIVE)")
     operation = (NEGATIVE_OPERATIONS if mode is GenerationMode.NEGATIVE else OPERATIONS)[label]
     session = fuzzed_gateway.client().http
 
