@@ -160,3 +160,100 @@ def test_two_pools_run_at_once_on_their_own_ports_and_both_run_a_job(pool, bridg
         schedd.retrieve(f"ClusterId == {cluster}")
         schedd.edit(f"ClusterId == {cluster}", "LeaveJobInQueue", "false")
         assert (iwd / "out.txt").read_text() == f"{settings.collector_port}\n"
+
+
+# --- the `command` provider, driven for real ----------------------------------------------
+
+PROVIDER = Path(__file__).resolve().parents[2] / "bundles" / "providers" / "netns-node.sh"
+
+
+@pytest.fixture(scope="module")
+def bridge_gateway(bridge_pool, tmp_path_factory):
+    """A gateway on this module's pool whose `command` provider is the shipped example."""
+    import sys
+
+    from .fixtures import GATEWAY_ENV
+    from .gateway import GatewayProcess
+
+    env = {**GATEWAY_ENV,
+           "MODACLOUDS_BATCH_POOL_DIR": str(bridge_pool.pool_dir),
+           "MODACLOUDS_BATCH_COLLECTOR_PORT": str(bridge_pool.collector_port),
+           "MODACLOUDS_BATCH_SCHEDD_PORT": str(bridge_pool.schedd_port),
+           "MODACLOUDS_BATCH_POOL_BRIDGE": "true",
+           "MODACLOUDS_BATCH_POOL_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
+           "MODACLOUDS_BATCH_POOL_AD_LIFETIME_SECONDS": str(LEASE_SECONDS),
+           "MODACLOUDS_BATCH_WORKER_PROVIDER_COMMAND": str(PROVIDER),
+           "MODACLOUDS_BATCH_WORKER_LOST_AFTER": "5",
+           "NETNS_NODE_CLI": f"{sys.executable} -m modaclouds_batch",
+           "NETNS_NODE_DRAIN_SECONDS": "120"}
+    process = GatewayProcess(tmp_path_factory.mktemp("bridge-gateway"), bridge_pool.condor_config, env=env).start()
+    yield process
+    process.stop()
+
+
+def wait(predicate, timeout=120.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met after {timeout}s")
+        time.sleep(1)
+
+
+def request_record(client, request_id):
+    return next(r for r in client.get("/workers/requests").json() if r["id"] == request_id)
+
+
+def provision(client, **params) -> str:
+    """POST /workers with the command provider; the worker's name once it is ready."""
+    resp = client.post("/workers", json={"provider": "command", "params": params})
+    assert resp.status_code == 202, resp.text
+    request_id = resp.json()["id"]
+
+    def ready():
+        record = request_record(client, request_id)
+        assert record["status"] != "failed", record
+        return record if record["status"] == "ready" else None
+
+    return wait(ready, 120, "the command provider's worker to be ready")["worker"]
+
+
+def test_the_command_provider_adds_a_host_whose_jobs_files_cross_the_network_and_retires_it(bridge_pool, bridge_gateway):
+    from .gateway import pack, pack_bundle
+
+    client = bridge_gateway.client()
+    name = provision(client, cpus=1, runtimes=["bash", "far-bash"])
+
+    # The worker appears with its runtimes, as the gateway's.
+    worker = wait(lambda: client.get(f"/workers/{name}").json() if client.get(f"/workers/{name}").status_code == 200
+                  else None, 60, "the worker to show")
+    assert worker["managed_by_gateway"] and worker["provider"] == "command"
+    assert worker["runtimes"] == ["bash", "far-bash"] and worker["cpus_total"] == 1
+
+    # A job only that host can run: its bundle and input go there, its output comes back.
+    job_id = client.submit(pack_bundle("hello"), name="far-hello", arguments="across",
+                           input_archive=pack(None, {"far-input.txt": b"from the gateway\n"}),
+                           **{"job-runtime": "far-bash"}).json()["job_id"]
+    job = client.wait_for(job_id, "completed", timeout=180)
+    assert job["remote_host"].endswith(f"@{name}")
+    stdout = client.get(f"/jobs/{job_id}/artifacts/stdout").text
+    assert "far-input.txt" in stdout and "[across]" in stdout
+    output = client.get(f"/jobs/{job_id}/artifacts/output")
+    assert output.status_code == 200
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(output.content)) as tar:
+        hello = next(m for m in tar.getmembers() if m.name.endswith("hello.txt"))
+        assert tar.extractfile(hello).read() == b"hello, world\nacross\n"
+
+    # DELETE drains and retires it: the host and its namespace are gone.
+    retire = client.http.delete(f"{client.url}/workers/{name}")
+    assert retire.status_code == 202, retire.text
+    wait(lambda: request_record(client, retire.json()["id"])["status"] == "done", 180, "the retirement")
+    wait(lambda: client.get(f"/workers/{name}").status_code == 404, 60, "the worker to leave the pool")
+    net = netns.PoolNetwork(bridge_pool.collector_port)
+    assert net.namespace(name) not in netns.namespaces(net)
+    assert not hosts.host_layout(bridge_pool, name).pool_dir.exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -39,6 +40,7 @@ HOST_ID_BASE = 100_000_000
 HOST_IDS = 100
 MAX_CPUS = 64
 HOST_FILE = "host.json"
+RUNTIME_NAME = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 TOKEN_FILE = "pool.token"
 
 
@@ -131,6 +133,9 @@ def add_host(settings, name: str, *, num_cpus: int = 2, runtimes: tuple[str, ...
     _check_name(name)
     if not 1 <= int(num_cpus) <= MAX_CPUS:
         raise PoolError(f"cpus must be 1-{MAX_CPUS}, not {num_cpus}")
+    bad = [r for r in runtimes if not isinstance(r, str) or not RUNTIME_NAME.fullmatch(r)]
+    if bad or not runtimes:
+        raise PoolError(f"runtimes must be names such as python3 (letters, digits, . _ + -), not {bad or runtimes!r}")
     netns.require_tools("a simulated host")
     if not settings.pool_bridge:
         raise PoolError("simulated hosts need a pool whose daemons listen on its bridge: set "
