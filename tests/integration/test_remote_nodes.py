@@ -257,3 +257,60 @@ def test_the_command_provider_adds_a_host_whose_jobs_files_cross_the_network_and
     net = netns.PoolNetwork(bridge_pool.collector_port)
     assert net.namespace(name) not in netns.namespaces(net)
     assert not hosts.host_layout(bridge_pool, name).pool_dir.exists()
+
+
+# --- a node lost mid-job -------------------------------------------------------------------
+
+
+def test_a_host_lost_mid_job_costs_the_job_one_rerun_elsewhere_and_one_webhook(bridge_pool, bridge_gateway):
+    from ..receiver import Receiver
+    from .gateway import pack_bundle
+
+    client = bridge_gateway.client()
+    receiver = Receiver()
+    name = provision(client, cpus=1, runtimes=["bash", "python3"])
+    main = next(w["name"] for w in client.get("/workers").json() if not w["managed_by_gateway"])
+    # The pool's own node takes nothing until the host is lost: the job must start there.
+    assert client.post(f"/workers/{main}/drain", json={"how": "quick"}).status_code == 202
+    try:
+        job_id = client.submit(pack_bundle("sleeper"), name="lost-node", arguments="20",
+                               notify=f"{receiver.url}/done").json()["job_id"]
+        # run_count counts starts of run.sh itself (NumJobStarts), not of the claim.
+        client.wait_until(job_id, lambda j: j["job_status"] == "running" and j.get("run_count") == 1
+                          and str(j.get("remote_host", "")).endswith(f"@{name}"),
+                          timeout=120, what="running on the host")
+
+        killed = hosts.kill_host(bridge_pool, name)  # its startd, starter and the job: no goodbye
+        assert killed
+
+        # After the job lease HTCondor requeues it; the gateway shows it idle again.
+        idle = client.wait_until(job_id, lambda j: j["job_status"] == "idle", timeout=LEASE_SECONDS * 6,
+                                 what="idle again after the lease")
+        assert idle["run_count"] == 1
+    finally:
+        assert client.post(f"/workers/{main}/undrain").status_code == 202
+
+    done = client.wait_for(job_id, "completed", timeout=240)
+    assert done["run_count"] == 2
+    assert done["remote_host"].endswith(f"@{main}")
+    history = client.get(f"/jobs/{job_id}/events").json()
+    states = [e["state"] for e in history]
+    assert states[-1] == "completed" and states.count("running") == 2, history
+    requeued = history[states.index("idle", states.index("running"))]
+    assert "requeued" in requeued["reason"] and name in requeued["reason"], requeued
+
+    # One webhook, for the end, however many runs it took.
+    receiver.wait_for(1, timeout=60)
+    time.sleep(3)
+    assert len(receiver.requests) == 1 and receiver.requests[0]["json"]["job_status"] == "completed"
+    receiver.close()
+
+    # The host's ads leave the collector: its worker request is lost, and DELETE cleans up.
+    provisioned = next(r for r in client.get("/workers/requests").json()
+                       if r["worker"] == name and r["action"] == "provision")
+    wait(lambda: request_record(client, provisioned["id"])["status"] == "lost", LEASE_SECONDS * 6, "the worker lost")
+    retire = client.http.delete(f"{client.url}/workers/{name}")
+    assert retire.status_code == 202, retire.text
+    wait(lambda: request_record(client, retire.json()["id"])["status"] == "done", 120, "the lost host's cleanup")
+    net = netns.PoolNetwork(bridge_pool.collector_port)
+    assert net.namespace(name) not in netns.namespaces(net)
