@@ -314,3 +314,81 @@ def test_a_host_lost_mid_job_costs_the_job_one_rerun_elsewhere_and_one_webhook(b
     wait(lambda: request_record(client, retire.json()["id"])["status"] == "done", 120, "the lost host's cleanup")
     net = netns.PoolNetwork(bridge_pool.collector_port)
     assert net.namespace(name) not in netns.namespaces(net)
+
+
+# --- the gateway and the schedd on different hosts -------------------------------------------
+
+
+def test_a_gateway_on_a_host_of_its_own_submits_tracks_and_retrieves_without_the_pools_files(bridge_pool, tmp_path):
+    """The gateway in a namespace of its own, with the pool's folder hidden from it (a tmpfs
+    over it in its mount namespace): every byte to and from the schedd crosses the bridge."""
+    import io
+    import signal
+    import sys
+    import tarfile
+
+    import requests
+
+    from modaclouds_batch.condor.pool.config import render_client_config
+    from modaclouds_batch.condor.pool.layout import PoolLayout
+
+    from .fixtures import GATEWAY_ENV
+    from .gateway import Client, pack, pack_bundle
+
+    net = netns.PoolNetwork(bridge_pool.collector_port)
+    ns, number = net.namespace("gw"), netns.LAST_HOST
+    address = net.host_address(number)
+    home = tmp_path / "remote-gateway"
+    condor_dir = home / "condor"
+    credentials.write_private(condor_dir / "tokens.d" / "gateway.token",
+                              PoolLayout.from_settings(bridge_pool).client_token.read_text())
+    (condor_dir / "condor_config").write_text(render_client_config(
+        collector_port=bridge_pool.collector_port, token_dir=condor_dir / "tokens.d",
+        address=net.bridge_address, job_lease_seconds=LEASE_SECONDS))
+    netns.add_namespace(net, "gw", number, _quiet)
+    log = open(tmp_path / "remote-gateway.log", "ab")
+    # `ip netns exec` gives the command a mount namespace of its own: the tmpfs stays there.
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"',
+         str(bridge_pool.pool_dir), sys.executable, "-m", "modaclouds_batch", "--home", str(home), "serve",
+         "--host", address, "--port", "5000", "--condor-config", str(condor_dir / "condor_config")],
+        env={**os.environ, **GATEWAY_ENV, "MODACLOUDS_BATCH_TRACKER_INTERVAL": "1"},
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://{address}:5000"
+
+        def answers():
+            assert process.poll() is None, (tmp_path / "remote-gateway.log").read_text()[-3000:]
+            try:
+                return requests.get(f"{url}/health", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait(answers, 60, "the remote gateway to answer")
+        # Neither sees the other's files: the pool's folder is hidden from the gateway, and the
+        # gateway's home is not in the schedd's root filesystem.
+        with open(f"/proc/{process.pid}/mountinfo", encoding="utf-8") as mounts:
+            assert any(line.split()[4] == str(bridge_pool.pool_dir) for line in mounts)
+        schedd_root = PoolLayout.from_settings(bridge_pool).chroot_root
+        assert not (schedd_root / str(home).lstrip("/")).exists()
+        client = Client(url, (home / "admin-token").read_text().strip())
+
+        job_id = client.submit(pack_bundle("hello"), name="from-afar", arguments="far",
+                               input_archive=pack(None, {"sent.txt": b"over the bridge\n"})).json()["job_id"]
+        job = client.wait_for(job_id, "completed", timeout=180)
+
+        assert job["run_count"] == 1 and job["exit_status"] == 0
+        stdout = client.get(f"/jobs/{job_id}/artifacts/stdout").text
+        assert "sent.txt" in stdout and "[far]" in stdout
+        with tarfile.open(fileobj=io.BytesIO(client.get(f"/jobs/{job_id}/artifacts/output").content)) as tar:
+            hello = next(m for m in tar.getmembers() if m.name.endswith("hello.txt"))
+            assert tar.extractfile(hello).read() == b"hello, world\nfar\n"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+        netns.remove_namespace(net, "gw", _quiet)
