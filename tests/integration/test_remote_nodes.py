@@ -39,10 +39,10 @@ def _namespaces_unavailable() -> str | None:
         if not shutil.which(tool):
             return f"simulated hosts need `{tool}` (apt-get install iproute2 util-linux)"
     probe = f"mbprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
     if made.returncode != 0:
         return f"network namespaces are not allowed here: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
     return None
 
 

@@ -80,8 +80,8 @@ def test_leases_are_htcondors_defaults_unless_set():
     assert client["JOB_DEFAULT_LEASE_DURATION"] == "20"
 
 
-@pytest.mark.parametrize("bad", [dict(address="0.0.0.0.1"), dict(remote_nodes="*"), dict(host_name="n1"),
-                                 dict(job_lease_seconds=0)])
+@pytest.mark.parametrize("bad", [{"address": "0.0.0.0.1"}, {"remote_nodes": "*"}, {"host_name": "n1"},
+                                 {"job_lease_seconds": 0}])
 def test_network_values_that_cannot_be_rendered_safely_are_refused(bad):
     with pytest.raises(ValueError):
         node(**bad)

@@ -26,11 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import _load_state, credentials, daemons, execute_node_token, netns
-from .config import DEFAULT_RUNTIMES, HOST_NAME, NodeConfig, execute_accounts, render_daemon_config
+from .commands import clean_env, run
+from .config import (
+    DEFAULT_RUNTIMES,
+    HOST_NAME,
+    NodeConfig,
+    execute_accounts,
+    render_daemon_config,
+)
 from .errors import PoolError
 from .layout import PoolLayout
 from .locking import exclusive
-from .commands import clean_env, run
 from .runtime import ChrootRuntime, _ensure_user, _ids_in, free_id
 
 # Execute-account uids of simulated hosts: a block per host, above the pools' own blocks
@@ -291,7 +297,7 @@ def _kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             continue
-    alive = daemons._wait_gone(pids, 10)  # noqa: SLF001 (same package)
+    alive = daemons._wait_gone(pids, 10)
     if alive:
         raise PoolError(f"processes of a simulated host would not exit: {alive}")
 
