@@ -111,7 +111,7 @@ def pool_token(ctx: click.Context, execute_node: bool) -> None:
 
 @pool.group("host")
 def pool_host() -> None:
-    """Simulated hosts: execute nodes in network namespaces of their own (root; pool_bridge)."""
+    """Simulated hosts: execute nodes in network namespaces of their own (root; pool_bridge or pool_namespace)."""
 
 
 @pool_host.command("add")

@@ -163,6 +163,9 @@ class Settings:
     # is lost waits before it is requeued, and seconds a silent node's ads stay in the collector.
     pool_job_lease_seconds: int = 2400
     pool_ad_lifetime_seconds: int = 900
+    # The managed pool's daemons run on a simulated host of their own (a network namespace on the
+    # pool's bridge, address .254), so a gateway on this machine reaches its schedd over a network.
+    pool_namespace: bool = False
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

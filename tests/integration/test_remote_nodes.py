@@ -336,7 +336,7 @@ def test_a_gateway_on_a_host_of_its_own_submits_tracks_and_retrieves_without_the
     from .gateway import Client, pack, pack_bundle
 
     net = netns.PoolNetwork(bridge_pool.collector_port)
-    ns, number = net.namespace("gw"), netns.LAST_HOST
+    ns, number = net.namespace("gw"), netns.LAST_HOST - 1
     address = net.host_address(number)
     home = tmp_path / "remote-gateway"
     condor_dir = home / "condor"
@@ -392,3 +392,84 @@ def test_a_gateway_on_a_host_of_its_own_submits_tracks_and_retrieves_without_the
             process.wait(10)
         log.close()
         netns.remove_namespace(net, "gw", _quiet)
+
+
+def test_the_gateway_serves_from_a_schedd_on_another_host_with_no_shared_files(tmp_path):
+    """A second small pool whose daemons all run on a simulated host of their own
+    (pool_namespace); the gateway, on this machine, reaches its schedd over the bridge only,
+    with the pool's folder hidden from it (a tmpfs over it in its own mount namespace)."""
+    import io
+    import signal
+    import sys
+    import tarfile
+
+    from modaclouds_batch.condor.pool.config import render_client_config
+    from modaclouds_batch.condor.pool.layout import PoolLayout
+
+    from .fixtures import GATEWAY_ENV
+    from .gateway import Client, free_port, pack, pack_bundle
+
+    settings = _bridge_pool_settings()
+    settings = load_settings({**{k: getattr(settings, k) for k in ("home", "collector_port", "schedd_port")},
+                              "pool_namespace": True})
+    status = pool_tooling.up(settings, log=_quiet)
+    process = None
+    try:
+        net = netns.PoolNetwork(settings.collector_port)
+        assert status.collector == f"{net.host_address(netns.LAST_HOST)}:{settings.collector_port}"
+        assert f"<{net.host_address(netns.LAST_HOST)}:" in status.schedd
+        # The schedd's host: only its daemons live in that namespace.
+        assert net.namespace(pool_tooling.POOL_HOST) in netns.namespaces(net)
+
+        home = tmp_path / "gateway-home"
+        condor_dir = home / "condor"
+        credentials.write_private(condor_dir / "tokens.d" / "gateway.token",
+                                  PoolLayout.from_settings(settings).client_token.read_text())
+        (condor_dir / "condor_config").write_text(render_client_config(
+            collector_port=settings.collector_port, token_dir=condor_dir / "tokens.d",
+            address=pool_tooling.pool_address(settings)))
+        port = free_port()
+        with open(tmp_path / "gateway.log", "ab") as log:
+            process = subprocess.Popen(
+                ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"',
+                 str(settings.pool_dir), sys.executable, "-m", "modaclouds_batch", "--home", str(home), "serve",
+                 "--port", str(port), "--condor-config", str(condor_dir / "condor_config")],
+                env={**os.environ, **GATEWAY_ENV, "MODACLOUDS_BATCH_TRACKER_INTERVAL": "1"},
+                stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+
+        def answers():
+            import requests
+
+            assert process.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
+            try:
+                return requests.get(f"{url}/health", timeout=2).json()["schedd"]["ok"]
+            except (requests.ConnectionError, ValueError, KeyError):
+                return False
+
+        wait(answers, 60, "the gateway to reach the remote schedd")
+        with open(f"/proc/{process.pid}/mountinfo", encoding="utf-8") as mounts:
+            assert any(line.split()[4] == str(settings.pool_dir) for line in mounts)
+        client = Client(url, (home / "admin-token").read_text().strip())
+
+        job_id = client.submit(pack_bundle("hello"), name="remote-schedd", arguments="far",
+                               input_archive=pack(None, {"sent.txt": b"over the bridge\n"})).json()["job_id"]
+        job = client.wait_for(job_id, "completed", timeout=180)
+
+        assert job["run_count"] == 1 and job["exit_status"] == 0 and job["backend_id"] > 0
+        stdout = client.get(f"/jobs/{job_id}/artifacts/stdout").text
+        assert "sent.txt" in stdout and "[far]" in stdout
+        with tarfile.open(fileobj=io.BytesIO(client.get(f"/jobs/{job_id}/artifacts/output").content)) as tar:
+            hello = next(m for m in tar.getmembers() if m.name.endswith("hello.txt"))
+            assert tar.extractfile(hello).read() == b"hello, world\nfar\n"
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+        pool_tooling.down(settings, log=_quiet)
+        _remove_unless_mounted(settings.home)
+    assert net.namespace(pool_tooling.POOL_HOST) not in netns.namespaces(net)

@@ -36,6 +36,16 @@ def test_the_pool_listens_on_loopback_unless_it_has_a_bridge(tmp_path):
     assert pool_address(load_settings({"home": tmp_path}, environ={})) == "127.0.0.1"
     bridged = load_settings({"home": tmp_path, "pool_bridge": True, "collector_port": 9618}, environ={})
     assert pool_address(bridged) == "10.37.146.1"
+    on_a_host = load_settings({"home": tmp_path, "pool_namespace": True, "collector_port": 9618}, environ={})
+    assert pool_address(on_a_host) == "10.37.146.254"
+
+
+def test_no_simulated_host_takes_the_pools_own_address_or_name():
+    assert _free_number({str(n): {"number": n} for n in range(2, 253)}) == 253
+    with pytest.raises(PoolError):
+        _free_number({str(n): {"number": n} for n in range(2, 254)})
+    with pytest.raises(PoolError):
+        _check_name("pool")
 
 
 def test_a_bridged_central_manager_listens_on_its_bridge_and_lets_token_nodes_advertise_only():
@@ -48,7 +58,10 @@ def test_a_bridged_central_manager_listens_on_its_bridge_and_lets_token_nodes_ad
     assert "execute-node@$(UID_DOMAIN)/10.37.146.*" in cfg["ALLOW_ADVERTISE_MASTER"]
     for level in ("ALLOW_WRITE", "ALLOW_ADMINISTRATOR", "ALLOW_DAEMON", "ALLOW_NEGOTIATOR"):
         assert "execute-node" not in cfg[level]
-    assert "batch@$(UID_DOMAIN)/10.37.146.1" in cfg["ALLOW_ADMINISTRATOR"]
+    assert "batch@$(UID_DOMAIN)/10.37.146.1" in render_daemon_config(node(address="10.37.146.1"))
+    # The gateway's identity may come from another host of the subnet (the pool on a host of its own).
+    for level in ("ALLOW_WRITE", "ALLOW_READ", "ALLOW_ADMINISTRATOR"):
+        assert "batch@$(UID_DOMAIN)/10.37.146.*" in cfg[level]
 
 
 def test_a_loopback_pool_lets_no_node_of_another_host_join():

@@ -75,8 +75,11 @@ def up(settings, log: Say = print) -> PoolStatus:
     started = time.monotonic()
     with exclusive(layout.lock_file):
         runtime = _runtime(mode, settings, layout, build=True, say=log)
-        if settings.pool_bridge:
-            netns.ensure_bridge(netns.PoolNetwork(settings.collector_port), log)
+        if bridged(settings):
+            net = netns.PoolNetwork(settings.collector_port)
+            netns.ensure_bridge(net, log)
+            if settings.pool_namespace and net.namespace(POOL_HOST) not in netns.namespaces(net):
+                netns.add_namespace(net, POOL_HOST, POOL_HOST_NUMBER, log)
         pid = daemons.running_master(layout)
         if pid:
             log(f"pool already running (condor_master pid {pid})")
@@ -101,7 +104,7 @@ def down(settings, log: Say = print) -> None:
         state = _load_state(layout)
         mode = state.get("mode") or _guess_mode()
         runtime = _runtime(mode, settings, layout, build=False, say=log)
-        if settings.pool_bridge or (layout.pool_dir / "hosts").is_dir():
+        if bridged(settings) or (layout.pool_dir / "hosts").is_dir():
             from .hosts import remove_all
 
             remove_all(settings, log)
@@ -118,8 +121,10 @@ def down(settings, log: Say = print) -> None:
             log("no condor_master of this pool is running")
         daemons.kill_leftovers(runtime, log)
         runtime.release(log)
-        if settings.pool_bridge and netns.host_tools_present():
-            netns.remove_bridge(netns.PoolNetwork(settings.collector_port), log)
+        if bridged(settings) and netns.host_tools_present():
+            net = netns.PoolNetwork(settings.collector_port)
+            netns.remove_namespace(net, POOL_HOST, log)
+            netns.remove_bridge(net, log)
         if state:
             _save_state(layout, mode=mode, master_pid=None, rootfs=state.get("rootfs"))
 
@@ -154,11 +159,23 @@ def token(settings, log: Say = _to_stderr) -> str:
     return text
 
 
+# The simulated host a pool with pool_namespace runs its own daemons on (netns.py).
+POOL_HOST, POOL_HOST_NUMBER = "pool", netns.LAST_HOST
+
+
+def bridged(settings) -> bool:
+    """Does the pool have a bridge (for simulated hosts, or for its own namespace)?"""
+    return bool(settings.pool_bridge or settings.pool_namespace)
+
+
 def pool_address(settings) -> str:
-    """Where the pool's collector and schedd listen: loopback, or the pool's bridge when it
-    has simulated hosts (see netns.py)."""
+    """Where the pool's collector and schedd listen: loopback; the pool's bridge when it has
+    simulated hosts; or its own simulated host's address with pool_namespace (see netns.py)."""
+    net = netns.PoolNetwork(settings.collector_port)
+    if settings.pool_namespace:
+        return net.host_address(POOL_HOST_NUMBER)
     if settings.pool_bridge:
-        return netns.PoolNetwork(settings.collector_port).bridge_address
+        return net.bridge_address
     return LOOPBACK
 
 
@@ -200,7 +217,24 @@ def _runtime(mode: str, settings, layout: PoolLayout, build: bool, say: Say):
                             "is no longer on PATH")
         return LocalRuntime(layout, master)
     tree = rootfs.ensure_rootfs(settings.rootfs_cache, settings.debian_mirror, say) if build else None
+    if settings.pool_namespace:
+        return InNamespace(ChrootRuntime(layout, tree), netns.PoolNetwork(settings.collector_port).namespace(POOL_HOST))
     return ChrootRuntime(layout, tree)
+
+
+class InNamespace:
+    """A runtime whose commands (the daemons above all) run in a network namespace; the rest
+    (mounts, folders, accounts) is the wrapped runtime's."""
+
+    def __init__(self, inner, namespace: str):
+        self._inner = inner
+        self.namespace = namespace
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def command(self, argv: list[str]) -> list[str]:
+        return netns.enter(self.namespace, self._inner.command(argv))
 
 
 def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node: str = MAIN_NODE,
@@ -220,7 +254,7 @@ def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node:
         execute_accounts=accounts,
         address=pool_address(settings),
         central_manager=pool_address(settings),
-        remote_nodes=netns.PoolNetwork(settings.collector_port).host_pattern if settings.pool_bridge else None,
+        remote_nodes=netns.PoolNetwork(settings.collector_port).host_pattern if bridged(settings) else None,
         job_lease_seconds=settings.pool_job_lease_seconds,
         ad_lifetime_seconds=settings.pool_ad_lifetime_seconds,
     )

@@ -328,6 +328,7 @@ def _pool_security_lines(cfg: NodeConfig, ident) -> list[str]:
     ]
     if cfg.remote_nodes:
         node = f"{EXECUTE_NODE_IDENTITY}@$(UID_DOMAIN)/{cfg.remote_nodes}"
+        gateway = f"{cfg.pool_identity}@$(UID_DOMAIN)/{cfg.remote_nodes}"
         lines += [
             "# Execute nodes on other hosts join with the execute-node token: they may advertise",
             "# their startd and master and read, nothing else (claims and file transfer then go",
@@ -335,6 +336,11 @@ def _pool_security_lines(cfg: NodeConfig, ident) -> list[str]:
             f"ALLOW_ADVERTISE_STARTD = $(ALLOW_DAEMON) {node}",
             f"ALLOW_ADVERTISE_MASTER = $(ALLOW_DAEMON) {node}",
             f"ALLOW_READ = $(ALLOW_READ) {node}",
+            "# The gateway may be on another host of the pool's subnet (the pool on a host of its",
+            "# own): with the gateway's token, it is the gateway.",
+            f"ALLOW_WRITE = $(ALLOW_WRITE) {gateway}",
+            f"ALLOW_READ = $(ALLOW_READ) {gateway}",
+            f"ALLOW_ADMINISTRATOR = $(ALLOW_ADMINISTRATOR) {gateway}",
         ]
     return lines
 

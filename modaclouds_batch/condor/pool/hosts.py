@@ -10,7 +10,8 @@ folders or loopback. That is what a real second machine does (docs/operations.md
 nodes on other machines"), so what crosses the namespace boundary crosses a network.
 
 The pool must have been brought up with ``pool_bridge`` (its daemons then listen on the
-bridge instead of loopback). Removing a host stops its daemons by pid, kills what is left
+bridge instead of loopback) or ``pool_namespace`` (they run on a simulated host of their
+own, ``.254``, which the hosts then join). Removing a host stops its daemons by pid, kills what is left
 in its namespace or its root, unmounts its root and deletes its namespace and folder.
 """
 
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _load_state, credentials, daemons, execute_node_token, netns
+from . import POOL_HOST, _load_state, bridged, credentials, daemons, execute_node_token, netns, pool_address
 from .commands import clean_env, run
 from .config import (
     DEFAULT_RUNTIMES,
@@ -102,6 +103,8 @@ def _network(settings) -> netns.PoolNetwork:
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not HOST_NAME.fullmatch(name) or len(name) > 20:
         raise PoolError(f"a host name is 1-20 of a-z, 0-9 and '-' (not at either end), not {name!r}")
+    if name == POOL_HOST:
+        raise PoolError(f"'{POOL_HOST}' names the pool's own host (pool_namespace); choose another name")
 
 
 def _records(settings) -> dict[str, dict]:
@@ -116,7 +119,7 @@ def _records(settings) -> dict[str, dict]:
 
 def _free_number(records: dict[str, dict]) -> int:
     used = {int(r["number"]) for r in records.values()}
-    for number in range(netns.FIRST_HOST, netns.LAST_HOST + 1):
+    for number in range(netns.FIRST_HOST, netns.LAST_HOST):  # .254: the pool's own host
         if number not in used:
             return number
     raise PoolError("every address of the pool's subnet is taken by a simulated host")
@@ -143,7 +146,7 @@ def add_host(settings, name: str, *, num_cpus: int = 2, runtimes: tuple[str, ...
     if bad or not runtimes:
         raise PoolError(f"runtimes must be names such as python3 (letters, digits, . _ + -), not {bad or runtimes!r}")
     netns.require_tools("a simulated host")
-    if not settings.pool_bridge:
+    if not bridged(settings):
         raise PoolError("simulated hosts need a pool whose daemons listen on its bridge: set "
                         "pool_bridge = true (MODACLOUDS_BATCH_POOL_BRIDGE=true) and `pool down; pool up`")
     pool_layout = PoolLayout.from_settings(settings)
@@ -180,7 +183,7 @@ def _start(settings, name, record, rootfs: Path, token: str, net: netns.PoolNetw
     runtime.prepare(settings.pool_identity, log)
     # Its own /etc/hosts: it knows itself and the central manager by address.
     (layout.chroot_root / "etc" / "hosts").write_text(
-        f"127.0.0.1\tlocalhost\n{record['address']}\t{name}\n{net.bridge_address}\tcentral-manager\n",
+        f"127.0.0.1\tlocalhost\n{record['address']}\t{name}\n{pool_address(settings)}\tcentral-manager\n",
         encoding="utf-8")
     for private in (layout.password_dir, layout.system_token_dir):
         private.mkdir(parents=True, exist_ok=True)
@@ -199,7 +202,7 @@ def _start(settings, name, record, rootfs: Path, token: str, net: netns.PoolNetw
         pool_identity=settings.pool_identity, collector_port=settings.collector_port,
         schedd_port=settings.schedd_port, base_config=runtime.base_config, num_cpus=record["cpus"],
         runtimes=tuple(record["runtimes"]), execute_accounts=accounts, address=record["address"],
-        central_manager=net.bridge_address, host_name=name)
+        central_manager=pool_address(settings), host_name=name)
     layout.daemon_config(name).write_text(render_daemon_config(config), encoding="utf-8")
     pid = daemons.start_master(runtime, layout, name)
     log(f"started simulated host {name} at {record['address']} (condor_master pid {pid}); "
@@ -268,6 +271,8 @@ def remove_all(settings, log=print) -> None:
     net = _network(settings)
     if netns.host_tools_present():
         for ns in netns.namespaces(net):
+            if ns == net.namespace(POOL_HOST):
+                continue  # the pool's own (pool_namespace): `down` stops it
             _kill_all(netns.pids_in(ns))
             netns.remove_namespace(net, ns.removeprefix(net.namespace_prefix), log)
 
