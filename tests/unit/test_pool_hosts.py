@@ -114,3 +114,24 @@ def test_hosts_take_the_first_free_address():
 def test_node_config_for_a_host_needs_the_execute_role():
     with pytest.raises(ValueError):
         NodeConfig(**{**node().__dict__, "host_name": "n1"})
+
+
+def _cli(tmp_path, *args):
+    from click.testing import CliRunner
+
+    from modaclouds_batch.cli import main
+
+    return CliRunner().invoke(main, ["--home", str(tmp_path), "pool", *args],
+                              env={"MODACLOUDS_BATCH_POOL_BRIDGE": "true"}, catch_exceptions=False)
+
+
+def test_an_execute_node_token_needs_a_running_pool(tmp_path):
+    result = _cli(tmp_path, "token", "--execute-node")
+
+    assert result.exit_code == 1 and "the pool is not running" in result.output
+
+
+def test_hosts_of_a_pool_that_never_ran_are_none_and_adding_one_says_what_to_do(tmp_path):
+    assert _cli(tmp_path, "host", "list").output.strip() == "[]"
+    bad = _cli(tmp_path, "host", "add", "Bad Name")
+    assert bad.exit_code == 1 and "a host name is" in bad.output

@@ -185,8 +185,9 @@ def execute_node_token(settings) -> str:
     to have run (its signing key); never the gateway's token, which administers the pool."""
     layout = PoolLayout.from_settings(settings)
     state = _load_state(layout)
-    if not state.get("mode") or not layout.signing_key.exists():
-        raise PoolError("the pool has no signing key yet; `modaclouds-batch pool up` first")
+    if not state.get("mode") or not layout.signing_key.exists() or not daemons.running_master(layout):
+        raise PoolError("the pool is not running (its tools and signing key are needed); "
+                        "`modaclouds-batch pool up` first")
     runtime = _runtime(state["mode"], settings, layout, build=False, say=_to_stderr)
     identity = f"{EXECUTE_NODE_IDENTITY}@{settings.uid_domain}"
     return credentials.create_token(runtime, layout, identity, EXECUTE_NODE_AUTHZ, "an execute node's token")
