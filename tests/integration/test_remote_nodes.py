@@ -61,7 +61,12 @@ def _quiet(line: str) -> None:
 def _bridge_pool_settings():
     RUN_POOLS.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="hosts-", dir=RUN_POOLS))
-    collector_port, schedd_port = _distinct_free_ports(2)
+    # The collector port picks the pool's subnet: one that no link of this machine routes.
+    while True:
+        collector_port, schedd_port = _distinct_free_ports(2)
+        net = netns.PoolNetwork(collector_port)
+        if not netns._overlapping_routes(net.subnet, net.bridge):
+            break
     return load_settings({"home": home, "collector_port": collector_port, "schedd_port": schedd_port,
                           "pool_bridge": True, "pool_job_lease_seconds": LEASE_SECONDS,
                           "pool_ad_lifetime_seconds": LEASE_SECONDS})
