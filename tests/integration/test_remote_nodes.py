@@ -64,8 +64,7 @@ def _bridge_pool_settings():
     # The collector port picks the pool's subnet: one that no link of this machine routes.
     while True:
         collector_port, schedd_port = _distinct_free_ports(2)
-        net = netns.PoolNetwork(collector_port)
-        if not netns._overlapping_routes(net.subnet, net.bridge):
+        if not netns.routed_elsewhere(netns.PoolNetwork(collector_port)):
             break
     return load_settings({"home": home, "collector_port": collector_port, "schedd_port": schedd_port,
                           "pool_bridge": True, "pool_job_lease_seconds": LEASE_SECONDS,

@@ -112,6 +112,11 @@ def _overlapping_routes(subnet: ipaddress.IPv4Network, own_link: str) -> list[st
     return clashes
 
 
+def routed_elsewhere(net: PoolNetwork) -> list[str]:
+    """Routes of this machine into the pool's subnet through a link not the pool's bridge."""
+    return _overlapping_routes(net.subnet, net.bridge)
+
+
 def ensure_bridge(net: PoolNetwork, say) -> None:
     """The pool's bridge, up, holding the pool's address; idempotent. Refuses a subnet that
     some other link of this machine already routes (the pool would shadow a real network)."""
@@ -119,7 +124,7 @@ def ensure_bridge(net: PoolNetwork, say) -> None:
     links = _links()
     address = f"{net.bridge_address}/{net.subnet.prefixlen}"
     if net.bridge not in links:
-        clashes = _overlapping_routes(net.subnet, net.bridge)
+        clashes = routed_elsewhere(net)
         if clashes:
             raise PoolError(f"the pool's subnet {net.subnet} (from collector_port {net.collector_port}) "
                             f"is already routed on this machine ({', '.join(clashes)}); choose another "
