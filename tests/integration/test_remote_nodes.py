@@ -253,6 +253,12 @@ def test_the_command_provider_adds_a_host_whose_jobs_files_cross_the_network_and
         hello = next(m for m in tar.getmembers() if m.name.endswith("hello.txt"))
         assert tar.extractfile(hello).read() == b"hello, world\nacross\n"
 
+    # A node that joined by token cannot check the gateway's token: the gateway cannot drain
+    # it remotely (a clear 503, nothing changed); retiring drains it from the host itself.
+    refused = client.post(f"/workers/{name}/drain", json={"how": "graceful"})
+    assert refused.status_code == 503 and "error" in refused.json(), refused.text
+    assert client.get(f"/workers/{name}").json()["draining"] is False
+
     # DELETE drains and retires it: the host and its namespace are gone.
     retire = client.http.delete(f"{client.url}/workers/{name}")
     assert retire.status_code == 202, retire.text
