@@ -157,6 +157,8 @@ def build_gateway(settings: Settings) -> Gateway:
 
 def _providers(settings: Settings) -> dict:
     """Capacity providers: a local one for the managed pool, an operator's command if configured."""
+    from .condor.pool import pool_address
+
     providers = {}
     if settings.manages_pool:
         from .infra.local_provider import LocalProvider
@@ -164,7 +166,7 @@ def _providers(settings: Settings) -> dict:
         providers["local"] = LocalProvider(settings)
     if settings.worker_provider_command:
         providers["command"] = CommandProvider(
-            settings.worker_provider_command, f"127.0.0.1:{settings.collector_port}")
+            settings.worker_provider_command, f"{pool_address(settings)}:{settings.collector_port}")
     return providers
 
 

@@ -95,13 +95,92 @@ def pool_status(ctx: click.Context) -> None:
 
 
 @pool.command("token")
+@click.option("--execute-node", is_flag=True,
+              help="A new token for an execute node on another host (advertise a startd and a "
+                   "master, read), not the gateway's.")
 @click.pass_context
-def pool_token(ctx: click.Context) -> None:
-    """Print the IDTOKEN of the gateway's pool identity."""
+def pool_token(ctx: click.Context, execute_node: bool) -> None:
+    """Print the IDTOKEN of the gateway's pool identity (or a new execute node's)."""
     from .condor import pool as pool_tooling
 
     try:
-        click.echo(pool_tooling.token(_pool_settings(ctx)))
+        settings = _pool_settings(ctx)
+        click.echo(pool_tooling.execute_node_token(settings) if execute_node else pool_tooling.token(settings))
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+
+
+@pool.group("host")
+def pool_host() -> None:
+    """Simulated hosts: execute nodes in network namespaces of their own (root; pool_bridge or pool_namespace)."""
+
+
+@pool_host.command("add")
+@click.argument("name")
+@click.option("--cpus", type=int, default=2, show_default=True, help="Cores its startd advertises.")
+@click.option("--runtime", "runtimes", multiple=True, help="A runtime it offers (repeat); default bash, python3.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The IDTOKEN its daemons present (from `pool token --execute-node`); default: a new one.")
+@click.pass_context
+def pool_host_add(ctx: click.Context, name: str, cpus: int, runtimes: tuple[str, ...], token_file: Path | None) -> None:
+    """Create host NAME and start its execute node; prints it as JSON."""
+    from .condor import pool as pool_tooling
+    from .condor.pool import hosts
+    from .condor.pool.config import DEFAULT_RUNTIMES
+
+    try:
+        token = token_file.read_text(encoding="utf-8").strip() if token_file else None
+        added = hosts.add_host(_pool_settings(ctx), name, num_cpus=cpus, runtimes=runtimes or DEFAULT_RUNTIMES,
+                               token=token, log=lambda line: click.echo(line, err=True))
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(added.as_dict(), indent=2))
+
+
+@pool_host.command("remove")
+@click.argument("name")
+@click.option("--drain", "drain_seconds", type=float,
+              help="Drain its startd first and wait up to this many seconds for running jobs to finish.")
+@click.pass_context
+def pool_host_remove(ctx: click.Context, name: str, drain_seconds: float | None) -> None:
+    """Stop host NAME's daemons and delete its namespace, mounts and folder."""
+    from .condor import pool as pool_tooling
+    from .condor.pool import hosts
+
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    try:
+        settings = _pool_settings(ctx)
+        if drain_seconds is not None and any(h.name == name for h in hosts.hosts(settings)):
+            hosts.drain_host(settings, name, drain_seconds, log=say)
+        hosts.remove_host(settings, name, log=say)
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+
+
+@pool_host.command("kill")
+@click.argument("name")
+@click.pass_context
+def pool_host_kill(ctx: click.Context, name: str) -> None:
+    """SIGKILL every process of host NAME, as a machine losing power (`remove` cleans up)."""
+    from .condor import pool as pool_tooling
+    from .condor.pool import hosts
+
+    try:
+        killed = hosts.kill_host(_pool_settings(ctx), name)
+    except pool_tooling.PoolError as exc:
+        _fail(str(exc))
+    click.echo(json.dumps({"name": name, "killed": killed}))
+
+
+@pool_host.command("list")
+@click.pass_context
+def pool_host_list(ctx: click.Context) -> None:
+    """This pool's simulated hosts as JSON."""
+    from .condor import pool as pool_tooling
+    from .condor.pool import hosts
+
+    try:
+        click.echo(json.dumps([h.as_dict() for h in hosts.hosts(_pool_settings(ctx))], indent=2))
     except pool_tooling.PoolError as exc:
         _fail(str(exc))
 

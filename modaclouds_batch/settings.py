@@ -170,6 +170,16 @@ class Settings:
     slot_lease_seconds: float = 300.0
     max_leased_slots: int = 4
     slot_transfer_bytes_per_second: int = 0
+    # The managed pool's daemons listen on a bridge of this machine (10.<port/256>.<port%256>.1)
+    # instead of loopback, so that simulated hosts (`pool host add`) can join it (root only).
+    pool_bridge: bool = False
+    # The managed pool's leases (HTCondor's defaults): seconds a running job whose execute node
+    # is lost waits before it is requeued, and seconds a silent node's ads stay in the collector.
+    pool_job_lease_seconds: int = 2400
+    pool_ad_lifetime_seconds: int = 900
+    # The managed pool's daemons run on a simulated host of their own (a network namespace on the
+    # pool's bridge, address .254), so a gateway on this machine reaches its schedd over a network.
+    pool_namespace: bool = False
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -72,6 +72,8 @@ JOB_PROJECTION = [
     "RemoteSysCpu",
     "RemoteHost",
     "LastRemoteHost",
+    # Why a job that ran was requeued (an execute node lost, an eviction).
+    "VacateReason",
     "QDate",
     GATEWAY_TIME_LIMIT,
     "RemoteWallClockTime",

@@ -93,6 +93,17 @@ def state_reason(state: JobState, ad: Mapping[str, Any]) -> str | None:
     return None
 
 
+def requeue_reason(job: Mapping[str, Any], state: JobState, ad: Mapping[str, Any]) -> str | None:
+    """Why a job that ran is idle again: HTCondor requeued it (its execute node was lost, or
+    it was evicted) and will run it anew elsewhere; None for any other change."""
+    if state is not JobState.IDLE or job["state"] not in (JobState.RUNNING.value, JobState.SUSPENDED.value):
+        return None
+    where = ad.get("LastRemoteHost") or job.get("remote_host") or "its execute node"
+    why = ad.get("VacateReason") or ad.get("LastVacateReason")
+    detail = f" ({why})" if why else ""
+    return f"requeued: it stopped running on {where}{detail}; HTCondor runs it again from the start"
+
+
 def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowed: bool) -> JobChange | None:
     """What a job ad changes in our record of ``job``.
 
@@ -110,7 +121,7 @@ def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowe
         state is JobState.HELD and state_reason(state, ad) != job.get("state_reason")
     ):
         change.new_state = state.value
-        change.reason = state_reason(state, ad)
+        change.reason = state_reason(state, ad) or requeue_reason(job, state, ad)
     change.fields = {k: v for k, v in fields.items() if job.get(k) != v}
     if change.new_state is None and not change.fields:
         return None

@@ -156,3 +156,17 @@ def test_a_running_job_still_fetching_its_input_is_transferring_input(world):
     world.condor.queue[job_id]["JobCurrentStartExecutingDate"] = 1_700_000_005
     world.tracker.run_cycle()
     assert world.store.get_job(job_id)["backend_status"] == "Running"
+
+
+def test_a_running_job_requeued_by_htcondor_says_where_it_stopped_and_why(world):
+    job_id = add_job(world, status=2, JobStartDate=1_700_000_000, RemoteHost="slot1_1@n1", NumJobStarts=1)
+    world.tracker.run_cycle()
+    world.condor.queue[job_id].update(JobStatus=1, RemoteHost=None, LastRemoteHost="slot1_1@n1",
+                                      VacateReason="Job lease expired")
+    world.tracker.run_cycle()
+
+    events = world.store.job_events(job_id)
+    assert [e["state"] for e in events] == ["idle", "running", "idle"]
+    assert events[-1]["reason"] == ("requeued: it stopped running on slot1_1@n1 (Job lease expired); "
+                                    "HTCondor runs it again from the start")
+    assert world.store.get_job(job_id)["run_count"] == 1

@@ -20,15 +20,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import credentials, daemons, host, probe, rootfs
-from .config import DEFAULT_NUM_CPUS, NodeConfig, execute_accounts, render_daemon_config
+from . import credentials, daemons, host, netns, probe, rootfs
+from .config import (DEFAULT_NUM_CPUS, EXECUTE_NODE_AUTHZ, EXECUTE_NODE_IDENTITY, LOOPBACK, NodeConfig,
+                     execute_accounts, render_daemon_config)
 from .errors import PoolError
 from .layout import MAIN_NODE, PoolLayout
 from .locking import exclusive
 from .runtime import (CHROOT, LOCAL, ChrootRuntime, LocalRuntime, execute_uid_base, find_condor_master,
                       select_mode)
 
-__all__ = ["PoolError", "PoolStatus", "up", "down", "status", "token", "render_daemon_config"]
+__all__ = ["PoolError", "PoolStatus", "up", "down", "status", "token", "execute_node_token", "pool_address",
+           "render_daemon_config"]
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +75,19 @@ def up(settings, log: Say = print) -> PoolStatus:
     started = time.monotonic()
     with exclusive(layout.lock_file):
         runtime = _runtime(mode, settings, layout, build=True, say=log)
+        if bridged(settings):
+            net = netns.PoolNetwork(settings.collector_port)
+            netns.ensure_bridge(net, log)
+            if settings.pool_namespace and net.namespace(POOL_HOST) not in netns.namespaces(net):
+                netns.add_namespace(net, POOL_HOST, POOL_HOST_NUMBER, log)
         pid = daemons.running_master(layout)
         if pid:
             log(f"pool already running (condor_master pid {pid})")
         else:
             pid = _start(runtime, settings, layout, log)
         _save_state(layout, mode=mode, master_pid=pid, rootfs=getattr(runtime, "rootfs", None))
-        credentials.write_client_config(layout, settings.collector_port)
+        credentials.write_client_config(layout, settings.collector_port, pool_address(settings),
+                                        settings.pool_job_lease_seconds)
         credentials.ensure_token(runtime, layout, _identity(settings), log, timeout=KEY_TIMEOUT)
         obs = probe.probe(layout.client_config, wait=READY_TIMEOUT)
         if not probe.is_ready(obs):
@@ -96,6 +104,10 @@ def down(settings, log: Say = print) -> None:
         state = _load_state(layout)
         mode = state.get("mode") or _guess_mode()
         runtime = _runtime(mode, settings, layout, build=False, say=log)
+        if bridged(settings) or (layout.pool_dir / "hosts").is_dir():
+            from .hosts import remove_all
+
+            remove_all(settings, log)
         for node in _extra_nodes(layout):
             node_pid = daemons.running_master(layout, node)
             if node_pid:
@@ -109,6 +121,10 @@ def down(settings, log: Say = print) -> None:
             log("no condor_master of this pool is running")
         daemons.kill_leftovers(runtime, log)
         runtime.release(log)
+        if bridged(settings) and netns.host_tools_present():
+            net = netns.PoolNetwork(settings.collector_port)
+            netns.remove_namespace(net, POOL_HOST, log)
+            netns.remove_bridge(net, log)
         if state:
             _save_state(layout, mode=mode, master_pid=None, rootfs=state.get("rootfs"))
 
@@ -143,6 +159,40 @@ def token(settings, log: Say = _to_stderr) -> str:
     return text
 
 
+# The simulated host a pool with pool_namespace runs its own daemons on (netns.py).
+POOL_HOST, POOL_HOST_NUMBER = "pool", netns.LAST_HOST
+
+
+def bridged(settings) -> bool:
+    """Does the pool have a bridge (for simulated hosts, or for its own namespace)?"""
+    return bool(settings.pool_bridge or settings.pool_namespace)
+
+
+def pool_address(settings) -> str:
+    """Where the pool's collector and schedd listen: loopback; the pool's bridge when it has
+    simulated hosts; or its own simulated host's address with pool_namespace (see netns.py)."""
+    net = netns.PoolNetwork(settings.collector_port)
+    if settings.pool_namespace:
+        return net.host_address(POOL_HOST_NUMBER)
+    if settings.pool_bridge:
+        return net.bridge_address
+    return LOOPBACK
+
+
+def execute_node_token(settings) -> str:
+    """A new IDTOKEN for execute nodes on other hosts (``execute-node@<uid_domain>``), limited
+    to what a node needs to join: advertise its startd and master, and read. Needs the pool
+    to have run (its signing key); never the gateway's token, which administers the pool."""
+    layout = PoolLayout.from_settings(settings)
+    state = _load_state(layout)
+    if not state.get("mode") or not layout.signing_key.exists() or not daemons.running_master(layout):
+        raise PoolError("the pool is not running (its tools and signing key are needed); "
+                        "`modaclouds-batch pool up` first")
+    runtime = _runtime(state["mode"], settings, layout, build=False, say=_to_stderr)
+    identity = f"{EXECUTE_NODE_IDENTITY}@{settings.uid_domain}"
+    return credentials.create_token(runtime, layout, identity, EXECUTE_NODE_AUTHZ, "an execute node's token")
+
+
 # --- the steps ----------------------------------------------------------------------------
 
 
@@ -168,7 +218,24 @@ def _runtime(mode: str, settings, layout: PoolLayout, build: bool, say: Say):
                             "is no longer on PATH")
         return LocalRuntime(layout, master)
     tree = rootfs.ensure_rootfs(settings.rootfs_cache, settings.debian_mirror, say) if build else None
+    if settings.pool_namespace:
+        return InNamespace(ChrootRuntime(layout, tree), netns.PoolNetwork(settings.collector_port).namespace(POOL_HOST))
     return ChrootRuntime(layout, tree)
+
+
+class InNamespace:
+    """A runtime whose commands (the daemons above all) run in a network namespace; the rest
+    (mounts, folders, accounts) is the wrapped runtime's."""
+
+    def __init__(self, inner, namespace: str):
+        self._inner = inner
+        self.namespace = namespace
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def command(self, argv: list[str]) -> list[str]:
+        return netns.enter(self.namespace, self._inner.command(argv))
 
 
 def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node: str = MAIN_NODE,
@@ -186,6 +253,11 @@ def _node_config(settings, layout: PoolLayout, runtime, role: str = "all", node:
         base_config=runtime.base_config,
         num_cpus=num_cpus,
         execute_accounts=accounts,
+        address=pool_address(settings),
+        central_manager=pool_address(settings),
+        remote_nodes=netns.PoolNetwork(settings.collector_port).host_pattern if bridged(settings) else None,
+        job_lease_seconds=settings.pool_job_lease_seconds,
+        ad_lifetime_seconds=settings.pool_ad_lifetime_seconds,
     )
 
 
@@ -214,9 +286,10 @@ def _start(runtime, settings, layout: PoolLayout, say: Say) -> int:
     host.require_free_space(layout.pool_dir, POOL_DIR_BYTES, "for the pool's logs and jobs")
     # A master that died without its daemons (SIGKILL, OOM) leaves them holding the ports.
     daemons.kill_leftovers(runtime, say)
+    address = pool_address(settings)
     for what, port in (("collector", settings.collector_port), ("schedd", settings.schedd_port)):
-        if host.port_in_use(port):
-            raise PoolError(f"port {port} (the {what}'s) is taken by another process on 127.0.0.1; "
+        if host.port_in_use(port, address):
+            raise PoolError(f"port {port} (the {what}'s) is taken by another process on {address}; "
                             f"stop it or choose another port (collector_port / schedd_port)")
     runtime.prepare(settings.pool_identity, say)
     for private in (layout.password_dir, layout.system_token_dir):
@@ -257,7 +330,7 @@ def _status(settings, layout, mode, pid, obs, rootfs_path) -> PoolStatus:
         daemon_config=layout.daemon_config(MAIN_NODE),
         client_config=layout.client_config,
         log_dir=layout.log_dir(MAIN_NODE),
-        collector=f"127.0.0.1:{settings.collector_port}",
+        collector=f"{pool_address(settings)}:{settings.collector_port}",
         schedd=schedd.get("address"),
         slots_total=int(obs.get("slots_total", 0)),
         slots_free=int(obs.get("slots_free", 0)),

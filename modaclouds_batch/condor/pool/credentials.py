@@ -37,10 +37,11 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_client_config(layout: PoolLayout, collector_port: int) -> None:
+def write_client_config(layout: PoolLayout, collector_port: int, address: str, job_lease_seconds: int) -> None:
     layout.client_config.parent.mkdir(parents=True, exist_ok=True)
     layout.client_config.write_text(
-        render_client_config(collector_port=collector_port, token_dir=layout.client_token_dir),
+        render_client_config(collector_port=collector_port, token_dir=layout.client_token_dir,
+                             address=address, job_lease_seconds=job_lease_seconds),
         encoding="utf-8")
 
 
@@ -86,12 +87,18 @@ def ensure_token(runtime, layout: PoolLayout, identity: str, say, timeout: float
     if read_token(layout) and token_is_current(layout):
         return
     wait_for_signing_key(layout, timeout)
+    text = create_token(runtime, layout, identity, TOKEN_AUTHZ, "the gateway's token")
+    write_private(layout.client_token, text + "\n")
+    say(f"wrote the gateway's token for {identity} to {layout.client_token}")
+
+
+def create_token(runtime, layout: PoolLayout, identity: str, authz, what: str) -> str:
+    """A new IDTOKEN for ``identity`` limited to ``authz``, signed with the pool's key."""
     argv = ["condor_token_create", "-identity", identity]
-    for level in TOKEN_AUTHZ:
+    for level in authz:
         argv += ["-authz", level]
-    text = run(runtime.command(argv), "creating the gateway's token (condor_token_create)",
+    text = run(runtime.command(argv), f"creating {what} (condor_token_create)",
                env=runtime.env(layout.daemon_config(MAIN_NODE))).strip()
     if not text:
         raise PoolError("condor_token_create printed no token")
-    write_private(layout.client_token, text + "\n")
-    say(f"wrote the gateway's token for {identity} to {layout.client_token}")
+    return text
