@@ -55,6 +55,26 @@ def pool():
         _remove_unless_mounted(home)
 
 
+@pytest.fixture(autouse=True)
+def _condor_config_restored():
+    """Give the next test this process's HTCondor config as this one found it.
+
+    The bindings' config is process-wide: a test that points it at a pool of its own (to
+    talk to that pool's schedd directly) would leave every later test's raw ``schedd`` sending
+    that pool's token to the session pool, refused as an IDTOKENS failure."""
+    before = os.environ.get("CONDOR_CONFIG")
+    yield
+    if os.environ.get("CONDOR_CONFIG") == before:
+        return
+    if before is None:
+        os.environ.pop("CONDOR_CONFIG", None)
+    else:
+        os.environ["CONDOR_CONFIG"] = before
+    import htcondor2
+
+    htcondor2.reload_config()
+
+
 def _remove_unless_mounted(home: Path) -> None:
     """Delete this run's pool home, but never through a mount `down` failed to release."""
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
