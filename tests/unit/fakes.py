@@ -81,3 +81,20 @@ class FakeCondor:
         for proc, job_id in enumerate(ids):
             self.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": proc, "JobStatus": 1, **gate}
         return cluster, 0
+
+
+def use_condor(gateway, condor):
+    """Have every part of ``gateway`` that talks to the schedd talk to ``condor``, and check
+    submissions against no collector (unit tests have none); returns ``condor``."""
+    for part in (gateway, gateway.service, gateway.submission, gateway.retention, gateway.tracker):
+        part.condor = condor
+    gateway.submission.offers = gateway.submission.runtimes = None
+    return condor
+
+
+def tracker_without_sweeps(gateway, **kw):
+    """A tracker on ``gateway``'s parts that never runs the expiry sweep (tests call cycles by hand)."""
+    from modaclouds_batch.jobs.tracker import Tracker
+
+    return Tracker(gateway.store, gateway.condor, 60, data=gateway.submission.data,
+                   in_flight=gateway.submission.in_flight, jobs_ended=gateway.ends.jobs_ended, **kw)
