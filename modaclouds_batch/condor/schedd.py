@@ -2,14 +2,14 @@
 
 The bindings read their configuration process-wide, so the client points
 ``CONDOR_CONFIG`` at the gateway's client config once, lazily, before the first call.
-Calls are serialised by a lock (the bindings share process-wide state) and counted,
-so the tracker and the benchmark can report schedd round trips.
+Calls hold the process-wide lock of condor/session.py (``POLICY``, shared with the
+collector client) and are counted, so the tracker and the benchmark can report schedd
+round trips.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -17,11 +17,11 @@ from typing import Any, Callable, Iterable, TypeVar
 import classad2
 import htcondor2
 
+from .session import POLICY
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_configured_for: str | None = None
-_config_lock = threading.Lock()
 
 
 class CondorUnavailable(Exception):
@@ -43,15 +43,7 @@ ACTIONS = {
 
 def configure(condor_config: Path | None) -> None:
     """Point the bindings at our client config (process-wide, so only once per path)."""
-    global _configured_for
-    wanted = str(condor_config) if condor_config else None
-    with _config_lock:
-        if _configured_for == wanted:
-            return
-        if wanted:
-            os.environ["CONDOR_CONFIG"] = wanted
-        htcondor2.reload_config()
-        _configured_for = wanted
+    POLICY.configure(condor_config)
 
 
 def ad_to_dict(ad: classad2.ClassAd, projection: Iterable[str]) -> dict[str, Any]:
@@ -86,7 +78,6 @@ def locate_schedd() -> classad2.ClassAd:
 class CondorClient:
     def __init__(self, condor_config: Path | None):
         self.condor_config = condor_config
-        self._lock = threading.RLock()
         self._schedd: htcondor2.Schedd | None = None
         self.round_trips = 0
         self._mine = threading.local()
@@ -112,7 +103,7 @@ class CondorClient:
         """One schedd call. After a pool restart the first call fails once on a stale
         security session, so a failed call is retried once on a freshly located schedd
         (not a submit, which might then be queued twice)."""
-        with self._lock:
+        with POLICY.lock_for("schedd"):
             attempts = 2 if retry else 1
             for attempt in range(attempts):
                 try:
@@ -136,7 +127,7 @@ class CondorClient:
 
         If spooling fails the half-made cluster is removed, so nothing is left behind.
         """
-        with self._lock:
+        with POLICY.lock_for("submit"):
             try:
                 if itemdata:
                     result = self._call("submit", lambda s: s.submit(description, spool=True, itemdata=iter(itemdata)),
@@ -191,7 +182,7 @@ class CondorClient:
     def ping(self) -> dict[str, dict[str, Any]]:
         """Whether the collector and the schedd answer, each with an error when not."""
         report: dict[str, dict[str, Any]] = {}
-        with self._lock:
+        with POLICY.lock_for("schedd"):
             configure(self.condor_config)
             try:
                 self._count_trip()
