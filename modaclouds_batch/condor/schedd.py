@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, TypeVar
 import classad2
 import htcondor2
 
+from .job_ad import CondorAction, JobAd
+from .submit_description import cluster_constraint
 from .session import POLICY
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,21 @@ class CondorRefused(Exception):
 
 
 ACTIONS = {
-    "remove": htcondor2.JobAction.Remove,
-    "hold": htcondor2.JobAction.Hold,
-    "release": htcondor2.JobAction.Release,
-    "suspend": htcondor2.JobAction.Suspend,
-    "continue": htcondor2.JobAction.Continue,
+    CondorAction.REMOVE: htcondor2.JobAction.Remove,
+    CondorAction.HOLD: htcondor2.JobAction.Hold,
+    CondorAction.RELEASE: htcondor2.JobAction.Release,
+    CondorAction.SUSPEND: htcondor2.JobAction.Suspend,
+    CondorAction.CONTINUE: htcondor2.JobAction.Continue,
 }
+
+
+def classad_literal(value: bool | int | float | str) -> str:
+    """A Python value as the ClassAd expression an edit sets (true/false, a number, a string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return classad2.quote(value)
 
 
 def configure(condor_config: Path | None) -> None:
@@ -142,7 +153,7 @@ class CondorClient:
             try:
                 self._call("spool", lambda s: s.spool(result))
             except CondorUnavailable:
-                self.remove_quietly(f"ClusterId == {cluster}", "input spooling failed")
+                self.remove_quietly(cluster_constraint(cluster), "input spooling failed")
                 raise
             return cluster, result.first_proc()
 
@@ -155,28 +166,31 @@ class CondorClient:
 
     def remove_quietly(self, constraint: str, reason: str) -> None:
         try:
-            self.act("remove", constraint, reason)
+            self.act(CondorAction.REMOVE, constraint, reason)
         except CondorUnavailable as exc:
             log.warning("could not remove jobs %s after failure (%s): %s", constraint, reason, exc)
 
-    def query(self, constraint: str, projection: list[str]) -> list[dict[str, Any]]:
+    def query(self, constraint: str, projection: list[str]) -> list[JobAd]:
         ads = self._call("query", lambda s: s.query(constraint, projection))
-        return [ad_to_dict(ad, projection) for ad in ads]
+        return [JobAd(ad_to_dict(ad, projection)) for ad in ads]
 
-    def history(self, constraint: str, projection: list[str], match: int) -> list[dict[str, Any]]:
+    def history(self, constraint: str, projection: list[str], match: int) -> list[JobAd]:
         ads = self._call("history", lambda s: s.history(constraint, projection, match=match))
-        return [ad_to_dict(ad, projection) for ad in ads]
+        return [JobAd(ad_to_dict(ad, projection)) for ad in ads]
 
     def retrieve(self, constraint: str) -> None:
         """Bring spooled outputs back into each job's submit directory."""
         self._call("retrieve", lambda s: s.retrieve(constraint))
 
-    def edit(self, constraint: str, attr: str, value: str) -> None:
-        self._call("edit", lambda s: s.edit(constraint, attr, value))
+    def edit(self, constraint: str, attr: str, value: bool | int | float | str) -> None:
+        """Set ``attr`` to ``value`` (a Python value, written as its ClassAd literal) on the matched jobs."""
+        literal = classad_literal(value)
+        self._call("edit", lambda s: s.edit(constraint, attr, literal))
 
-    def act(self, action: str, constraint: str, reason: str | None = None) -> dict[str, int]:
+    def act(self, action: CondorAction, constraint: str, reason: str | None = None) -> dict[str, int]:
         """Apply a job action; returns HTCondor's counts (e.g. TotalSuccess, TotalNotFound)."""
-        ad = self._call(action, lambda s: s.act(ACTIONS[action], constraint, reason))
+        action = CondorAction(action)
+        ad = self._call(action.value, lambda s: s.act(ACTIONS[action], constraint, reason))
         return {k: int(ad[k]) for k in ad.keys() if k.startswith("Total")}
 
     def ping(self) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""What a job ad changes in our record of a job: a pure mapping, no I/O but the kept live output.
+"""What a job ad means in our vocabulary (its state, backend status, reason) and what it changes
+in our record of a job: a pure mapping, no I/O but the kept live output.
 
 The tracker applies it every cycle; the job service after an action (``refresh``).
 """
@@ -8,10 +9,49 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..condor import submit_description as sd
+from ..condor.job_ad import JobAd, JobStatus
 from ..store import JobChange
 from ..timefmt import epoch_to_iso, now_iso
 from . import live_output
-from .states import JobState, backend_status, state_from_ad
+from .states import TRANSFERRING_INPUT, JobState
+
+
+def backend_status(ad: Mapping) -> str | None:
+    """HTCondor's name for the job's status, as condor_q shows it (Transferring Input apart)."""
+    ad = JobAd.of(ad)
+    status = ad.status
+    started = ad.get("JobCurrentStartDate")
+    if status is JobStatus.RUNNING and started is not None and ad.get("TransferringInput") is not False:
+        executing = ad.get("JobCurrentStartExecutingDate")
+        if executing is None or executing < started:  # an older date is a previous run's
+            return TRANSFERRING_INPUT
+    return status.label if status is not None else None
+
+
+# How each HTCondor JobStatus reads in our vocabulary (held and completed need a closer look).
+STATE_OF_STATUS = {
+    JobStatus.IDLE: JobState.IDLE,
+    JobStatus.RUNNING: JobState.RUNNING,
+    JobStatus.TRANSFERRING_OUTPUT: JobState.RUNNING,
+    JobStatus.SUSPENDED: JobState.SUSPENDED,
+    JobStatus.REMOVED: JobState.REMOVED,
+}
+
+
+def state_from_ad(ad: Mapping) -> JobState:
+    """Map one job ad (JobStatus, HoldReasonCode, ExitCode, ExitBySignal) to a state."""
+    ad = JobAd.of(ad)
+    status = ad.status
+    if status in STATE_OF_STATUS:
+        return STATE_OF_STATUS[status]
+    if status is JobStatus.HELD:
+        # The schedd holds a spooled job until its input files arrive: not a hold of the user's.
+        return JobState.IDLE if ad.spooling_input else JobState.HELD
+    if status is JobStatus.COMPLETED:
+        if ad.exit_by_signal or (ad.exit_code or 0) != 0:
+            return JobState.FAILED
+        return JobState.COMPLETED
+    raise ValueError(f"unknown HTCondor JobStatus {ad.raw_status!r}")
 
 
 def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
@@ -33,11 +73,12 @@ def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _exit_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
-    by_signal = bool(ad.get("ExitBySignal"))
+    ad = JobAd.of(ad)
+    by_signal = ad.exit_by_signal
     return {
         "exit_by_signal": int(by_signal),
-        "exit_status": None if by_signal else ad.get("ExitCode"),
-        "exit_signal": ad.get("ExitSignal") if by_signal else None,
+        "exit_status": None if by_signal else ad.exit_code,
+        "exit_signal": ad.exit_signal if by_signal else None,
         "completed_at": epoch_to_iso(ad.get("CompletionDate")) or now_iso(),
     }
 
@@ -48,20 +89,21 @@ HOLD_CODES = {1: "held by a user action", 3: "held by the job's policy", 6: "the
 
 
 def state_reason(state: JobState, ad: Mapping[str, Any]) -> str | None:
+    ad = JobAd.of(ad)
     if state is JobState.HELD:
         # The schedd sometimes records an empty reason (seen with user holds).
-        code = ad.get("HoldReasonCode")
-        return ad.get("HoldReason") or HOLD_CODES.get(code, f"held (HoldReasonCode {code})")
+        code = ad.hold_reason_code
+        return ad.hold_reason or HOLD_CODES.get(code, f"held (HoldReasonCode {code})")
     if state is JobState.REMOVED:
         return ad.get("RemoveReason")
     if state is JobState.FAILED:
         limit = ad.get(sd.GATEWAY_TIME_LIMIT)
-        if limit and not ad.get("ExitBySignal") and ad.get("ExitCode") == sd.TIME_LIMIT_EXIT_CODE \
+        if limit and not ad.exit_by_signal and ad.exit_code == sd.TIME_LIMIT_EXIT_CODE \
                 and float(ad.get("RemoteWallClockTime") or 0) >= float(limit):
             return f"exceeded its time limit of {limit} s: run.sh was stopped; its output so far is kept"
-        if ad.get("ExitBySignal"):
-            return f"run.sh was killed by signal {ad.get('ExitSignal')}"
-        return f"run.sh exited with status {ad.get('ExitCode')}"
+        if ad.exit_by_signal:
+            return f"run.sh was killed by signal {ad.exit_signal}"
+        return f"run.sh exited with status {ad.exit_code}"
     if state is JobState.COMPLETED:
         return "run.sh exited with status 0"
     return None
@@ -73,6 +115,7 @@ def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowe
     ``final_allowed`` False keeps completed/failed out: those are recorded only after
     the outputs are back, so that 'completed' always means 'outputs are ready'.
     """
+    ad = JobAd.of(ad)
     state = state_from_ad(ad)
     fields = _detail_fields(ad)
     change = JobChange(job["id"])

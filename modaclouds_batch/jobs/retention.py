@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..condor import submit_description as sd
+from ..condor.job_ad import CondorAction
 from ..condor.schedd import CondorClient, CondorUnavailable
 from ..data.service import DataService
 from ..home import job_dir_owner
@@ -43,7 +44,7 @@ class Retention:
         if active:
             constraint = sd.jobs_constraint(self.store.instance_id, [j["id"] for j in active])
             try:
-                self.condor.act("remove", constraint, "the job's ttl has passed")
+                self.condor.act(CondorAction.REMOVE, constraint, "the job's ttl has passed")
                 report["removed"] = len(active)
             except CondorUnavailable as exc:
                 log.warning("could not remove %d jobs past their ttl: %s", len(active), exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..condor import submit_description as sd
+from ..condor.job_ad import STATUS_PROJECTION, CondorAction
 from ..condor.schedd import CondorClient, CondorUnavailable
 from ..access.audit import AuditLog
 from ..access.identity import Actor
@@ -25,7 +26,7 @@ from ..store import JobFilter, Store
 from ..timefmt import now_iso
 from . import dependencies, live_output
 from .ad_changes import changes_from_ads, keep_output_of_removed
-from .states import HOLD_CODE_SPOOLING_INPUT, JobAction, JobState, action_conflict
+from .states import JobAction, JobState, action_conflict
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +149,13 @@ class JobService:
             # What it printed so far, in case its spool is gone before the tracker sees it removed.
             live_output.keep(job.get("live_dir"), job["job_dir"])
         try:
-            result = self.condor.act(action.value, constraint, reason)
+            result = self.condor.act(CondorAction(action.value), constraint, reason)
             # Just after submission the schedd still holds the job while its input files
             # settle ("Spooling input data files"); act again once that hold is over.
             deadline = time.monotonic() + SPOOLING_WAIT
             while result.get("TotalSuccess", 0) < 1 and time.monotonic() < deadline and self._spooling(constraint):
                 time.sleep(0.25)
-                result = self.condor.act(action.value, constraint, reason)
+                result = self.condor.act(CondorAction(action.value), constraint, reason)
         except CondorUnavailable as exc:
             raise BackendUnavailable(f"HTCondor does not answer; retry the {action.value} later ({exc})") from exc
         if result.get("TotalSuccess", 0) < 1:
@@ -176,7 +177,7 @@ class JobService:
         if not JobState(job["state"]).is_final and not job.get("expired_at"):
             constraint = sd.jobs_constraint(self.store.instance_id, [job["id"]])
             try:
-                self.condor.act("remove", constraint, f"deleted by {actor.user} through the gateway")
+                self.condor.act(CondorAction.REMOVE, constraint, f"deleted by {actor.user} through the gateway")
             except CondorUnavailable as exc:
                 raise BackendUnavailable(f"HTCondor does not answer, so the job was not deleted; retry later ({exc})") from exc
         self.store.delete_job(job["id"])
@@ -188,8 +189,8 @@ class JobService:
         return job
 
     def _spooling(self, constraint: str) -> bool:
-        ads = self.condor.query(constraint, ["JobStatus", "HoldReasonCode"])
-        return bool(ads) and ads[0].get("JobStatus") == 5 and ads[0].get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT
+        ads = self.condor.query(constraint, STATUS_PROJECTION)
+        return bool(ads) and ads[0].spooling_input
     def refresh(self, jobs: list[dict[str, Any]]) -> None:
         """Bring a few jobs' states up to date at once (after an action), without retrieval."""
         constraint = sd.jobs_constraint(self.store.instance_id, [j["id"] for j in jobs])
@@ -198,7 +199,7 @@ class JobService:
         except CondorUnavailable as exc:
             log.warning("could not refresh jobs after an action: %s", exc)
             return
-        by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
+        by_id = {ad.gateway_job_id: ad for ad in ads}
         changes = []
         for job in jobs:
             ad = by_id.get(job["id"])

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, ContextManager, Iterator
 
 from ..condor import submit_description as sd
+from ..condor.job_ad import ID_PROJECTION, JobAd
 from ..condor.schedd import CondorClient, CondorRefused, CondorUnavailable
 from ..notify import targets
 from ..access.audit import AuditLog
@@ -385,7 +386,7 @@ class JobSubmission:
             self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id,
                                    dependencies=dependencies)
         except Exception:
-            self.condor.remove_quietly(f"ClusterId == {cluster_id}", "the gateway could not record the job")
+            self.condor.remove_quietly(sd.cluster_constraint(cluster_id), "the gateway could not record the job")
             self._discard_items(staging, items)
             raise
         staging.committed = True
@@ -690,13 +691,13 @@ class JobSubmission:
             else:
                 try:
                     ads = self.condor.query(sd.jobs_constraint(self.store.instance_id, job_ids),
-                                            [sd.GATEWAY_JOB_ID, "ClusterId", "ProcId"])
+                                            ID_PROJECTION)
                 except CondorUnavailable as exc:
                     log.warning("cannot yet tell whether the schedd holds the jobs of a keyed submission: %s", exc)
                     self.store.mark_idempotency_key(owner, key, "unsettled")
                     unsettled += job_ids
                     continue
-                self._settle_keyed(claim, {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads})
+                self._settle_keyed(claim, {ad.gateway_job_id: ad for ad in ads})
         self.keyed_unsettled = bool(unsettled)
         return unsettled
 
@@ -705,10 +706,10 @@ class JobSubmission:
         if self.keyed_unsettled:
             self.recover_keyed_submissions()
 
-    def _settle_keyed(self, claim: dict[str, Any], ads: dict[str, dict[str, Any]]) -> None:
+    def _settle_keyed(self, claim: dict[str, Any], ads: dict[str, JobAd]) -> None:
         owner, key, job_ids, pending = claim["owner"], claim["key"], claim["job_ids"], claim["pending"]
         if pending and all(job_id in ads for job_id in job_ids):
-            rows = [{**row, "cluster_id": ads[row["id"]]["ClusterId"], "proc_id": ads[row["id"]]["ProcId"]}
+            rows = [{**row, "cluster_id": ads[row["id"]].cluster_id, "proc_id": ads[row["id"]].proc_id}
                     for row in pending["rows"]]
             array = pending["array"] and {**pending["array"], "cluster_id": rows[0]["cluster_id"]}
             self.store.insert_jobs(rows, reason="submitted (recorded after a gateway restart)",

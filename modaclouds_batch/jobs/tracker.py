@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..condor import submit_description as sd
+from ..condor.job_ad import CondorAction, JobStatus
 from ..condor.schedd import CondorClient, CondorUnavailable
 from ..data.service import DataService
 from ..home import restrict_tree
 from ..store import JobChange, Store
 from ..timefmt import now_iso
 from . import dependencies, live_output
-from .ad_changes import changes_from_ads, keep_output_of_removed
-from .states import ACTIVE_STATES, FINAL_STATES, JobState, state_from_ad
+from .ad_changes import changes_from_ads, keep_output_of_removed, state_from_ad
+from .states import ACTIVE_STATES, FINAL_STATES, JobState
 from .waiting import wait_reasons
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class Tracker:
         in_flight = self.in_flight()
         seen: set[str] = set()
         for ad in ads:
-            job_id = ad.get(sd.GATEWAY_JOB_ID)
+            job_id = ad.gateway_job_id
             if not job_id:
                 continue
             seen.add(job_id)
@@ -171,11 +172,11 @@ class Tracker:
                 if job_id in in_flight:
                     continue
                 if self.store.get_job(job_id) is None:
-                    if ad.get("JobStatus") != 3:  # already on its way out
+                    if ad.status is not JobStatus.REMOVED:  # already on its way out
                         unknown.append(job_id)
-                elif ad.get("JobStatus") == 4:
+                elif ad.status is JobStatus.COMPLETED:
                     leftovers.append(job_id)
-                elif ad.get(sd.GATEWAY_WAITING) is True and ad.get("JobStatus") in (1, 5):
+                elif ad.gated and ad.status in (JobStatus.IDLE, JobStatus.HELD):
                     stale_gates.append(job_id)
                 continue
             if state_from_ad(ad) in (JobState.COMPLETED, JobState.FAILED):
@@ -206,9 +207,9 @@ class Tracker:
         if waiting or stale_gates:
             now_in = {c.job_id: c.new_state for c in changes if c.new_state}
             decided = self._settle_dependencies(instance, waiting, now_in, stale_gates, report)
-        idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
-                if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE
-                and ad.get(sd.GATEWAY_JOB_ID) not in decided]
+        idle = [(ad, active[ad.gateway_job_id].get("runtime")) for ad in ads
+                if ad.gateway_job_id in active and state_from_ad(ad) is JobState.IDLE
+                and ad.gateway_job_id not in decided]
         if idle and self.workers is not None:
             self._explain_waits(idle, active, restated, report)
         orphans = self._orphans(unknown)
@@ -252,7 +253,7 @@ class Tracker:
         if starting:
             try:
                 self.condor.edit(sd.jobs_constraint(instance, [job["id"] for job in starting]),
-                                 sd.GATEWAY_WAITING, "false")
+                                 sd.GATEWAY_WAITING, False)
             except CondorUnavailable as exc:
                 report.errors.append(str(exc))
                 log.warning("tracker: could not start %d jobs whose dependencies completed: %s", len(starting), exc)
@@ -268,7 +269,7 @@ class Tracker:
         doomed = [change.job_id for change in ending] + stale_gates
         if doomed:
             try:
-                self.condor.act("remove", sd.jobs_constraint(instance, doomed),
+                self.condor.act(CondorAction.REMOVE, sd.jobs_constraint(instance, doomed),
                                 "a job it waited for ended without completing")
             except CondorUnavailable as exc:
                 report.errors.append(str(exc))
@@ -291,7 +292,7 @@ class Tracker:
 
     def _collect_outputs(self, instance: str, finished: dict[str, tuple[dict, dict]], report: CycleReport) -> None:
         """Retrieve all finished jobs' outputs in one call, then record their final states."""
-        constraint = sd.jobs_constraint(instance, finished) + " && JobStatus == 4"
+        constraint = sd.jobs_constraint(instance, finished, status=JobStatus.COMPLETED)
         changes: list[JobChange] = []
         try:
             self.condor.retrieve(constraint)
@@ -358,7 +359,7 @@ class Tracker:
     def _let_leave_queue(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Spooled jobs wait in the queue for their outputs to be fetched; let them go."""
         try:
-            self.condor.edit(sd.jobs_constraint(instance, job_ids) + " && JobStatus == 4", "LeaveJobInQueue", "false")
+            self.condor.edit(sd.jobs_constraint(instance, job_ids, status=JobStatus.COMPLETED), "LeaveJobInQueue", False)
         except CondorUnavailable as exc:
             report.errors.append(str(exc))
             log.warning("tracker: could not release %d finished jobs from the queue: %s", len(job_ids), exc)
@@ -371,7 +372,7 @@ class Tracker:
             report.errors.append(str(exc))
             log.warning("tracker: history query failed: %s", exc)
             return
-        by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
+        by_id = {ad.gateway_job_id: ad for ad in ads}
         changes: list[JobChange] = []
         for job in missing:
             ad = by_id.get(job["id"])
@@ -428,7 +429,8 @@ class Tracker:
     def _remove_orphans(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Jobs this gateway queued but never recorded (it stopped mid-submission)."""
         try:
-            self.condor.act("remove", sd.jobs_constraint(instance, job_ids), "the gateway has no record of this job")
+            self.condor.act(CondorAction.REMOVE, sd.jobs_constraint(instance, job_ids),
+                            "the gateway has no record of this job")
             report.orphans_removed += len(job_ids)
             log.info("tracker: removed %d orphaned jobs", len(job_ids))
         except CondorUnavailable as exc:
