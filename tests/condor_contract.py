@@ -105,5 +105,19 @@ def scenario_an_action_on_no_job_succeeds_on_none(client, folder: Path) -> None:
     assert client.query(nobody, sd.JOB_PROJECTION) == []
 
 
-SCENARIOS = [scenario_submit_spooled_then_query, scenario_hold_release_edit_remove_history,
+def scenario_a_cluster_constraint_names_one_cluster_only(client, folder: Path) -> None:
+    first_id, first = gated_job(folder)
+    second_id, second = gated_job(folder)
+    cluster, _ = client.submit_spooled(first)
+    client.submit_spooled(second)
+    settled(client, first_id)
+    settled(client, second_id)
+    client.remove_quietly(sd.cluster_constraint(cluster), "contract: one cluster")
+    wait_for("the named cluster leaves", lambda: (lambda ad: ad is None or ad.status is JobStatus.REMOVED)(
+        the_ad(client, first_id)))
+    assert the_ad(client, second_id).status is JobStatus.IDLE
+    client.act(CondorAction.REMOVE, sd.jobs_constraint(INSTANCE, [second_id]), "contract test done")
+
+
+SCENARIOS = [scenario_submit_spooled_then_query, scenario_a_cluster_constraint_names_one_cluster_only, scenario_hold_release_edit_remove_history,
              scenario_an_action_on_no_job_succeeds_on_none]

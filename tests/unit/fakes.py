@@ -38,8 +38,10 @@ class FakeCondor:
     def _select(self, ads: dict[str, dict], constraint: str) -> list[dict]:
         wanted = _ids_in(constraint)
         status = re.search(r"&& JobStatus == (\d+)$", constraint)
+        cluster = re.fullmatch(r"ClusterId == (\d+)", constraint)
         return [dict(ad) for job_id, ad in ads.items() if (not wanted or job_id in wanted)
-                and (status is None or ad.get("JobStatus") == int(status.group(1)))]
+                and (status is None or ad.get("JobStatus") == int(status.group(1)))
+                and (cluster is None or ad.get("ClusterId") == int(cluster.group(1)))]
 
     def query(self, constraint, projection):
         """The queued ads the constraint names, as the real client returns them (JobAd)."""
