@@ -44,8 +44,12 @@ from .condor.schedd import CondorClient
 from .data.service import DataService
 from .dialects import all_dialects, openapi_description
 from .home import mark_home
+from .jobs.ends import JobEnds
+from .jobs.in_flight import InFlight
+from .jobs.retention import Retention, remove_orphan_dirs
 from .jobs.service import JobService
-from .jobs.tracker import Tracker, remove_orphan_dirs
+from .jobs.submission import JobSubmission
+from .jobs.tracker import Tracker
 from .notify.control import NotificationControl
 from .notify.delivery import WebhookDispatcher
 from .notify.events import events_for_change
@@ -75,6 +79,11 @@ class Gateway:
     metrics: Metrics
     webhook_secrets: WebhookSecrets
     notifications: NotificationControl
+    # Submission (staging, submit, keyed recovery); ``service`` is the reads and actions.
+    submission: JobSubmission
+    retention: Retention
+    # Who hears of ended jobs (dialects register with ``ends.on_jobs_ended``).
+    ends: JobEnds
 
     def start_background(self) -> None:
         """Clean up after a previous process, then start the threads.
@@ -87,11 +96,11 @@ class Gateway:
             log.warning("home %s was last served by gateway instance %s (another database); "
                         "its job folders are left alone", self.settings.home, previous)
         # Before the intents go: a keyed submission's jobs the schedd accepted get their rows.
-        unsettled = self.service.recover_keyed_submissions(at_start=True)
+        unsettled = self.submission.recover_keyed_submissions(at_start=True)
         intents = self.store.clear_intents(keep=unsettled)
         if intents:
             log.info("dropped %d submission intents of a process that stopped mid-submission", intents)
-        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.service.in_flight(),
+        removed = remove_orphan_dirs(self.settings.jobs_dir, self.store.known_job_dirs(), self.submission.in_flight(),
                                      self.store.instance_id)
         if removed:
             log.info("removed %d job folders left by unfinished submissions", removed)
@@ -113,7 +122,7 @@ class Gateway:
     def shutdown(self) -> None:
         self.tracker.shutdown()
         self.webhooks.shutdown()
-        self.service.validations.shutdown()
+        self.submission.validations.shutdown()
         self.infra.shutdown()
         self.store.close()
 
@@ -134,8 +143,12 @@ def build_gateway(settings: Settings) -> Gateway:
     infra = InfraService(store, CollectorClient(settings.condor_config), audit, _providers(settings),
                          cache_seconds=settings.pool_cache_seconds, lost_after=settings.worker_lost_after)
     quota = QuotaService(settings, store, audit)
-    service = JobService(settings, store, condor, audit, data, runtimes=infra.runtimes, offers=infra.offers,
-                         reserve=quota.reserve)
+    service = JobService(settings, store, condor, audit, data)
+    in_flight = InFlight()
+    submission = JobSubmission(settings, store, condor, audit, data, service, in_flight, runtimes=infra.runtimes,
+                               offers=infra.offers, reserve=quota.reserve)
+    retention = Retention(settings, store, condor, data)
+    ends = JobEnds()
     webhook_secrets = WebhookSecrets(store, settings.webhook_secret_overlap_seconds, settings.webhook_secret, audit)
     webhooks = WebhookDispatcher(store, settings, workers=settings.webhook_workers,
                                  on_attempt=lambda outcome: metrics.webhooks.labels(outcome).inc(),
@@ -149,10 +162,13 @@ def build_gateway(settings: Settings) -> Gateway:
             webhooks.wake()
         infra.check_added_workers()  # after the wake: a failure here must not delay webhooks
 
-    tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
+    tracker = Tracker(store, condor, settings.tracker_interval, data=data, in_flight=in_flight.snapshot,
+                      jobs_ended=ends.jobs_ended, sweep=retention.sweep_expired,
+                      recover_unsettled=submission.recover_unsettled, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds)
     return Gateway(settings, store, condor, service, tracker, webhooks,
-                   TokenService(store, audit), quota, audit, infra, metrics, webhook_secrets, notifications)
+                   TokenService(store, audit), quota, audit, infra, metrics, webhook_secrets, notifications,
+                   submission, retention, ends)
 
 
 def _providers(settings: Settings) -> dict:

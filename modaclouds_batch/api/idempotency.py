@@ -13,7 +13,7 @@ do it now) releases the key, so a retry tries again.
 
 The key is claimed when the request arrives and tied to the submission's job ids, durably
 and before the schedd submit (``JobService._queue``); a gateway killed after the schedd
-accepted the jobs records them at its next start (``JobService.recover_keyed_submissions``)
+accepted the jobs records them at its next start (``JobSubmission.recover_keyed_submissions``)
 and a retry gets an answer rebuilt from them by the route itself (``submit_job`` returns
 those jobs instead of submitting).
 

@@ -9,7 +9,8 @@ from urllib.parse import urlencode
 import falcon
 
 from ..errors import InvalidRequest, NotFound
-from ..jobs.service import JobService, Staging, SubmitRequest
+from ..jobs.service import JobService
+from ..jobs.submission import JobSubmission, Staging, SubmitRequest
 from ..jobs.states import JobState
 from ..store import JobFilter
 from ..timefmt import parse_iso, to_iso
@@ -23,7 +24,7 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
-def submit_job(service: JobService, quota, actor, parse: Callable[[Staging], SubmitRequest],
+def submit_job(submission: JobSubmission, quota, actor, parse: Callable[[Staging], SubmitRequest],
                on_submitted: Callable[[dict], None] | None = None) -> tuple[SubmitRequest, dict[str, Any]]:
     """The one submission path of every door: quota, staging, ``parse(staging)`` (uploads land
     in the staging folder), the quota again for the items asked, submit, then the hook.
@@ -34,29 +35,30 @@ def submit_job(service: JobService, quota, actor, parse: Callable[[Staging], Sub
     instead (request None): nothing is parsed, charged or submitted again."""
     claim = current_claim()
     if claim is not None and claim.recovered is not None:
-        return None, service.keyed_submission(claim.recovered, actor)
+        return None, submission.keyed_submission(claim.recovered, actor)
     quota.check_submission(actor)
-    with service.staging(quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
+    with submission.staging(quota.limits_for(actor.user)["max_upload_bytes"]) as staging:
         request = parse(staging)
         if claim is not None:
             request.idempotency_key = claim.key
         quota.check_submission(actor, request.item_count)  # before validating archives
-        created = service.submit(staging, request)  # reserves its place (jobs, spool), atomically
+        created = submission.submit(staging, request)  # reserves its place (jobs, spool), atomically
     if on_submitted:
         on_submitted(created)
     return request, created
 
 
 class JobsResource:
-    def __init__(self, service: JobService, quota, on_submitted=None):
+    def __init__(self, service: JobService, submission: JobSubmission, quota, on_submitted=None):
         self.service = service
+        self.submission = submission
         self.quota = quota
         self.on_submitted = on_submitted
 
     @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        _, created = submit_job(self.service, self.quota, actor,
+        _, created = submit_job(self.submission, self.quota, actor,
                                 lambda staging: submission_from_request(req, staging, actor), self.on_submitted)
         resp.status = falcon.HTTP_201
         if "items" in created:  # an array

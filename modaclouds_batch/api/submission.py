@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 
 from ..errors import InvalidRequest
-from ..jobs.service import Staging, SubmitRequest
+from ..jobs.submission import Staging, SubmitRequest
 
 FILE_FIELDS = {"job-bundle", "job-input"}
 # Form field -> SubmitRequest attribute.

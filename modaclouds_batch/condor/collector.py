@@ -1,18 +1,18 @@
 """What the collector knows about execute nodes, and the startd commands admins use.
 
-htcondor2 only. A "worker" is one startd: its slots carry ``Name = slotN@<worker>``.
+htcondor2 only; every call holds the process-wide lock of condor/session.py. A "worker" is one startd: its slots carry ``Name = slotN@<worker>``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import classad2
 import htcondor2
 
 from .schedd import CondorUnavailable, ad_to_dict, configure
+from .session import POLICY
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,12 @@ def worker_name(slot_name: str) -> str:
 class CollectorClient:
     def __init__(self, condor_config):
         self.condor_config = condor_config
-        self._lock = threading.RLock()
         self.round_trips = 0
 
     def pool_ads(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every slot ad and every schedd ad in the pool, in one collector query."""
         projection = SLOT_PROJECTION + SCHEDD_PROJECTION + ["MyType"]
-        with self._lock:
+        with POLICY.lock_for("collector"):
             configure(self.condor_config)
             try:
                 self.round_trips += 1
@@ -86,7 +85,7 @@ class CollectorClient:
     def worker_slots(self, worker: str) -> list[dict[str, Any]] | None:
         """The worker's slot ads as its startd says now (not the collector's copy, which
         lags a drain by an update interval); None when no startd has that exact name."""
-        with self._lock:
+        with POLICY.lock_for("collector"):
             try:
                 ad = self._startd_ad(worker)
                 if ad is None:
@@ -99,7 +98,7 @@ class CollectorClient:
 
     def drain(self, worker: str, how: str, reason: str) -> str:
         """Ask the worker's startd to drain; returns HTCondor's drain request id."""
-        with self._lock:
+        with POLICY.lock_for("collector"):
             try:
                 startd = self._startd(worker)
                 self.round_trips += 1
@@ -108,7 +107,7 @@ class CollectorClient:
                 raise CondorUnavailable(f"drain {worker}: {exc}") from exc
 
     def undrain(self, worker: str) -> None:
-        with self._lock:
+        with POLICY.lock_for("collector"):
             try:
                 startd = self._startd(worker)
                 self.round_trips += 1

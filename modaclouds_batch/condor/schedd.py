@@ -2,14 +2,14 @@
 
 The bindings read their configuration process-wide, so the client points
 ``CONDOR_CONFIG`` at the gateway's client config once, lazily, before the first call.
-Calls are serialised by a lock (the bindings share process-wide state) and counted,
-so the tracker and the benchmark can report schedd round trips.
+Calls hold the process-wide lock of condor/session.py (``POLICY``, shared with the
+collector client) and are counted, so the tracker and the benchmark can report schedd
+round trips.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
@@ -17,11 +17,13 @@ from typing import Any, Callable, Iterable, TypeVar
 import classad2
 import htcondor2
 
+from .job_ad import CondorAction, JobAd
+from .submit_description import cluster_constraint
+from .session import POLICY
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_configured_for: str | None = None
-_config_lock = threading.Lock()
 
 
 class CondorUnavailable(Exception):
@@ -33,25 +35,26 @@ class CondorRefused(Exception):
 
 
 ACTIONS = {
-    "remove": htcondor2.JobAction.Remove,
-    "hold": htcondor2.JobAction.Hold,
-    "release": htcondor2.JobAction.Release,
-    "suspend": htcondor2.JobAction.Suspend,
-    "continue": htcondor2.JobAction.Continue,
+    CondorAction.REMOVE: htcondor2.JobAction.Remove,
+    CondorAction.HOLD: htcondor2.JobAction.Hold,
+    CondorAction.RELEASE: htcondor2.JobAction.Release,
+    CondorAction.SUSPEND: htcondor2.JobAction.Suspend,
+    CondorAction.CONTINUE: htcondor2.JobAction.Continue,
 }
+
+
+def classad_literal(value: bool | int | float | str) -> str:
+    """A Python value as the ClassAd expression an edit sets (true/false, a number, a string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return classad2.quote(value)
 
 
 def configure(condor_config: Path | None) -> None:
     """Point the bindings at our client config (process-wide, so only once per path)."""
-    global _configured_for
-    wanted = str(condor_config) if condor_config else None
-    with _config_lock:
-        if _configured_for == wanted:
-            return
-        if wanted:
-            os.environ["CONDOR_CONFIG"] = wanted
-        htcondor2.reload_config()
-        _configured_for = wanted
+    POLICY.configure(condor_config)
 
 
 def ad_to_dict(ad: classad2.ClassAd, projection: Iterable[str]) -> dict[str, Any]:
@@ -86,7 +89,6 @@ def locate_schedd() -> classad2.ClassAd:
 class CondorClient:
     def __init__(self, condor_config: Path | None):
         self.condor_config = condor_config
-        self._lock = threading.RLock()
         self._schedd: htcondor2.Schedd | None = None
         self.round_trips = 0
         self._mine = threading.local()
@@ -112,7 +114,7 @@ class CondorClient:
         """One schedd call. After a pool restart the first call fails once on a stale
         security session, so a failed call is retried once on a freshly located schedd
         (not a submit, which might then be queued twice)."""
-        with self._lock:
+        with POLICY.lock_for("schedd"):
             attempts = 2 if retry else 1
             for attempt in range(attempts):
                 try:
@@ -136,7 +138,7 @@ class CondorClient:
 
         If spooling fails the half-made cluster is removed, so nothing is left behind.
         """
-        with self._lock:
+        with POLICY.lock_for("submit"):
             try:
                 if itemdata:
                     result = self._call("submit", lambda s: s.submit(description, spool=True, itemdata=iter(itemdata)),
@@ -151,7 +153,7 @@ class CondorClient:
             try:
                 self._call("spool", lambda s: s.spool(result))
             except CondorUnavailable:
-                self.remove_quietly(f"ClusterId == {cluster}", "input spooling failed")
+                self.remove_quietly(cluster_constraint(cluster), "input spooling failed")
                 raise
             return cluster, result.first_proc()
 
@@ -164,34 +166,37 @@ class CondorClient:
 
     def remove_quietly(self, constraint: str, reason: str) -> None:
         try:
-            self.act("remove", constraint, reason)
+            self.act(CondorAction.REMOVE, constraint, reason)
         except CondorUnavailable as exc:
             log.warning("could not remove jobs %s after failure (%s): %s", constraint, reason, exc)
 
-    def query(self, constraint: str, projection: list[str]) -> list[dict[str, Any]]:
+    def query(self, constraint: str, projection: list[str]) -> list[JobAd]:
         ads = self._call("query", lambda s: s.query(constraint, projection))
-        return [ad_to_dict(ad, projection) for ad in ads]
+        return [JobAd(ad_to_dict(ad, projection)) for ad in ads]
 
-    def history(self, constraint: str, projection: list[str], match: int) -> list[dict[str, Any]]:
+    def history(self, constraint: str, projection: list[str], match: int) -> list[JobAd]:
         ads = self._call("history", lambda s: s.history(constraint, projection, match=match))
-        return [ad_to_dict(ad, projection) for ad in ads]
+        return [JobAd(ad_to_dict(ad, projection)) for ad in ads]
 
     def retrieve(self, constraint: str) -> None:
         """Bring spooled outputs back into each job's submit directory."""
         self._call("retrieve", lambda s: s.retrieve(constraint))
 
-    def edit(self, constraint: str, attr: str, value: str) -> None:
-        self._call("edit", lambda s: s.edit(constraint, attr, value))
+    def edit(self, constraint: str, attr: str, value: bool | int | float | str) -> None:
+        """Set ``attr`` to ``value`` (a Python value, written as its ClassAd literal) on the matched jobs."""
+        literal = classad_literal(value)
+        self._call("edit", lambda s: s.edit(constraint, attr, literal))
 
-    def act(self, action: str, constraint: str, reason: str | None = None) -> dict[str, int]:
+    def act(self, action: CondorAction, constraint: str, reason: str | None = None) -> dict[str, int]:
         """Apply a job action; returns HTCondor's counts (e.g. TotalSuccess, TotalNotFound)."""
-        ad = self._call(action, lambda s: s.act(ACTIONS[action], constraint, reason))
+        action = CondorAction(action)
+        ad = self._call(action.value, lambda s: s.act(ACTIONS[action], constraint, reason))
         return {k: int(ad[k]) for k in ad.keys() if k.startswith("Total")}
 
     def ping(self) -> dict[str, dict[str, Any]]:
         """Whether the collector and the schedd answer, each with an error when not."""
         report: dict[str, dict[str, Any]] = {}
-        with self._lock:
+        with POLICY.lock_for("schedd"):
             configure(self.condor_config)
             try:
                 self._count_trip()

@@ -14,15 +14,15 @@ from typing import Iterable
 import classad2
 import htcondor2
 
+from .job_ad import GATEWAY_JOB_ID, GATEWAY_WAITING, JobStatus
+
 # Attributes the gateway adds to every job ad, so the schedd alone can say whose job is whose.
-GATEWAY_JOB_ID = "GatewayJobId"
 GATEWAY_INSTANCE = "GatewayInstance"
 GATEWAY_OWNER = "GatewayOwner"
 GATEWAY_JOB_NAME = "GatewayJobName"
 GATEWAY_REQUEST_ID = "GatewayRequestId"
 # True while a job waits for its dependencies: its requirements match no slot until the
 # tracker edits it to false (HTCondor refuses `hold = true` on a spooled submission).
-GATEWAY_WAITING = "GatewayWaiting"
 # Seconds run.sh may run; the launcher stops it then and exits TIME_LIMIT_EXIT_CODE.
 GATEWAY_TIME_LIMIT = "GatewayTimeLimit"
 TIME_LIMIT_EXIT_CODE = 124  # as coreutils' `timeout` says it
@@ -235,7 +235,14 @@ def instance_constraint(instance_id: str) -> str:
     return f"{GATEWAY_INSTANCE} == {classad2.quote(instance_id)}"
 
 
-def jobs_constraint(instance_id: str, job_ids: Iterable[str]) -> str:
-    """Exactly the named gateway jobs, as one expression (one round trip for all)."""
+def jobs_constraint(instance_id: str, job_ids: Iterable[str], status: JobStatus | None = None) -> str:
+    """Exactly the named gateway jobs (those of them in ``status``, if given), as one
+    expression (one round trip for all)."""
     ids = ", ".join(classad2.quote(j) for j in job_ids)
-    return f"{instance_constraint(instance_id)} && member({GATEWAY_JOB_ID}, {{{ids}}})"
+    named = f"{instance_constraint(instance_id)} && member({GATEWAY_JOB_ID}, {{{ids}}})"
+    return named if status is None else f"{named} && JobStatus == {int(status)}"
+
+
+def cluster_constraint(cluster_id: int) -> str:
+    """Every proc of one cluster."""
+    return f"ClusterId == {int(cluster_id)}"

@@ -10,6 +10,10 @@ quotas, audit and webhooks are shared. A new door is one module here:
   fragment (``{"paths": ..., "components": ...}``) beside the module;
 - its module name in ``MODULES`` below.
 
+Its resources submit through ``api.jobs.submit_job(gateway.submission, ...)`` (the path
+``POST /jobs`` takes), read and act through ``gateway.service`` (get, list, act, delete,
+artifact), and hear of ended jobs through ``gateway.ends.on_jobs_ended``.
+
 `GET /` lists every dialect; /openapi.json merges their fragments into one description.
 """
 

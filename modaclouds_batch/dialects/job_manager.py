@@ -85,6 +85,7 @@ def job_info(job: dict) -> dict:
 class RunResource:
     def __init__(self, gateway):
         self.service = gateway.service
+        self.submission = gateway.submission
         self.quota = gateway.quota
         self.on_submitted = submission_hook(gateway)
 
@@ -93,7 +94,7 @@ class RunResource:
         actor = req.context.actor
         fields = run_body(lenient_json_object(req, RUN_EXAMPLE))
         try:
-            _, created = submit_job(self.service, self.quota, actor,
+            _, created = submit_job(self.submission, self.quota, actor,
                                     lambda staging: submission_from_json(fields, actor, req.context.request_id),
                                     self.on_submitted)
         except (NotFound, Gone) as exc:  # an unknown or expired data id: the seed says 400

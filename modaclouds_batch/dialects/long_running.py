@@ -71,13 +71,14 @@ def _one_job(request):
 class CollectionResource:
     def __init__(self, gateway):
         self.service = gateway.service
+        self.submission = gateway.submission
         self.quota = gateway.quota
         self.on_submitted = submission_hook(gateway)
 
     @idempotent
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         actor = req.context.actor
-        _, created = submit_job(self.service, self.quota, actor,
+        _, created = submit_job(self.submission, self.quota, actor,
                                 lambda staging: _one_job(submission_from_request(req, staging, actor)),
                                 self.on_submitted)
         status = links(created["id"])["status"]

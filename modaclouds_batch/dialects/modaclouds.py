@@ -28,7 +28,7 @@ from . import Dialect, submission_hook
 def register(app, gateway) -> None:
     service = gateway.service
     on_submitted = submission_hook(gateway)
-    app.add_route("/jobs", JobsResource(service, gateway.quota, on_submitted=on_submitted))
+    app.add_route("/jobs", JobsResource(service, gateway.submission, gateway.quota, on_submitted=on_submitted))
     settings = gateway.settings
     app.add_route("/jobs/events", JobChangesResource(
         ChangeFeed(gateway.store, service), max_streams=settings.max_event_streams,

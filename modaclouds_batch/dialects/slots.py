@@ -134,6 +134,7 @@ class JobNewResource:
     def __init__(self, leases: SlotLeases, gateway):
         self.leases = leases
         self.jobs = gateway.service
+        self.submission = gateway.submission
         self.quota = gateway.quota
         self.on_submitted = submission_hook(gateway)
 
@@ -149,7 +150,7 @@ class JobNewResource:
         if not reattaching:
             self.leases.claim(actor, worker_id, "job")
         try:
-            _, created = submit_job(self.jobs, self.quota, actor,
+            _, created = submit_job(self.submission, self.quota, actor,
                                     lambda staging: _one_job(submission_from_request(req, staging, actor)),
                                     self.on_submitted)
         except BaseException:

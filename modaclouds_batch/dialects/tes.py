@@ -294,6 +294,7 @@ class ServiceInfoResource:
 class TasksResource:
     def __init__(self, gateway):
         self.service = gateway.service
+        self.submission = gateway.submission
         self.store = gateway.store
         self.quota = gateway.quota
         self.folders = gateway.settings.tes_folders
@@ -314,7 +315,7 @@ class TasksResource:
                 staging.add_tree_copy(source, member)
             return request
 
-        _, created = submit_job(self.service, self.quota, actor, parse, self.on_submitted)
+        _, created = submit_job(self.submission, self.quota, actor, parse, self.on_submitted)
         body = dict(task.body)
         if "resources" in body:
             body["resources"] = tes_task.kept_resources(body["resources"])
@@ -413,7 +414,7 @@ class LineBreakInCancelPath:
 def register(app, gateway) -> None:
     app.add_middleware(LineBreakInCancelPath())
     app.add_route(f"{BASE}/service-info", ServiceInfoResource(gateway))
-    gateway.service.on_jobs_ended(Deliveries(gateway).jobs_ended)
+    gateway.ends.on_jobs_ended(Deliveries(gateway).jobs_ended)
     app.add_route(f"{BASE}/tasks", TasksResource(gateway))
     app.add_route(f"{BASE}/tasks/{{task_id}}", TaskResource(gateway))
     app.add_route(f"{BASE}/tasks/{{task_id}}:cancel", CancelResource(gateway))

@@ -26,7 +26,7 @@ from urllib.parse import quote as url_quote, unquote, urlsplit
 import requests
 
 from ..errors import InvalidRequest
-from ..jobs.service import url_input_name
+from ..jobs.submission import url_input_name
 from ..notify import targets
 
 # Fields of a tesTask; the read-only ones a client may echo back are ignored.

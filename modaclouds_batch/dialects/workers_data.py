@@ -231,6 +231,7 @@ def post_job_body(body: dict) -> dict:
 class JobResource:
     def __init__(self, gateway):
         self.service = gateway.service
+        self.submission = gateway.submission
         self.data = gateway.service.data
         self.quota = gateway.quota
         self.store = gateway.store
@@ -271,7 +272,7 @@ class JobResource:
 
         try:
             # Registered in parse: a retry whose jobs exist already (Idempotency-Key) registers none.
-            _, created = submit_job(self.service, self.quota, actor, parse, self.on_submitted)
+            _, created = submit_job(self.submission, self.quota, actor, parse, self.on_submitted)
         except GatewayError as exc:
             if registered:
                 self.data.delete(actor, registered["id"])

@@ -1,4 +1,4 @@
-"""The one job-state vocabulary, and how HTCondor's job ads map onto it.
+"""The one job-state vocabulary (how HTCondor's job ads map onto it is jobs/ad_changes.py's).
 
 API, store and docs all use these names; nothing else may invent a state.
 """
@@ -6,7 +6,6 @@ API, store and docs all use these names; nothing else may invent a state.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Mapping
 
 
 class JobState(str, Enum):
@@ -41,60 +40,12 @@ DESCRIPTIONS = {
     JobState.SUBMISSION_ERROR: "HTCondor refused or lost the job; state_reason tells why",
 }
 
-# HTCondor's JobStatus codes, named as condor_q names them.
-CONDOR_STATUS_NAMES = {
-    1: "Idle",
-    2: "Running",
-    3: "Removed",
-    4: "Completed",
-    5: "Held",
-    6: "Transferring Output",
-    7: "Suspended",
-}
-
-# condor_q's name for a job it shows running (JobStatus 2) whose starter is still fetching
+# condor_q's name for a job it shows running (JobStatus.RUNNING) whose starter is still fetching
 # its input files (condor_q's "<"): the shadow sets JobCurrentStartExecutingDate, and pushes
 # it to the schedd at once, only when the job's own process starts. TransferringInput false
 # (the transfer is over) wins over a stale date, e.g. if a reconnecting shadow moved
 # JobCurrentStartDate past it.
 TRANSFERRING_INPUT = "Transferring Input"
-
-
-def backend_status(ad: Mapping) -> str | None:
-    """HTCondor's name for the job's status, as condor_q shows it (Transferring Input apart)."""
-    status = ad.get("JobStatus")
-    started = ad.get("JobCurrentStartDate")
-    if status == 2 and started is not None and ad.get("TransferringInput") is not False:
-        executing = ad.get("JobCurrentStartExecutingDate")
-        if executing is None or executing < started:  # an older date is a previous run's
-            return TRANSFERRING_INPUT
-    return CONDOR_STATUS_NAMES.get(status)
-
-
-# HoldReasonCode 16: the schedd holds a spooled job until its input files arrive.
-HOLD_CODE_SPOOLING_INPUT = 16
-
-
-def state_from_ad(ad: Mapping) -> JobState:
-    """Map one job ad (JobStatus, HoldReasonCode, ExitCode, ExitBySignal) to a state."""
-    status = int(ad.get("JobStatus", 0))
-    if status == 1:
-        return JobState.IDLE
-    if status in (2, 6):
-        return JobState.RUNNING
-    if status == 7:
-        return JobState.SUSPENDED
-    if status == 5:
-        if ad.get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT:
-            return JobState.IDLE
-        return JobState.HELD
-    if status == 3:
-        return JobState.REMOVED
-    if status == 4:
-        if ad.get("ExitBySignal") or ad.get("ExitCode", 0) != 0:
-            return JobState.FAILED
-        return JobState.COMPLETED
-    raise ValueError(f"unknown HTCondor JobStatus {status!r}")
 
 
 class JobAction(str, Enum):

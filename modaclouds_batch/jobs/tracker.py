@@ -9,20 +9,22 @@ unseen, and one remove for all orphans.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from ..condor import submit_description as sd
-from ..condor.schedd import CondorUnavailable
-from ..home import job_dir_owner, restrict_tree
-from ..store import JobChange
-from ..timefmt import epoch_to_iso, now_iso
+from ..condor.job_ad import CondorAction, JobStatus
+from ..condor.schedd import CondorClient, CondorUnavailable
+from ..data.service import DataService
+from ..home import restrict_tree
+from ..store import JobChange, Store
+from ..timefmt import now_iso
 from . import dependencies, live_output
-from .states import ACTIVE_STATES, FINAL_STATES, JobState, backend_status, state_from_ad
+from .ad_changes import changes_from_ads, keep_output_of_removed, state_from_ad
+from .states import ACTIVE_STATES, FINAL_STATES, JobState
 from .waiting import wait_reasons
 
 log = logging.getLogger(__name__)
@@ -40,100 +42,6 @@ MAX_MISSING_CYCLES = 3
 ORPHAN_GRACE_SECONDS = 120
 
 
-def _detail_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
-    """The job-ad facts the detail view shows, named as the store names them."""
-    fields = {
-        "global_job_id": ad.get("GlobalJobId"),
-        "backend_status": backend_status(ad),
-        "started_at": epoch_to_iso(ad.get("JobStartDate")),
-        "run_count": ad.get("NumJobStarts"),
-        "priority": ad.get("JobPrio"),
-        "universe": ad.get("JobUniverse"),
-        "image_size_kb": ad.get("ImageSize"),
-        "cpu_user_seconds": ad.get("RemoteUserCpu"),
-        "cpu_system_seconds": ad.get("RemoteSysCpu"),
-        "remote_host": ad.get("RemoteHost") or ad.get("LastRemoteHost"),
-        "live_dir": live_output.live_dir_of(ad),
-    }
-    return {k: v for k, v in fields.items() if v is not None}
-
-
-def _exit_fields(ad: Mapping[str, Any]) -> dict[str, Any]:
-    by_signal = bool(ad.get("ExitBySignal"))
-    return {
-        "exit_by_signal": int(by_signal),
-        "exit_status": None if by_signal else ad.get("ExitCode"),
-        "exit_signal": ad.get("ExitSignal") if by_signal else None,
-        "completed_at": epoch_to_iso(ad.get("CompletionDate")) or now_iso(),
-    }
-
-
-# HoldReasonCode values a user meets most; the rest are named by their code.
-HOLD_CODES = {1: "held by a user action", 3: "held by the job's policy", 6: "the job could not start",
-              12: "a file transfer failed", 13: "a file transfer failed", 26: "the job exceeded a resource limit"}
-
-
-def state_reason(state: JobState, ad: Mapping[str, Any]) -> str | None:
-    if state is JobState.HELD:
-        # The schedd sometimes records an empty reason (seen with user holds).
-        code = ad.get("HoldReasonCode")
-        return ad.get("HoldReason") or HOLD_CODES.get(code, f"held (HoldReasonCode {code})")
-    if state is JobState.REMOVED:
-        return ad.get("RemoveReason")
-    if state is JobState.FAILED:
-        limit = ad.get(sd.GATEWAY_TIME_LIMIT)
-        if limit and not ad.get("ExitBySignal") and ad.get("ExitCode") == sd.TIME_LIMIT_EXIT_CODE \
-                and float(ad.get("RemoteWallClockTime") or 0) >= float(limit):
-            return f"exceeded its time limit of {limit} s: run.sh was stopped; its output so far is kept"
-        if ad.get("ExitBySignal"):
-            return f"run.sh was killed by signal {ad.get('ExitSignal')}"
-        return f"run.sh exited with status {ad.get('ExitCode')}"
-    if state is JobState.COMPLETED:
-        return "run.sh exited with status 0"
-    return None
-
-
-def requeue_reason(job: Mapping[str, Any], state: JobState, ad: Mapping[str, Any]) -> str | None:
-    """Why a job that ran is idle again: HTCondor requeued it (its execute node was lost, or
-    it was evicted) and will run it anew elsewhere; None for any other change."""
-    if state is not JobState.IDLE or job["state"] not in (JobState.RUNNING.value, JobState.SUSPENDED.value):
-        return None
-    where = ad.get("LastRemoteHost") or job.get("remote_host") or "its execute node"
-    why = ad.get("VacateReason") or ad.get("LastVacateReason")
-    detail = f" ({why})" if why else ""
-    return f"requeued: it stopped running on {where}{detail}; HTCondor runs it again from the start"
-
-
-def changes_from_ads(job: Mapping[str, Any], ad: Mapping[str, Any], final_allowed: bool) -> JobChange | None:
-    """What a job ad changes in our record of ``job``.
-
-    ``final_allowed`` False keeps completed/failed out: those are recorded only after
-    the outputs are back, so that 'completed' always means 'outputs are ready'.
-    """
-    state = state_from_ad(ad)
-    fields = _detail_fields(ad)
-    change = JobChange(job["id"])
-    if state in (JobState.COMPLETED, JobState.FAILED) and not final_allowed:
-        state = JobState(job["state"])
-    if state.is_final:
-        fields.update(_exit_fields(ad) if state is not JobState.REMOVED else {"completed_at": now_iso()})
-    if state.value != job["state"] or (
-        state is JobState.HELD and state_reason(state, ad) != job.get("state_reason")
-    ):
-        change.new_state = state.value
-        change.reason = state_reason(state, ad) or requeue_reason(job, state, ad)
-    change.fields = {k: v for k, v in fields.items() if job.get(k) != v}
-    if change.new_state is None and not change.fields:
-        return None
-    return change
-
-
-def keep_output_of_removed(job: Mapping[str, Any], ad: Mapping[str, Any], change: JobChange) -> None:
-    """A job seen removed keeps what it printed: its spool goes when it leaves the queue."""
-    if change.new_state == JobState.REMOVED.value and job.get("job_dir"):
-        live_output.keep(live_output.live_dir_of(ad), job["job_dir"])
-
-
 @dataclass
 class CycleReport:
     round_trips: int = 0
@@ -148,8 +56,18 @@ class CycleReport:
 
 
 class Tracker:
-    def __init__(self, service, interval: float, on_cycle: Callable[[CycleReport], None] | None = None,
-                 sweep_expired: bool = True, workers: Callable[[], list[dict[str, Any]]] | None = None,
+    """The poll loop, given only what it needs: the store, the condor client, the data service
+    (answers into data objects), the in-flight view (jobs submit has not recorded yet), who
+    hears of ended jobs, and the retention sweep with keyed-submission recovery (app.py wires them)."""
+
+    def __init__(self, store: Store, condor: CondorClient, interval: float, *,
+                 data: DataService | None = None,
+                 in_flight: Callable[[], set[str]] = set,
+                 jobs_ended: Callable[[list[str]], None] = lambda job_ids: None,
+                 sweep: Callable[[], dict[str, int]] | None = None,
+                 recover_unsettled: Callable[[], None] | None = None,
+                 on_cycle: Callable[[CycleReport], None] | None = None,
+                 workers: Callable[[], list[dict[str, Any]]] | None = None,
                  orphan_grace: float = ORPHAN_GRACE_SECONDS, clock: Callable[[], float] = time.monotonic):
         # An unknown job is removed only once seen unknown for this long (by ``clock``).
         self.orphan_grace = orphan_grace
@@ -157,11 +75,15 @@ class Tracker:
         self._unknown_since: dict[str, float] = {}
         # The pool's workers (one cached collector query), to say why idle jobs wait.
         self.workers = workers
-        self.sweep_expired = sweep_expired
+        # Retention (after JobSubmission.recover_unsettled); None: no sweeps (unit tests).
+        self.sweep = sweep
+        self.recover_unsettled = recover_unsettled
         self._last_sweep = float("-inf")
-        self.service = service
-        self.store = service.store
-        self.condor = service.condor
+        self.store = store
+        self.condor = condor
+        self.data = data
+        self.in_flight = in_flight
+        self.jobs_ended = jobs_ended
         self.interval = interval
         self.on_cycle = on_cycle
         self._stop = threading.Event()
@@ -212,7 +134,7 @@ class Tracker:
         report.duration = time.perf_counter() - started
         if report.ended or not self._told_listeners:  # the first even if the schedd is down: owed work is the store's
             self._told_listeners = True
-            self.service.jobs_ended(report.ended)
+            self.jobs_ended(report.ended)
         return report
 
     def _apply(self, changes: list[JobChange], report: CycleReport, **kw) -> None:
@@ -238,10 +160,10 @@ class Tracker:
         leftovers: list[str] = []  # final in our store, still in the queue
         stale_gates: list[str] = []  # final in our store, still waiting in the queue
         unknown: list[str] = []
-        in_flight = self.service.in_flight()
+        in_flight = self.in_flight()
         seen: set[str] = set()
         for ad in ads:
-            job_id = ad.get(sd.GATEWAY_JOB_ID)
+            job_id = ad.gateway_job_id
             if not job_id:
                 continue
             seen.add(job_id)
@@ -250,11 +172,11 @@ class Tracker:
                 if job_id in in_flight:
                     continue
                 if self.store.get_job(job_id) is None:
-                    if ad.get("JobStatus") != 3:  # already on its way out
+                    if ad.status is not JobStatus.REMOVED:  # already on its way out
                         unknown.append(job_id)
-                elif ad.get("JobStatus") == 4:
+                elif ad.status is JobStatus.COMPLETED:
                     leftovers.append(job_id)
-                elif ad.get(sd.GATEWAY_WAITING) is True and ad.get("JobStatus") in (1, 5):
+                elif ad.gated and ad.status in (JobStatus.IDLE, JobStatus.HELD):
                     stale_gates.append(job_id)
                 continue
             if state_from_ad(ad) in (JobState.COMPLETED, JobState.FAILED):
@@ -285,15 +207,15 @@ class Tracker:
         if waiting or stale_gates:
             now_in = {c.job_id: c.new_state for c in changes if c.new_state}
             decided = self._settle_dependencies(instance, waiting, now_in, stale_gates, report)
-        idle = [(ad, active[ad[sd.GATEWAY_JOB_ID]].get("runtime")) for ad in ads
-                if ad.get(sd.GATEWAY_JOB_ID) in active and state_from_ad(ad) is JobState.IDLE
-                and ad.get(sd.GATEWAY_JOB_ID) not in decided]
+        idle = [(ad, active[ad.gateway_job_id].get("runtime")) for ad in ads
+                if ad.gateway_job_id in active and state_from_ad(ad) is JobState.IDLE
+                and ad.gateway_job_id not in decided]
         if idle and self.workers is not None:
             self._explain_waits(idle, active, restated, report)
         orphans = self._orphans(unknown)
         if orphans:
             self._remove_orphans(instance, orphans, report)
-        if self.sweep_expired:
+        if self.sweep is not None:
             self._sweep(report)
         report.round_trips = self.condor.thread_round_trips() - start_trips
         return report
@@ -331,7 +253,7 @@ class Tracker:
         if starting:
             try:
                 self.condor.edit(sd.jobs_constraint(instance, [job["id"] for job in starting]),
-                                 sd.GATEWAY_WAITING, "false")
+                                 sd.GATEWAY_WAITING, False)
             except CondorUnavailable as exc:
                 report.errors.append(str(exc))
                 log.warning("tracker: could not start %d jobs whose dependencies completed: %s", len(starting), exc)
@@ -347,7 +269,7 @@ class Tracker:
         doomed = [change.job_id for change in ending] + stale_gates
         if doomed:
             try:
-                self.condor.act("remove", sd.jobs_constraint(instance, doomed),
+                self.condor.act(CondorAction.REMOVE, sd.jobs_constraint(instance, doomed),
                                 "a job it waited for ended without completing")
             except CondorUnavailable as exc:
                 report.errors.append(str(exc))
@@ -370,7 +292,7 @@ class Tracker:
 
     def _collect_outputs(self, instance: str, finished: dict[str, tuple[dict, dict]], report: CycleReport) -> None:
         """Retrieve all finished jobs' outputs in one call, then record their final states."""
-        constraint = sd.jobs_constraint(instance, finished) + " && JobStatus == 4"
+        constraint = sd.jobs_constraint(instance, finished, status=JobStatus.COMPLETED)
         changes: list[JobChange] = []
         try:
             self.condor.retrieve(constraint)
@@ -419,14 +341,14 @@ class Tracker:
             return None, None
         if job.get("answer_into"):
             try:
-                if self.service.data.fill_answer(job["answer_into"], path, content_type):
+                if self.data.fill_answer(job["answer_into"], path, content_type):
                     return job["answer_into"], None
                 log.warning("job %s: its answer object %s is gone; its answer gets a new one",
                             job["id"], job["answer_into"])
             except OSError as exc:
                 log.warning("could not write the answer of job %s into %s: %s", job["id"], job["answer_into"], exc)
         try:
-            row = self.service.data.register_file(
+            row = self.data.register_file(
                 job["owner"], path, f"{job['id']}-{name}", content_type, source_job_id=job["id"],
                 job_expires_at=job.get("expires_at"))
         except OSError as exc:
@@ -437,7 +359,7 @@ class Tracker:
     def _let_leave_queue(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Spooled jobs wait in the queue for their outputs to be fetched; let them go."""
         try:
-            self.condor.edit(sd.jobs_constraint(instance, job_ids) + " && JobStatus == 4", "LeaveJobInQueue", "false")
+            self.condor.edit(sd.jobs_constraint(instance, job_ids, status=JobStatus.COMPLETED), "LeaveJobInQueue", False)
         except CondorUnavailable as exc:
             report.errors.append(str(exc))
             log.warning("tracker: could not release %d finished jobs from the queue: %s", len(job_ids), exc)
@@ -450,7 +372,7 @@ class Tracker:
             report.errors.append(str(exc))
             log.warning("tracker: history query failed: %s", exc)
             return
-        by_id = {ad.get(sd.GATEWAY_JOB_ID): ad for ad in ads}
+        by_id = {ad.gateway_job_id: ad for ad in ads}
         changes: list[JobChange] = []
         for job in missing:
             ad = by_id.get(job["id"])
@@ -488,9 +410,9 @@ class Tracker:
             return
         self._last_sweep = time.monotonic()
         try:
-            if self.service.keyed_unsettled:
-                self.service.recover_keyed_submissions()
-            swept = self.service.sweep_expired()
+            if self.recover_unsettled is not None:
+                self.recover_unsettled()
+            swept = self.sweep()
             report.changes += swept["removed"] + swept["cleaned"]
         except Exception:  # expiry must never stop tracking; the cause is logged
             log.exception("expiry sweep failed")
@@ -507,33 +429,10 @@ class Tracker:
     def _remove_orphans(self, instance: str, job_ids: list[str], report: CycleReport) -> None:
         """Jobs this gateway queued but never recorded (it stopped mid-submission)."""
         try:
-            self.condor.act("remove", sd.jobs_constraint(instance, job_ids), "the gateway has no record of this job")
+            self.condor.act(CondorAction.REMOVE, sd.jobs_constraint(instance, job_ids),
+                            "the gateway has no record of this job")
             report.orphans_removed += len(job_ids)
             log.info("tracker: removed %d orphaned jobs", len(job_ids))
         except CondorUnavailable as exc:
             report.errors.append(str(exc))
             log.warning("tracker: could not remove orphaned jobs: %s", exc)
-
-
-def remove_orphan_dirs(jobs_dir: Path, known: set[str], in_flight: set[str], instance_id: str) -> int:
-    """Job folders left by a submission this gateway never finished; returns how many.
-
-    Only folders whose marker names ``instance_id`` are removed: a folder another gateway
-    made (another database on the same home) or one without a marker is left alone.
-    """
-    removed = 0
-    foreign = 0
-    if not jobs_dir.is_dir():
-        return 0
-    for entry in jobs_dir.iterdir():
-        if not entry.is_dir() or str(entry) in known or entry.name in in_flight:
-            continue
-        if job_dir_owner(entry) != instance_id:
-            foreign += 1
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed += 1
-    if foreign:
-        log.warning("left %d folders in %s that this gateway (instance %s) has no record of and did not make",
-                    foreign, jobs_dir, instance_id)
-    return removed

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .states import HOLD_CODE_SPOOLING_INPUT
+from ..condor.job_ad import JobAd
 
 
 def _asks(ad: Mapping[str, Any]) -> dict[str, int]:
@@ -36,7 +36,7 @@ def wait_reasons(idle: Iterable[tuple[Mapping[str, Any], str | None]],
     ahead_on: dict[tuple, int] = {}
     for ad, runtime in idle:
         job_id = str(ad.get("GatewayJobId"))
-        if ad.get("JobStatus") == 5 and ad.get("HoldReasonCode") == HOLD_CODE_SPOOLING_INPUT:
+        if JobAd.of(ad).spooling_input:
             reasons[job_id] = "its input files are still being spooled to the schedd"
             continue
         if not workers:

@@ -1,10 +1,13 @@
-"""A stand-in for CondorClient: an in-memory queue and history, counting round trips."""
+"""A stand-in for CondorClient: an in-memory queue and history, counting round trips.
+
+It keeps the condor contract (tests/condor_contract.py) the real client keeps on the real pool."""
 
 from __future__ import annotations
 
 import re
 import time
 
+from modaclouds_batch.condor.job_ad import CondorAction, JobAd, JobStatus
 from modaclouds_batch.condor.schedd import CondorUnavailable
 
 
@@ -34,15 +37,20 @@ class FakeCondor:
 
     def _select(self, ads: dict[str, dict], constraint: str) -> list[dict]:
         wanted = _ids_in(constraint)
-        return [dict(ad) for job_id, ad in ads.items() if not wanted or job_id in wanted]
+        status = re.search(r"&& JobStatus == (\d+)$", constraint)
+        cluster = re.fullmatch(r"ClusterId == (\d+)", constraint)
+        return [dict(ad) for job_id, ad in ads.items() if (not wanted or job_id in wanted)
+                and (status is None or ad.get("JobStatus") == int(status.group(1)))
+                and (cluster is None or ad.get("ClusterId") == int(cluster.group(1)))]
 
     def query(self, constraint, projection):
+        """The queued ads the constraint names, as the real client returns them (JobAd)."""
         self._trip("query", constraint)
-        return self._select(self.queue, constraint)
+        return [JobAd(ad) for ad in self._select(self.queue, constraint)]
 
     def history(self, constraint, projection, match):
         self._trip("history", constraint)
-        return self._select(self.history_ads, constraint)[:match]
+        return [JobAd(ad) for ad in self._select(self.history_ads, constraint)[:match]]
 
     def retrieve(self, constraint):
         self._trip("retrieve", constraint)
@@ -57,15 +65,27 @@ class FakeCondor:
             self.queue[ad["GatewayJobId"]][attr] = {"true": True, "false": False}.get(value, value)
 
     def act(self, action, constraint, reason=None):
-        self._trip(action, constraint)
+        action = CondorAction(action)
+        self._trip(action.value, constraint)
         hit = self._select(self.queue, constraint)
-        if action == "remove":
-            for ad in hit:
-                self.history_ads[ad["GatewayJobId"]] = {**self.queue.pop(ad["GatewayJobId"]), "JobStatus": 3}
+        for ad in hit:
+            job_id = ad["GatewayJobId"]
+            if action is CondorAction.REMOVE:
+                self.history_ads[job_id] = {**self.queue.pop(job_id), "JobStatus": int(JobStatus.REMOVED)}
+            elif action is CondorAction.HOLD:  # a user hold: HoldReasonCode 1, the reason given
+                self.queue[job_id].update(JobStatus=int(JobStatus.HELD), HoldReasonCode=1, HoldReason=reason)
+            elif action is CondorAction.RELEASE:
+                self.queue[job_id]["JobStatus"] = int(JobStatus.IDLE)
+                for attr in ("HoldReasonCode", "HoldReason"):
+                    self.queue[job_id].pop(attr, None)
+            elif action is CondorAction.SUSPEND:
+                self.queue[job_id]["JobStatus"] = int(JobStatus.SUSPENDED)
+            elif action is CondorAction.CONTINUE:
+                self.queue[job_id]["JobStatus"] = int(JobStatus.RUNNING)
         return {"TotalSuccess": len(hit)}
 
     def remove_quietly(self, constraint, reason):
-        self.act("remove", constraint, reason)
+        self.act(CondorAction.REMOVE, constraint, reason)
 
     def submit_spooled(self, description, itemdata=None):
         """Queue the job idle (one proc; arrays take their ids from the item data);
@@ -81,3 +101,20 @@ class FakeCondor:
         for proc, job_id in enumerate(ids):
             self.queue[job_id] = {"GatewayJobId": job_id, "ClusterId": cluster, "ProcId": proc, "JobStatus": 1, **gate}
         return cluster, 0
+
+
+def use_condor(gateway, condor):
+    """Have every part of ``gateway`` that talks to the schedd talk to ``condor``, and check
+    submissions against no collector (unit tests have none); returns ``condor``."""
+    for part in (gateway, gateway.service, gateway.submission, gateway.retention, gateway.tracker):
+        part.condor = condor
+    gateway.submission.offers = gateway.submission.runtimes = None
+    return condor
+
+
+def tracker_without_sweeps(gateway, **kw):
+    """A tracker on ``gateway``'s parts that never runs the expiry sweep (tests call cycles by hand)."""
+    from modaclouds_batch.jobs.tracker import Tracker
+
+    return Tracker(gateway.store, gateway.condor, 60, data=gateway.submission.data,
+                   in_flight=gateway.submission.in_flight, jobs_ended=gateway.ends.jobs_ended, **kw)

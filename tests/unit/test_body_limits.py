@@ -10,7 +10,7 @@ from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import JobFilter, Store
 
 from .apps import admin_client
-from .fakes import FakeCondor
+from .fakes import FakeCondor, use_condor
 
 JSON = {"Content-Type": "application/json"}
 
@@ -20,8 +20,7 @@ def gateway(tmp_path):
     gw = build_gateway(load_settings(overrides={"home": tmp_path, "max_arguments": 100,
                                                 "max_argument_bytes": 1000,
                                                 "max_active_jobs_per_user": 5000}, environ={}))
-    gw.service.condor = FakeCondor()
-    gw.service.offers = gw.service.runtimes = None
+    use_condor(gw, FakeCondor())
     yield gw
     gw.store.close()
 

@@ -15,11 +15,10 @@ import pytest
 
 from modaclouds_batch.dialects import slots
 from modaclouds_batch.jobs.states import JobState
-from modaclouds_batch.jobs.tracker import Tracker
 from modaclouds_batch.store import Store
 from modaclouds_batch.timefmt import parse_iso
 
-from .fakes import FakeCondor
+from .fakes import FakeCondor, tracker_without_sweeps, use_condor
 from .test_dialect_001_002 import World as SharedWorld
 from .test_infra import FakePool
 
@@ -45,8 +44,8 @@ class World(SharedWorld):
 
     def __init__(self, home: Path, **settings):
         super().__init__(home, **settings)
-        self.condor = self.gateway.service.condor = self.gateway.condor = ActingCondor()
-        self.tracker = Tracker(self.gateway.service, interval=60, sweep_expired=False)
+        self.condor = use_condor(self.gateway, ActingCondor())
+        self.tracker = tracker_without_sweeps(self.gateway)
         self.pool = FakePool("localhost")
         self.gateway.infra.collector = self.pool
         self.gateway.infra.cache_seconds = 0

@@ -13,11 +13,10 @@ from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.condor import submit_description as sd
 from modaclouds_batch.dialects import job_manager, long_running
 from modaclouds_batch.jobs.states import JobState
-from modaclouds_batch.jobs.tracker import Tracker
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.timefmt import now_iso
 
-from .fakes import FakeCondor
+from .fakes import FakeCondor, tracker_without_sweeps, use_condor
 
 SAMPLE_RUN_BODY = '{\n    "command": "uname -a | wc -l",\n}'  # the seed's sample, trailing comma and all
 URLENCODED = {"Content-Type": "application/x-www-form-urlencoded"}  # what curl --data sends
@@ -27,11 +26,9 @@ class World:
     def __init__(self, home: Path, auth: bool = False, **settings):
         self.gateway = build_gateway(load_settings(overrides={"home": home, "auth": auth, **settings}, environ={}))
         self.condor = FakeCondor()
-        service = self.gateway.service
-        service.condor = self.gateway.condor = self.condor
-        service.offers = service.runtimes = None  # no collector in unit tests
+        use_condor(self.gateway, self.condor)  # and no collector in unit tests
         self.store = self.gateway.store
-        self.tracker = Tracker(service, interval=60, sweep_expired=False)
+        self.tracker = tracker_without_sweeps(self.gateway)
         self.http = falcon.testing.TestClient(create_app(self.gateway))
 
     def run(self, body: str = SAMPLE_RUN_BODY, headers=URLENCODED, **kw):

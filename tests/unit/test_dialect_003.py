@@ -54,7 +54,7 @@ class World(SharedWorld):
 
     def __init__(self, home: Path, **settings):
         super().__init__(home, **settings)
-        self.gateway.service.runtimes = lambda: {"bash", "python3"}
+        self.gateway.submission.runtimes = lambda: {"bash", "python3"}
         self.pool = FakePool("localhost")
         self.gateway.infra.collector = self.pool
         self.gateway.infra.cache_seconds = 0

@@ -523,7 +523,7 @@ def test_a_delivery_a_stop_interrupted_is_made_by_the_next_gateway_without_a_rea
     first = World(home, tes_file_folders=str(shared))
     task_id = create(first, task(outputs=[{"path": "/out/r.txt", "url": f"file://{shared}/out/r.txt"}]))
     output_archive(Path(first.store.get_job(task_id)["job_dir"]), {"./.tes/outputs/0/out/r.txt": b"result\n"})
-    first.gateway.service._end_listeners.clear()  # the gateway stops before its delivery runs
+    first.gateway.ends._listeners.clear()  # the gateway stops before its delivery runs
     first.finish(task_id)
     assert first.store.get_job(task_id)["state"] == "completed"
     assert get(first, task_id, "MINIMAL")["state"] == "RUNNING"
@@ -580,7 +580,7 @@ def test_the_state_filter_lists_exactly_the_tasks_that_read_that_state(fworld, s
     world.finish(make("undeliverable", outputs=[{"path": "/out/none", "url": f"file://{shared}/out/none"}]))
     wait_for(lambda: not world.store.tes_tasks_awaiting_delivery("completed"), "the deliveries")
     pending = make("delivering", outputs=out)
-    world.gateway.service._end_listeners.clear()  # this one's delivery has not run yet
+    world.gateway.ends._listeners.clear()  # this one's delivery has not run yet
     world.finish(pending)
     world.tracker.run_cycle()
 

@@ -16,7 +16,7 @@ from modaclouds_batch.app import build_gateway, wsgi_app
 from modaclouds_batch.api import idempotency
 from modaclouds_batch.settings import load_settings
 
-from .fakes import FakeCondor
+from .fakes import FakeCondor, use_condor
 
 HOST = {"Host": "localhost:5000"}
 
@@ -46,8 +46,7 @@ class World:
     def __init__(self, home, condor=None):
         self.gateway = build_gateway(load_settings(overrides={"home": home}, environ={}))
         self.condor = condor or FakeCondor()
-        self.gateway.service.condor = self.gateway.condor = self.condor
-        self.gateway.service.offers = self.gateway.service.runtimes = None
+        use_condor(self.gateway, self.condor)
         self.store = self.gateway.store
         self.http = falcon.testing.TestClient(wsgi_app(self.gateway), headers=HOST)
         self.tokens = {user: self.gateway.tokens.create(user, "user")[0] for user in ("alice", "bob")}
@@ -65,7 +64,7 @@ class World:
         """A new process on the same home and schedd, as ``serve`` starts it."""
         self.store.close()
         world = World(self.gateway.settings.home, self.condor)
-        unsettled = world.gateway.service.recover_keyed_submissions(at_start=True)
+        unsettled = world.gateway.submission.recover_keyed_submissions(at_start=True)
         world.store.clear_intents(keep=unsettled)
         return world
 
@@ -204,7 +203,7 @@ def test_expired_keys_are_swept_and_a_late_retry_is_a_new_submission(world):
     late = world.post(json={"command": "echo hi"})
     assert late.status_code == 201 and late.json["job_id"] != first.json["job_id"]
     world.store.db.execute("update idempotency_keys set expires_at = '2000-01-01T00:00:00Z'")
-    assert world.gateway.service.sweep_expired()["idempotency_keys"] == 1
+    assert world.gateway.retention.sweep_expired()["idempotency_keys"] == 1
     assert world.store.idempotency_key("alice", "k-1") is None
 
 
@@ -270,7 +269,7 @@ def test_a_schedd_silent_at_start_leaves_the_key_unsettled_until_it_answers(worl
     assert world.store.intended([job_id]) == {job_id}  # not an orphan for the tracker
     assert world.post(json={"command": "echo hi"}).status_code == 409
     world.condor.fail = set()
-    assert world.gateway.service.recover_keyed_submissions() == []
+    assert world.gateway.submission.recover_keyed_submissions() == []
     assert world.post(json={"command": "echo hi"}).json["job_id"] == job_id
     assert world.submitted() == 1
     world.store.close()

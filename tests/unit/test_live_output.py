@@ -9,7 +9,7 @@ import pytest
 from modaclouds_batch.app import build_gateway
 from modaclouds_batch.condor import submit_description as sd
 from modaclouds_batch.jobs import live_output
-from modaclouds_batch.jobs.tracker import changes_from_ads, keep_output_of_removed
+from modaclouds_batch.jobs.ad_changes import changes_from_ads, keep_output_of_removed
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.timefmt import now_iso
 

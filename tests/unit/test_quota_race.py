@@ -8,15 +8,14 @@ from modaclouds_batch.app import build_gateway
 from modaclouds_batch.settings import load_settings
 
 from .apps import admin_client
-from .fakes import FakeCondor
+from .fakes import FakeCondor, use_condor
 
 
 @pytest.fixture
 def gateway(tmp_path):
     gw = build_gateway(load_settings(overrides={"home": tmp_path, "max_active_jobs_per_user": 3}, environ={}))
-    gw.service.condor = FakeCondor()
-    gw.service.condor.submit_delay = 0.05  # the window a submission spends in the schedd
-    gw.service.offers = gw.service.runtimes = None  # no collector in unit tests
+    use_condor(gw, FakeCondor())
+    gw.condor.submit_delay = 0.05  # the window a submission spends in the schedd
     yield gw
     gw.store.close()
 
@@ -37,16 +36,16 @@ def test_16_concurrent_submissions_accept_exactly_the_limit(gateway):
         thread.join()
     assert sorted(statuses) == [201] * 3 + [429] * 13
     assert gateway.store.count_jobs() == 3
-    assert gateway.service.condor.clusters == 3  # the refused ones never reached the schedd
+    assert gateway.condor.clusters == 3  # the refused ones never reached the schedd
     assert gateway.store.usage("admin", ["idle"], "")["charged_jobs"] == 0
 
 
 def test_a_failed_submission_gives_its_place_back(gateway):
     client = admin_client(gateway)
-    gateway.service.condor.fail.add("submit")
+    gateway.condor.fail.add("submit")
     for _ in range(4):
         assert client.simulate_post("/jobs", json={"command": "true"}).status_code == 503
-    gateway.service.condor.fail.clear()
+    gateway.condor.fail.clear()
     assert [client.simulate_post("/jobs", json={"command": "true"}).status_code for _ in range(4)] == [201] * 3 + [429]
     assert client.simulate_get("/quota").json["active_jobs"] == 3
 

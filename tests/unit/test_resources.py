@@ -5,7 +5,7 @@ import pytest
 from modaclouds_batch.condor import submit_description as sd
 from modaclouds_batch.errors import InvalidRequest
 from modaclouds_batch.jobs import resources
-from modaclouds_batch.jobs.tracker import state_reason
+from modaclouds_batch.jobs.ad_changes import state_reason
 from modaclouds_batch.jobs.states import JobState
 
 

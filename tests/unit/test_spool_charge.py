@@ -11,7 +11,7 @@ from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import JobChange
 
 from .apps import admin_client
-from .fakes import FakeCondor
+from .fakes import FakeCondor, use_condor
 
 
 def archive(size: int, name: str = "data.bin") -> bytes:
@@ -27,8 +27,7 @@ def archive(size: int, name: str = "data.bin") -> bytes:
 def gateway(tmp_path):
     gw = build_gateway(load_settings(overrides={"home": tmp_path, "max_input_ids": 5,
                                                 "max_spool_bytes_per_user": 1 << 20}, environ={}))
-    gw.service.condor = FakeCondor()
-    gw.service.offers = gw.service.runtimes = None
+    use_condor(gw, FakeCondor())
     yield gw
     gw.store.close()
 
@@ -50,7 +49,7 @@ def test_more_data_ids_than_max_input_ids_are_refused(client, gateway):
     resp = client.simulate_post("/jobs", json={"command": "true", "input_ids": ids})
     assert resp.status_code == 413, resp.text
     assert resp.json["field"] == "job-input-ids" and resp.json["limit"] == 5
-    assert gateway.service.condor.round_trips == 0
+    assert gateway.condor.round_trips == 0
 
 
 @pytest.mark.parametrize("key, field", [("input_ids", "job-input-ids"), ("input_files", "input_files")])
@@ -66,7 +65,7 @@ def test_an_array_is_charged_its_input_once_per_item(client, gateway):
     resp = client.simulate_post("/jobs", json={"command": "true", "input_ids": [data_id], "count": 20})
     assert resp.status_code == 413, resp.text
     assert resp.json["limit"] == "max_spool_bytes" and resp.json["spool_bytes"] > 20 * 100_000
-    assert gateway.service.condor.round_trips == 0 and gateway.store.count_jobs() == 0
+    assert gateway.condor.round_trips == 0 and gateway.store.count_jobs() == 0
 
 
 def test_the_spool_held_by_active_jobs_counts_until_they_end(client, gateway):

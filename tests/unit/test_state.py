@@ -18,7 +18,8 @@ import pytest
 
 from modaclouds_batch import home
 from modaclouds_batch.app import build_gateway
-from modaclouds_batch.jobs.tracker import ORPHAN_GRACE_SECONDS, Tracker, remove_orphan_dirs
+from modaclouds_batch.jobs.retention import remove_orphan_dirs
+from modaclouds_batch.jobs.tracker import ORPHAN_GRACE_SECONDS, Tracker
 from modaclouds_batch.settings import load_settings
 from modaclouds_batch.store import Store
 from modaclouds_batch.timefmt import now_iso, to_iso
@@ -139,7 +140,7 @@ def test_start_up_sweeps_only_folders_marked_as_this_instances(tmp_path):
 def test_a_staged_job_folder_is_private_and_marked_with_the_instance(tmp_path, open_umask):
     gw = build_gateway(settings_for(tmp_path))
     try:
-        with gw.service.staging() as staging:
+        with gw.submission.staging() as staging:
             assert mode(staging.path) == 0o700
             assert home.job_dir_owner(staging.path) == gw.store.instance_id
     finally:
@@ -177,8 +178,7 @@ def two_processes(tmp_path):
     path = tmp_path / "shared.db"
     first, second = Store(path), Store(path)
     condor, clock = FakeCondor(), Clock()
-    service = SimpleNamespace(store=second, condor=condor, in_flight=lambda: set(), jobs_ended=lambda ids: None)
-    tracker = Tracker(service, interval=60, sweep_expired=False, clock=clock)
+    tracker = Tracker(second, condor, interval=60, clock=clock)
     yield SimpleNamespace(first=first, second=second, condor=condor, clock=clock, tracker=tracker)
     first.close()
     second.close()
@@ -373,11 +373,11 @@ def test_uploads_and_job_files_are_private_under_umask_0(tmp_path, open_umask):
         client = admin_client(gw)
         row = client.simulate_post("/data", body=b"data", params={"filename": "d.txt"}).json
         assert mode(gw.store.get_data(row["id"])["path"]) == 0o600
-        with gw.service.staging() as staging:
+        with gw.submission.staging() as staging:
             staging.receive("job-input", io.BytesIO(b"an upload"))
             assert mode(staging.input_path) == 0o600
             staging.receive_script("#!/bin/sh\necho hi\n")  # tarfile writes it under the umask
-            gw.service._prepare_items(staging, [["a"]], is_array=False)
+            gw.submission._prepare_items(staging, [["a"]], is_array=False)
             files = [p for p in staging.path.rglob("*")]
             assert {p.name for p in files} >= {"bundle.tar.gz", "input.tar.gz", "arguments.sh", home.MARKER}
             assert all(mode(p) == 0o600 for p in files), {p.name: oct(mode(p)) for p in files}

@@ -1,6 +1,7 @@
 import pytest
 
-from modaclouds_batch.jobs.states import JobAction, JobState, action_conflict, state_from_ad
+from modaclouds_batch.jobs.ad_changes import state_from_ad
+from modaclouds_batch.jobs.states import JobAction, JobState, action_conflict
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ def test_sensible_transitions_are_allowed():
     ({"JobStatus": 6, "JobCurrentStartDate": 100}, "Transferring Output"),
 ])
 def test_backend_status_names_a_running_job_still_fetching_input(ad, expected):
-    from modaclouds_batch.jobs.states import backend_status
+    from modaclouds_batch.jobs.ad_changes import backend_status
 
     assert backend_status(ad) == expected
     assert state_from_ad(ad).value in ("running", "idle")

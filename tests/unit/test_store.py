@@ -54,7 +54,7 @@ def test_every_migration_function_is_registered():
     """A merge can drop the @migrations() line above a migration; it would then never run."""
     import inspect
 
-    from modaclouds_batch import store
+    from modaclouds_batch.store import migrations as store  # the schema's module
 
     defined = [name for name, fn in inspect.getmembers(store, inspect.isfunction)
                if fn.__module__ == store.__name__ and re.match(r"m\d{3}_", name)]
@@ -96,7 +96,7 @@ def test_job_tallies_follow_every_kind_of_job_write(tmp_path):
 
 
 def test_job_tallies_count_the_jobs_a_store_had_before_they_existed(tmp_path):
-    from modaclouds_batch import store as store_module
+    from modaclouds_batch.store import migrations as store_module
 
     db = Database(tmp_path / "db")
     store_module.migrations.apply(db, stop_before="m024_job_tallies")

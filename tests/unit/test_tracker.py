@@ -15,9 +15,8 @@ def world(tmp_path):
     store = Store(tmp_path / "gw.db")
     condor = FakeCondor()
     ended = []
-    service = SimpleNamespace(store=store, condor=condor, in_flight=lambda: set(), jobs_ended=ended.append)
     return SimpleNamespace(store=store, condor=condor, ended=ended,
-                           tracker=Tracker(service, interval=60, sweep_expired=False, orphan_grace=0))
+                           tracker=Tracker(store, condor, interval=60, jobs_ended=ended.append, orphan_grace=0))
 
 
 def add_job(world, status=1, **ad):
