@@ -297,15 +297,11 @@ class JobQueries:
     def _count_matching(self, flt: JobFilter, where: list[str], params: list[Any]) -> int:
         """How many unexpired jobs match: from the tallies when only owner and states filter."""
         if flt == JobFilter(owner=flt.owner, states=flt.states):
-            tally_where, tally_params = ["1"], []
-            if flt.owner is not None:
-                tally_where.append("owner = ?")
-                tally_params.append(flt.owner)
-            if flt.states:
-                tally_where.append(f"state in ({','.join('?' * len(flt.states))})")
-                tally_params.extend(flt.states)
+            # The filter's own conditions on owner and state, but the first ("expired_at is
+            # null"): the tallies count unexpired jobs only.
+            tally_where = where[1:] or ["1"]
             return self.db.execute(f"select coalesce(sum(n), 0) from job_tallies where {' and '.join(tally_where)}",
-                                   tally_params).fetchone()[0]
+                                   params).fetchone()[0]
         return self.db.execute(f"select count(*) from jobs where {' and '.join(where)}", params).fetchone()[0]
 
     def count_by_state(self) -> dict[str, int]:

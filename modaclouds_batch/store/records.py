@@ -114,6 +114,7 @@ def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_filter_sql(flt: JobFilter) -> tuple[list[str], list[Any]]:
+    # "expired_at is null" comes first: the job tallies' total (Store._count_matching) drops it.
     where: list[str] = ["expired_at is null"]
     params: list[Any] = []
     if flt.array_id is not None:
