@@ -163,7 +163,7 @@ def parse_task(body: Any, folders: tuple[Path, ...] = (), allow_private: bool = 
     kept = {k: body[k] for k in TASK_FIELDS if body.get(k) is not None}
     name = _text(body.get("name"), "name")
     _text(body.get("description"), "description")
-    tags = _string_map(body.get("tags"), "tags")
+    _string_map(body.get("tags"), "tags")
     volumes = [_path(v, f"volumes[{i}]") for i, v in enumerate(_list(body.get("volumes"), "volumes"))]
 
     outputs = [parse_output(item, i, folders, allow_private)

@@ -1,8 +1,6 @@
 """The OpenAPI description names exactly the routes the app serves, and is a valid 3.1 document."""
 
-import json
 import re
-from importlib.resources import files
 
 import falcon
 import falcon.testing

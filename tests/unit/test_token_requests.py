@@ -1,7 +1,6 @@
-import falcon.testing
 import pytest
 
-from modaclouds_batch.app import build_gateway, create_app
+from modaclouds_batch.app import build_gateway
 from modaclouds_batch.settings import load_settings
 
 from .apps import admin_client

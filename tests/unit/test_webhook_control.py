@@ -13,7 +13,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from modaclouds_batch.app import build_gateway, create_app
 from modaclouds_batch.notify.delivery import WebhookDispatcher
 from modaclouds_batch.notify.events import events_for_change
-from modaclouds_batch.notify.signing import WebhookSecrets, new_secret
+from modaclouds_batch.notify.signing import new_secret
 from modaclouds_batch.settings import Settings, load_settings
 from modaclouds_batch.store import JobChange, Store
 from modaclouds_batch.timefmt import now_iso
