@@ -40,7 +40,8 @@ from .api.workers import (
 from .condor.collector import CollectorClient
 from .infra.providers import CommandProvider
 from .infra.service import InfraService
-from .condor.schedd import CondorClient
+from .condor.events import EventLogFollower, event_log_path
+from .condor.schedd import CondorClient, configure
 from .data.service import DataService
 from .dialects import all_dialects, openapi_description
 from .home import mark_home
@@ -75,6 +76,8 @@ class Gateway:
     metrics: Metrics
     webhook_secrets: WebhookSecrets
     notifications: NotificationControl
+    # Follows the schedd's event log when the client config names one the gateway can read.
+    schedd_events: EventLogFollower | None = None
 
     def start_background(self) -> None:
         """Clean up after a previous process, then start the threads.
@@ -109,8 +112,23 @@ class Gateway:
         self.infra.check_added_workers(at_start=True)
         self.tracker.start()
         self.webhooks.start()
+        self._follow_schedd_events()
+
+    def _follow_schedd_events(self) -> None:
+        """Wake the tracker on the schedd's job events; without them its poll still finds every change."""
+        configure(self.settings.condor_config)
+        path = event_log_path()
+        if path is None:
+            log.info("the client config names no schedd event log: the tracker polls every %s s",
+                     self.settings.tracker_interval)
+            return
+        self.schedd_events = EventLogFollower(path, self.tracker.heard_of_change)
+        self.schedd_events.start()
+        log.info("following the schedd's event log %s", path)
 
     def shutdown(self) -> None:
+        if self.schedd_events:
+            self.schedd_events.shutdown()
         self.tracker.shutdown()
         self.webhooks.shutdown()
         self.service.validations.shutdown()

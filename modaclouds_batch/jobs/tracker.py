@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 MAX_RETRIEVE_ATTEMPTS = 5
 # Least seconds between two cycles, however often the tracker is woken.
 MIN_GAP = 0.5
+# Seconds the tracker keeps cycling every MIN_GAP after the schedd's event log told of a
+# change: the event is written a moment before the queue shows it (the shadow logs a job's
+# end, then the schedd records it), so the first cycle may still see the job as it was.
+FOLLOW_UP_SECONDS = 2.0
 # Seconds between two expiry sweeps.
 SWEEP_INTERVAL = 15.0
 # A job missing from both queue and history this many cycles is recorded as lost.
@@ -155,6 +159,7 @@ class Tracker:
         self.on_cycle = on_cycle
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._follow_up_until = float("-inf")
         self._thread: threading.Thread | None = None
         self._missing_cycles: dict[str, int] = {}
         # The first cycle tells the service's end listeners even if no job ended, so that
@@ -177,6 +182,16 @@ class Tracker:
         """Run the next cycle now (after a submission or an action)."""
         self._wake.set()
 
+    def heard_of_change(self) -> None:
+        """The schedd's event log says a job moved: cycle now, and again every MIN_GAP for
+        FOLLOW_UP_SECONDS, until the queue shows what the event announced."""
+        self._follow_up_until = time.monotonic() + FOLLOW_UP_SECONDS
+        self._wake.set()
+
+    def next_wait(self) -> float:
+        """Seconds the loop waits for a wake-up before its next cycle."""
+        return MIN_GAP if time.monotonic() < self._follow_up_until else self.interval
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -186,7 +201,7 @@ class Tracker:
                     self.on_cycle(report)
             except Exception:  # the loop must survive anything; the cause is logged
                 log.exception("tracker cycle failed")
-            self._wake.wait(self.interval)
+            self._wake.wait(self.next_wait())
             self._wake.clear()
             # Wakes (one per submission) are coalesced: at most one cycle per MIN_GAP.
             rest = MIN_GAP - (time.monotonic() - started)

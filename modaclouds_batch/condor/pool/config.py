@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("all", "execute")
+# The schedd's global job event log, in the node's LOG folder.
+EVENT_LOG_NAME = "EventLog"
 LOOPBACK = "127.0.0.1"
 
 # Cores the startd advertises, whatever the machine has: jobs of this gateway are mostly
@@ -180,6 +182,9 @@ def render_daemon_config(cfg: NodeConfig) -> str:
         "LOCK = $(LOCAL_DIR)/lock",
         "RUN = $(LOCAL_DIR)/run",
         "CRED_STORE_DIR = $(LOCAL_DIR)/cred_dir",
+        "# Every job's events in one file, which the gateway follows to hear of a change at",
+        "# once (condor/events.py) instead of at its next poll.",
+        f"EVENT_LOG = $(LOG)/{EVENT_LOG_NAME}",
         "# The pool signing key (made by the collector at first start) and daemon tokens.",
         f"SEC_PASSWORD_DIRECTORY = {cfg.password_dir}",
         "SEC_TOKEN_POOL_SIGNING_KEY_FILE = $(SEC_PASSWORD_DIRECTORY)/POOL",
@@ -268,8 +273,10 @@ def _read_lines(cfg: NodeConfig) -> list[str]:
     ]
 
 
-def render_client_config(*, collector_port: int, token_dir: Path) -> str:
-    """The gateway's client config: where the pool is and which token proves who we are.
+def render_client_config(*, collector_port: int, token_dir: Path, event_log: Path | None = None) -> str:
+    """The gateway's client config: where the pool is, which token proves who we are, and
+    the schedd's event log the gateway follows (``event_log``; the same path inside and
+    outside the chroot).
 
     IDTOKENS only: the gateway must act as the pool identity of its token, never as the
     local user it happens to run as (FS would make it root, which may not own jobs).
@@ -282,6 +289,8 @@ def render_client_config(*, collector_port: int, token_dir: Path) -> str:
             "SEC_CLIENT_AUTHENTICATION_METHODS = IDTOKENS",
             "# Token files here must not be readable by others, or they are silently ignored.",
             f"SEC_TOKEN_DIRECTORY = {token_dir}",
+            *(["# The schedd's job event log: the tracker follows it (condor/events.py).",
+               f"GATEWAY_SCHEDD_EVENT_LOG = {event_log}"] if event_log else []),
             "",
         ]
     )
