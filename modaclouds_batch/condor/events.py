@@ -55,8 +55,9 @@ class EventLogFollower:
         self.path = path
         self.on_change = on_change
         self.events_seen = 0
-        # Set once the file is open and what it held before is skipped.
+        # Set once the file is open and what it held before is skipped; set when it was found absent.
         self.following = threading.Event()
+        self.absent = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,6 +76,7 @@ class EventLogFollower:
             try:
                 identity = os.stat(self.path).st_ino
             except OSError:
+                self.absent.set()
                 self._stop.wait(ABSENT_RETRY_SECONDS)
                 skip_existing = False  # a file made from now on holds only new events
                 continue

@@ -77,6 +77,7 @@ def test_a_log_that_appears_later_is_followed_from_its_first_event(tmp_path, mon
     follower = EventLogFollower(log, wakes)
     follower.start()
     try:
+        assert follower.absent.wait(DEADLINE)  # it looked and found none: what comes next is new
         log.write_text(HELD.format(cluster=12))
         assert wakes.wait_for(1)
     finally:
