@@ -168,7 +168,8 @@ def build_gateway(settings: Settings) -> Gateway:
         infra.check_added_workers()  # after the wake: a failure here must not delay webhooks
 
     tracker = Tracker(service, settings.tracker_interval, on_cycle=on_cycle, workers=infra.capacity,
-                      orphan_grace=settings.orphan_grace_seconds)
+                      orphan_grace=settings.orphan_grace_seconds,
+                      reconcile_interval=settings.tracker_reconcile_interval)
     return Gateway(settings, store, condor, service, tracker, webhooks,
                    TokenService(store, audit), quota, audit, infra, metrics, webhook_secrets, notifications)
 

@@ -170,6 +170,9 @@ class Settings:
     slot_lease_seconds: float = 300.0
     max_leased_slots: int = 4
     slot_transfer_bytes_per_second: int = 0
+    # Seconds between two full tracker cycles (every job's ad read); between them a cycle reads
+    # only the jobs whose status changed. 0: every cycle is a full one.
+    tracker_reconcile_interval: float = 60.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""
