@@ -57,6 +57,7 @@ import requests  # noqa: E402
 from modaclouds_batch.app import build_gateway  # noqa: E402
 from modaclouds_batch.condor import submit_description as sd  # noqa: E402
 from modaclouds_batch.condor.schedd import configure, locate_schedd  # noqa: E402
+from modaclouds_batch.jobs.tracker import CHANGE_MARGIN  # noqa: E402
 from modaclouds_batch.settings import Settings, load_settings  # noqa: E402
 from modaclouds_batch.store import Store  # noqa: E402
 from modaclouds_batch.timefmt import to_iso  # noqa: E402
@@ -320,13 +321,21 @@ def bench_busy_gateway(args, pool: Pool, url: str, bundle: bytes, job_dir: Path,
     say(f"submissions: one raw cluster of {size} procs")
     *_, raw_seconds = raw_cluster(pool, raw_instance, job_dir, size)
     raw_array = rate(size, raw_seconds)
-    say(f"submissions: {args.submits} sequential POST /jobs with the gateway's {size} jobs queued")
+    # Queued, not just submitted: the tracker's change queries read a job again until its
+    # last change is CHANGE_MARGIN old (docs/design.md).
+    settle = CHANGE_MARGIN + 2
+    say(f"submissions: {settle} s for the array to settle, then {args.submits} sequential POST /jobs with the "
+        f"gateway's {size} jobs queued, and {args.submits} raw spooled submits with them queued")
+    time.sleep(settle)
     busy = with_tracker_activity(url, lambda: api_submits(url, bundle, args.submits, 1))
+    raw_busy, _ = raw_submits(pool, job_dir, raw_instance, args.submits)
     return {
         "api_array": array,
         "raw_cluster": raw_array,
         "ratio_array_to_raw_cluster": ratio(array["per_second"], raw_array["per_second"]),
         "api_sequential_busy": {**busy, "jobs_queued": size},
+        "raw_spooled_busy": {**raw_busy, "jobs_queued": size},
+        "ratio_sequential_busy_to_raw_busy": ratio(busy["per_second"], raw_busy["per_second"]),
         "ratio_sequential_busy_to_raw": ratio(busy["per_second"], raw["per_second"]),
     }
 
@@ -395,6 +404,17 @@ def fill_store(home: Path, count: int) -> tuple[list[str], str]:
         store.close()
 
 
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process, from /proc (None where there is no /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
 def time_gets(http: requests.Session, urls: list[str]) -> list[float]:
     samples = []
     for url in urls:
@@ -435,6 +455,7 @@ def bench_reads(args, pool: Pool, work: Path, stack: ExitStack, queued_ids: list
             raise RuntimeError(f"raw query {constraint} found {len(ads)} jobs, expected 1")
     get_one, get_page, raw_one = latency(one), latency(page), latency(raw)
     return {
+        "gateway_rss_mb": rss_mb(gateway.proc.pid),
         "jobs_in_store": args.jobs_in_store,
         "store_fill_seconds": round(fill_seconds, 2),
         "get_job": get_one,
@@ -489,6 +510,8 @@ def cycle_figures(tracker, cycles: int) -> dict:
         "cycles": cycles,
         "round_trips": sorted({r.round_trips for r in reports}),
         "jobs_tracked": reports[-1].jobs_tracked,
+        "ads_read": reports[-1].ads_read,
+        "full": reports[-1].full,
         "changes": reports[-1].changes,
         "duration_ms_median": round(statistics.median(durations) * 1000, 2),
         "duration_ms_max": round(max(durations) * 1000, 2),
@@ -509,12 +532,20 @@ def bench_tracker(args, pool: Pool, work: Path, bundle: bytes, size: int) -> dic
         tracker = gateway.tracker
         # The first cycle records every job's ad details (one write per job); later ones find nothing new.
         first = cycle_figures(tracker, 1)
+        # Steady means no change for CHANGE_MARGIN: one cycle past it, then the timed ones.
+        time.sleep(CHANGE_MARGIN + 1)
+        tracker.run_cycle()
+        # Steady cycles between two reconciliations read only what changed (nothing, here)...
         steady = cycle_figures(tracker, args.tracker_cycles)
+        # ... and a full one (every reconcile_interval) reads every ad again.
+        reconcile, tracker.reconcile_interval = tracker.reconcile_interval, 0.0
+        steady_full = cycle_figures(tracker, args.tracker_cycles)
+        tracker.reconcile_interval = reconcile
         # Every job changes state at once: the same round trips, one store transaction.
         pool.schedd.act(htcondor2.JobAction.Hold, f"ClusterId == {cluster}", "benchmark")
         all_change = cycle_figures(tracker, 1)
         return {"jobs": size, "queue_cluster_seconds": round(queue_seconds, 2), "first_cycle": first,
-                "steady_cycle": steady, "all_jobs_change_cycle": all_change}
+                "steady_cycle": steady, "steady_full_cycle": steady_full, "all_jobs_change_cycle": all_change}
     finally:
         gateway.store.close()
 
@@ -716,6 +747,8 @@ def table(results: dict) -> str:
         busy = s["api_sequential_busy"]
         lines += [
             row(f"POST /jobs, 1 client, {busy['jobs_queued']} jobs queued", busy, s["ratio_sequential_busy_to_raw"]),
+            *([row(f"raw spooled, {busy['jobs_queued']} jobs queued", s["raw_spooled_busy"])]
+              if "raw_spooled_busy" in s else []),
             row(f"POST /jobs job-count={s['api_array']['n']} (jobs/s)", s["api_array"], s["ratio_array_to_raw_cluster"]),
             row(f"raw cluster of {s['raw_cluster']['n']} procs (jobs/s)", s["raw_cluster"]),
         ]
@@ -734,13 +767,15 @@ def table(results: dict) -> str:
     lines += [f"   GET /jobs/{{id}} vs raw: p50 x{r['ratio_get_job_p50_to_raw']}, p99 x{r['ratio_get_job_p99_to_raw']}",
               "",
               "3. tracker cycle (real Tracker.run_cycle, real CondorClient)",
-              f"   {'jobs':>6}  {'cycle':14}{'round trips':>12}{'changes':>9}{'median ms':>11}{'max ms':>9}"]
+              f"   {'jobs':>6}  {'cycle':18}{'round trips':>12}{'ads read':>9}{'changes':>9}{'median ms':>11}"
+              f"{'max ms':>9}"]
     for t in results["tracker"]:
-        for label, key in (("first", "first_cycle"), ("steady", "steady_cycle"), ("all change", "all_jobs_change_cycle")):
+        for label, key in (("first", "first_cycle"), ("steady", "steady_cycle"), ("steady full", "steady_full_cycle"),
+                           ("all change", "all_jobs_change_cycle")):
             c = t[key]
             trips = ",".join(str(n) for n in c["round_trips"])
-            lines.append(f"   {t['jobs']:>6}  {label + ' x' + str(c['cycles']):14}{trips:>12}{c['changes']:>9}"
-                         f"{c['duration_ms_median']:>11.1f}{c['duration_ms_max']:>9.1f}")
+            lines.append(f"   {t['jobs']:>6}  {label + ' x' + str(c['cycles']):18}{trips:>12}{c['ads_read']:>9}"
+                         f"{c['changes']:>9}{c['duration_ms_median']:>11.1f}{c['duration_ms_max']:>9.1f}")
     if "webhooks" in results:
         w = results["webhooks"]
         lines += ["", f"4. webhook delay after the schedd records completion ({w['n']} jobs that ran, "
@@ -753,8 +788,60 @@ def table(results: dict) -> str:
                   f"   GET stdout with Range   median {v['api_median_s']:.3f} s, p95 {v['api_p95_s']:.3f} s",
                   f"   spool file, read raw    median {v['spool_median_s']:.3f} s, p95 {v['spool_p95_s']:.3f} s",
                   f"   the gateway adds (median per line) {v['api_minus_spool_median_s']:.3f} s"]
-    lines += ["", f"removed {results['cleanup_removed_jobs']} benchmark jobs; total {results['total_seconds']} s"]
+    lines += ["", *targets_table(results),
+              "", f"removed {results['cleanup_removed_jobs']} benchmark jobs; total {results['total_seconds']} s"]
     return "\n".join(lines)
+
+
+def targets(results: dict) -> list[dict[str, Any]]:
+    """The figures of issue 20's table: each value beside its reference in the same run, the
+    ratio, and the target (a ratio, or a bound where there is no raw reference)."""
+    s, r, out = results["submit"], results["read"], []
+
+    def add(figure, value, reference, ratio_value, target, unit=""):
+        out.append({"figure": figure, "value": value, "reference": reference, "ratio": ratio_value,
+                    "target": target, "unit": unit})
+
+    seq, conc, raw = s["api_sequential"], s["api_concurrent"], s["raw_spooled"]
+    add("POST /jobs, 1 client / raw spooled submit", seq["per_second"], raw["per_second"],
+        ratio(seq["per_second"], raw["per_second"]), ">= 0.85", "jobs/s")
+    add(f"POST /jobs, {conc['clients']} clients / 1 client", conc["per_second"], seq["per_second"],
+        ratio(conc["per_second"], seq["per_second"]), ">= 1.6", "jobs/s")
+    if "api_sequential_busy" in s:
+        busy = s["api_sequential_busy"]
+        add(f"POST /jobs with {busy['jobs_queued']} queued / none queued", busy["per_second"], seq["per_second"],
+            ratio(busy["per_second"], seq["per_second"]), ">= 0.9 at 10000", "jobs/s")
+        if "raw_spooled_busy" in s:
+            raw_busy = s["raw_spooled_busy"]
+            add(f"  the same, raw: {raw_busy['jobs_queued']} queued / none queued", raw_busy["per_second"],
+                raw["per_second"], ratio(raw_busy["per_second"], raw["per_second"]), "(the schedd's own)", "jobs/s")
+    if len(results.get("tracker", [])) >= 2:
+        small, large = min(results["tracker"], key=lambda t: t["jobs"]), max(results["tracker"], key=lambda t: t["jobs"])
+        a, b = large["steady_cycle"]["duration_ms_median"], small["steady_cycle"]["duration_ms_median"]
+        add(f"tracker steady cycle, {large['jobs']} jobs / {small['jobs']} jobs", a, b, ratio(a, b), "<= 2", "ms")
+    if "webhooks" in results:
+        w = results["webhooks"]
+        add("completion -> webhook, median", w["median_s"], w["tracker_interval_s"], None, "<= 0.5", "s")
+        add("completion -> webhook, p95", w["p95_s"], w["tracker_interval_s"], None, "<= 1.5", "s")
+    raw_q = r["raw_query_one_job"]
+    add(f"GET /jobs/{{id}} p99, {r['jobs_in_store']} in the store", r["get_job"]["p99_ms"], raw_q["p99_ms"],
+        ratio(r["get_job"]["p99_ms"], raw_q["p99_ms"]), "<= 10", "ms")
+    add(f"GET /jobs first page p99, {r['jobs_in_store']} in the store", r["list_jobs_first_page"]["p99_ms"],
+        raw_q["p99_ms"], ratio(r["list_jobs_first_page"]["p99_ms"], raw_q["p99_ms"]), "<= 15", "ms")
+    add(f"gateway RSS, {r['jobs_in_store']} in the store, idle", r.get("gateway_rss_mb"), None, None, "<= 150", "MB")
+    return out
+
+
+def targets_table(results: dict) -> list[str]:
+    """Issue 20's table, as measured (reference: the raw bindings, the other figure of the ratio,
+    the tracker interval for webhooks, one raw schedd.query for reads)."""
+    lines = ["6. issue 20's figures (value, its reference in this run, ratio, target)",
+             f"   {'figure':52}{'value':>10}{'reference':>11}{'ratio':>8}  target"]
+    for t in targets(results):
+        fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        lines.append(f"   {t['figure']:52}{fmt(t['value']) + ' ' + t['unit']:>10}{fmt(t['reference']):>11}"
+                     f"{fmt(t['ratio']):>8}  {t['target']}")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -795,6 +882,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     results = run(args)
+    if args.json:
+        results["targets"] = targets(results)
     print(json.dumps(results, indent=2) if args.json else table(results))
 
 

@@ -40,7 +40,8 @@ from .api.workers import (
 from .condor.collector import CollectorClient
 from .infra.providers import CommandProvider
 from .infra.service import InfraService
-from .condor.schedd import CondorClient
+from .condor.events import EventLogFollower, event_log_path
+from .condor.schedd import CondorClient, configure
 from .data.service import DataService
 from .dialects import all_dialects, openapi_description
 from .home import mark_home
@@ -84,6 +85,8 @@ class Gateway:
     retention: Retention
     # Who hears of ended jobs (dialects register with ``ends.on_jobs_ended``).
     ends: JobEnds
+    # Follows the schedd's event log when the client config names one the gateway can read.
+    schedd_events: EventLogFollower | None = None
 
     def start_background(self) -> None:
         """Clean up after a previous process, then start the threads.
@@ -118,8 +121,23 @@ class Gateway:
         self.infra.check_added_workers(at_start=True)
         self.tracker.start()
         self.webhooks.start()
+        self._follow_schedd_events()
+
+    def _follow_schedd_events(self) -> None:
+        """Wake the tracker on the schedd's job events; without them its poll still finds every change."""
+        configure(self.settings.condor_config)
+        path = event_log_path()
+        if path is None:
+            log.info("the client config names no schedd event log: the tracker polls every %s s",
+                     self.settings.tracker_interval)
+            return
+        self.schedd_events = EventLogFollower(path, self.tracker.heard_of_change)
+        self.schedd_events.start()
+        log.info("following the schedd's event log %s", path)
 
     def shutdown(self) -> None:
+        if self.schedd_events:
+            self.schedd_events.shutdown()
         self.tracker.shutdown()
         self.webhooks.shutdown()
         self.submission.validations.shutdown()
@@ -165,7 +183,8 @@ def build_gateway(settings: Settings) -> Gateway:
     tracker = Tracker(store, condor, settings.tracker_interval, data=data, in_flight=in_flight.snapshot,
                       jobs_ended=ends.jobs_ended, sweep=retention.sweep_expired,
                       recover_unsettled=submission.recover_unsettled, on_cycle=on_cycle, workers=infra.capacity,
-                      orphan_grace=settings.orphan_grace_seconds)
+                      orphan_grace=settings.orphan_grace_seconds,
+                      reconcile_interval=settings.tracker_reconcile_interval)
     return Gateway(settings, store, condor, service, tracker, webhooks,
                    TokenService(store, audit), quota, audit, infra, metrics, webhook_secrets, notifications,
                    submission, retention, ends)

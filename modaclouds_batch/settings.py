@@ -180,6 +180,9 @@ class Settings:
     # The managed pool's daemons run on a simulated host of their own (a network namespace on the
     # pool's bridge, address .254), so a gateway on this machine reaches its schedd over a network.
     pool_namespace: bool = False
+    # Seconds between two full tracker cycles (every job's ad read); between them a cycle reads
+    # only the jobs whose status changed. 0: every cycle is a full one.
+    tracker_reconcile_interval: float = 60.0
 
     def resolved(self) -> "Settings":
         """Fill the paths derived from ``home``; idempotent."""

@@ -246,3 +246,17 @@ def jobs_constraint(instance_id: str, job_ids: Iterable[str], status: JobStatus 
 def cluster_constraint(cluster_id: int) -> str:
     """Every proc of one cluster."""
     return f"ClusterId == {int(cluster_id)}"
+
+
+def changed_since_constraint(instance_id: str, since: int, watched: Iterable[str] = ()) -> str:
+    """This gateway's jobs whose status changed, or whose own process started, at or after
+    ``since`` (epoch seconds on the schedd's clock), and the ``watched`` ones whatever they did.
+
+    The schedd still evaluates it over its queue, but returns (and the tracker converts)
+    only what changed: what a steady tracker cycle costs grows with the changes.
+    """
+    changed = f"EnteredCurrentStatus >= {int(since)} || JobCurrentStartExecutingDate >= {int(since)}"
+    ids = ", ".join(classad2.quote(j) for j in watched)
+    if ids:
+        changed += f" || member({GATEWAY_JOB_ID}, {{{ids}}})"
+    return f"{instance_constraint(instance_id)} && ({changed})"

@@ -4,6 +4,14 @@ One cycle costs a fixed number of schedd round trips whatever the number of jobs
 one queue query for all of this gateway's jobs, then at most one retrieve and one
 edit for all jobs that finished, one history query for all jobs that left the queue
 unseen, and one remove for all orphans.
+
+Most cycles read only what changed: the query asks for the jobs whose status changed
+since the previous cycle's query (``EnteredCurrentStatus``, less CHANGE_MARGIN), plus the
+few the tracker is watching (finished jobs not yet gone from the queue, retrievals to
+retry, jobs missing from the queue). A full cycle, which reads every job's ad and also
+finds orphans, jobs gone unseen and changed wait reasons, runs first, after any schedd
+error, and every ``reconcile_interval`` seconds: the safety net for what the change
+query cannot see (resource-usage figures, a schedd clock far off ours).
 """
 
 from __future__ import annotations
@@ -33,6 +41,13 @@ log = logging.getLogger(__name__)
 MAX_RETRIEVE_ATTEMPTS = 5
 # Least seconds between two cycles, however often the tracker is woken.
 MIN_GAP = 0.5
+# Seconds the tracker keeps cycling every MIN_GAP after the schedd's event log told of a
+# change: the event is written a moment before the queue shows it (the shadow logs a job's
+# end, then the schedd records it), so the first cycle may still see the job as it was.
+FOLLOW_UP_SECONDS = 2.0
+# Seconds a change query reaches back before the previous query started: the schedd's
+# clock (EnteredCurrentStatus) against ours, and a change recorded while that query ran.
+CHANGE_MARGIN = 10
 # Seconds between two expiry sweeps.
 SWEEP_INTERVAL = 15.0
 # A job missing from both queue and history this many cycles is recorded as lost.
@@ -46,6 +61,9 @@ ORPHAN_GRACE_SECONDS = 120
 class CycleReport:
     round_trips: int = 0
     jobs_tracked: int = 0
+    # Job ads the queue query returned (and the cycle converted), and whether it read every job's.
+    ads_read: int = 0
+    full: bool = True
     changes: int = 0
     retrieved: int = 0
     orphans_removed: int = 0
@@ -68,11 +86,23 @@ class Tracker:
                  recover_unsettled: Callable[[], None] | None = None,
                  on_cycle: Callable[[CycleReport], None] | None = None,
                  workers: Callable[[], list[dict[str, Any]]] | None = None,
-                 orphan_grace: float = ORPHAN_GRACE_SECONDS, clock: Callable[[], float] = time.monotonic):
+                 orphan_grace: float = ORPHAN_GRACE_SECONDS, clock: Callable[[], float] = time.monotonic,
+                 reconcile_interval: float = 0.0, wall_clock: Callable[[], float] = time.time):
+        # Seconds between two full cycles; 0: every cycle is one (the change query never runs).
+        self.reconcile_interval = reconcile_interval
+        self._wall_clock = wall_clock
+        self._last_full = float("-inf")
+        self._needs_full = True
+        # Epoch second (our clock, less CHANGE_MARGIN) from which the next change query reads.
+        self._changes_since: int | None = None
+        # Finished jobs whose outputs could not be retrieved yet: each cycle looks at them again.
+        self._retrying: set[str] = set()
         # An unknown job is removed only once seen unknown for this long (by ``clock``).
         self.orphan_grace = orphan_grace
         self._clock = clock
         self._unknown_since: dict[str, float] = {}
+        # Queued jobs of ours with no row, as the last cycle saw them: change cycles watch them.
+        self._unknown: set[str] = set()
         # The pool's workers (one cached collector query), to say why idle jobs wait.
         self.workers = workers
         # Retention (after JobSubmission.recover_unsettled); None: no sweeps (unit tests).
@@ -88,6 +118,7 @@ class Tracker:
         self.on_cycle = on_cycle
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._follow_up_until = float("-inf")
         self._thread: threading.Thread | None = None
         self._missing_cycles: dict[str, int] = {}
         # The first cycle tells the service's end listeners even if no job ended, so that
@@ -110,6 +141,16 @@ class Tracker:
         """Run the next cycle now (after a submission or an action)."""
         self._wake.set()
 
+    def heard_of_change(self) -> None:
+        """The schedd's event log says a job moved: cycle now, and again every MIN_GAP for
+        FOLLOW_UP_SECONDS, until the queue shows what the event announced."""
+        self._follow_up_until = time.monotonic() + FOLLOW_UP_SECONDS
+        self._wake.set()
+
+    def next_wait(self) -> float:
+        """Seconds the loop waits for a wake-up before its next cycle."""
+        return MIN_GAP if time.monotonic() < self._follow_up_until else self.interval
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -119,7 +160,7 @@ class Tracker:
                     self.on_cycle(report)
             except Exception:  # the loop must survive anything; the cause is logged
                 log.exception("tracker cycle failed")
-            self._wake.wait(self.interval)
+            self._wake.wait(self.next_wait())
             self._wake.clear()
             # Wakes (one per submission) are coalesced: at most one cycle per MIN_GAP.
             rest = MIN_GAP - (time.monotonic() - started)
@@ -142,18 +183,39 @@ class Tracker:
         self.store.apply_job_changes(changes, **kw)
         report.ended += [c.job_id for c in changes if c.new_state and JobState(c.new_state).is_final]
 
+    def _full_cycle_due(self) -> bool:
+        return (self._needs_full or self.reconcile_interval <= 0 or self._changes_since is None
+                or self._clock() - self._last_full >= self.reconcile_interval)
+
     def _cycle(self) -> CycleReport:
         report = CycleReport()
         start_trips = self.condor.thread_round_trips()
         instance = self.store.instance_id
-        active = {job["id"]: job for job in self.store.active_jobs(s.value for s in ACTIVE_STATES)}
-        report.jobs_tracked = len(active)
+        full = report.full = self._full_cycle_due()
+        leaving = self.store.not_left_queue(s.value for s in FINAL_STATES)
+        watched = set(leaving) | self._retrying | set(self._missing_cycles) | self._unknown
+        query_started = int(self._wall_clock()) - CHANGE_MARGIN
         try:
-            ads = self.condor.query(sd.instance_constraint(instance), sd.JOB_PROJECTION)
+            constraint = (sd.instance_constraint(instance) if full
+                          else sd.changed_since_constraint(instance, self._changes_since, sorted(watched)))
+            ads = self.condor.query(constraint, sd.JOB_PROJECTION)
         except CondorUnavailable as exc:
             report.errors.append(str(exc))
             log.warning("tracker: schedd query failed, will retry: %s", exc)
+            self._needs_full = True  # changes may have been missed meanwhile
             return report
+        self._changes_since = query_started
+        if full:
+            self._needs_full, self._last_full = False, self._clock()
+        report.ads_read = len(ads)
+        active_states = {s.value for s in ACTIVE_STATES}
+        if full:
+            active = {job["id"]: job for job in self.store.active_jobs(active_states)}
+        else:
+            # Only the rows of the jobs the query returned or the tracker watches.
+            rows = self.store.jobs_by_id({ad[sd.GATEWAY_JOB_ID] for ad in ads if ad.get(sd.GATEWAY_JOB_ID)} | watched)
+            active = {job_id: job for job_id, job in rows.items() if job["state"] in active_states}
+        report.jobs_tracked = len(active)
 
         changes: list[JobChange] = []
         finished: dict[str, tuple[dict, dict]] = {}
@@ -194,16 +256,25 @@ class Tracker:
             self._collect_outputs(instance, finished, report)
         if leftovers:
             self._let_leave_queue(instance, leftovers, report)
-        missing = [job for job_id, job in active.items() if job_id not in seen and job_id not in in_flight]
+        # A change query returns only what changed: absence means something only for the watched.
+        missing = [job for job_id, job in active.items() if job_id not in seen and job_id not in in_flight
+                   and (full or job_id in watched)]
         if missing:
             self._close_missing(instance, missing, report)
-        self._note_left_queue(seen, report)
+        self._note_left_queue(seen, report, among=None if full else set(leaving))
         restated = {c.job_id for c in changes if c.new_state}
         ended = {c.job_id for c in changes if c.new_state and JobState(c.new_state).is_final}
         decided: set[str] = set()
-        # A waiting job that just ended (its owner removed it) has nothing left to wait for.
-        waiting = [job for job_id, job in active.items()
-                   if job.get("awaiting_dependencies") and job_id in seen and job_id not in ended]
+        # A waiting job that just ended (its owner removed it) has nothing left to wait for. A
+        # change cycle settles those it read, and all of them (from their rows) when a job ended.
+        if not full and report.ended:
+            waiting = [job for job in self.store.active_jobs(active_states)
+                       if job.get("awaiting_dependencies") and job["id"] not in ended]
+            for job in waiting:
+                active.setdefault(job["id"], job)
+        else:
+            waiting = [job for job_id, job in active.items()
+                       if job.get("awaiting_dependencies") and job_id in seen and job_id not in ended]
         if waiting or stale_gates:
             now_in = {c.job_id: c.new_state for c in changes if c.new_state}
             decided = self._settle_dependencies(instance, waiting, now_in, stale_gates, report)
@@ -212,6 +283,7 @@ class Tracker:
                 and ad.gateway_job_id not in decided]
         if idle and self.workers is not None:
             self._explain_waits(idle, active, restated, report)
+        self._unknown = set(unknown)
         orphans = self._orphans(unknown)
         if orphans:
             self._remove_orphans(instance, orphans, report)
@@ -303,7 +375,9 @@ class Tracker:
                 attempts = (job.get("retrieve_attempts") or 0) + 1
                 if attempts < MAX_RETRIEVE_ATTEMPTS:
                     changes.append(JobChange(job["id"], {"retrieve_attempts": attempts}))
+                    self._retrying.add(job["id"])
                 else:
+                    self._retrying.discard(job["id"])
                     change = changes_from_ads(job, ad, final_allowed=True)
                     change.reason = f"{change.reason}; outputs could not be retrieved: {exc}"
                     change.fields["retrieve_attempts"] = attempts
@@ -311,6 +385,7 @@ class Tracker:
             self._apply(changes, report)
             return
         retrieved_at = now_iso()
+        self._retrying.difference_update(finished)
         answers = []
         for job, _ in finished.values():
             restrict_tree(Path(job["job_dir"]))  # HTCondor wrote the outputs under the umask
@@ -396,9 +471,12 @@ class Tracker:
             self._apply(changes, report)
             report.changes += len(changes)
 
-    def _note_left_queue(self, seen: set[str], report: CycleReport) -> None:
-        """Finished jobs the queue no longer holds: a removed job stays there until its worker stopped it."""
-        gone = [job_id for job_id in self.store.not_left_queue(s.value for s in FINAL_STATES) if job_id not in seen]
+    def _note_left_queue(self, seen: set[str], report: CycleReport, among: set[str] | None = None) -> None:
+        """Finished jobs the queue no longer holds: a removed job stays there until its worker stopped it.
+
+        A change cycle knows only of those ``among`` the jobs its query watched."""
+        gone = [job_id for job_id in self.store.not_left_queue(s.value for s in FINAL_STATES)
+                if job_id not in seen and (among is None or job_id in among)]
         if gone:
             at = now_iso()
             self.store.apply_job_changes([JobChange(job_id, {"left_queue_at": at}) for job_id in gone])

@@ -159,3 +159,20 @@ def _token(home, owner) -> str:
     out = subprocess.run([sys.executable, "-m", "modaclouds_batch", "--home", str(home), "token", "create",
                           "--owner", owner, "--json"], check=True, capture_output=True, text=True).stdout
     return json.loads(out)["token"]
+
+
+def test_a_finished_job_is_noticed_from_the_schedds_event_log_not_from_the_next_poll(tmp_path, condor_config,
+                                                                                     receiver):
+    # The tracker polls once an hour here: after the submission's own wake-up, only the schedd's
+    # event log (which the pool's client config names) can tell it the job started and ended.
+    env = {**FAST_RETRIES, "MODACLOUDS_BATCH_TRACKER_INTERVAL": "3600"}
+    gateway = GatewayProcess(tmp_path / "home", condor_config, env=env).start()
+    try:
+        client = gateway.client()
+        job_id = client.submit(pack_bundle("hello"), name="evented",
+                               notify=f"{receiver.url}/hook").json()["job_id"]
+        client.wait_for(job_id, {"completed"}, timeout=180)
+        [request] = receiver.wait_for(1, timeout=60)
+        assert json.loads(request["body"])["job-uuid"] == job_id
+    finally:
+        gateway.stop()

@@ -37,6 +37,11 @@ class FakeCondor:
 
     def _select(self, ads: dict[str, dict], constraint: str) -> list[dict]:
         wanted = _ids_in(constraint)
+        since = re.search(r"EnteredCurrentStatus >= (\d+)", constraint)
+        if since:  # a change query (sd.changed_since_constraint): changed since, or one of the named
+            at = int(since.group(1))
+            return [dict(ad) for job_id, ad in ads.items() if job_id in wanted
+                    or ad.get("EnteredCurrentStatus", 0) >= at or ad.get("JobCurrentStartExecutingDate", 0) >= at]
         status = re.search(r"&& JobStatus == (\d+)$", constraint)
         cluster = re.fullmatch(r"ClusterId == (\d+)", constraint)
         return [dict(ad) for job_id, ad in ads.items() if (not wanted or job_id in wanted)

@@ -357,3 +357,15 @@ def test_jobs_cannot_read_the_queue_as_their_execute_account():
     assert with_accounts["ALLOW_READ"] == "$(ALLOW_WRITE)"
     assert "batch-main" not in with_accounts["ALLOW_WRITE"] and "*" not in with_accounts["ALLOW_WRITE"]
     assert without["ALLOW_READ"] == "*@$(UID_DOMAIN)/127.0.0.1"
+
+
+def test_the_schedd_writes_one_event_log_and_the_client_config_names_it_for_the_tracker():
+    daemon = knobs(render_daemon_config(node()))
+    client = knobs(render_client_config(collector_port=9618, token_dir=Path("/pool/client/tokens.d"),
+                                        event_log=Path("/pool/condor/main/log/EventLog")))
+
+    assert daemon["EVENT_LOG"] == "$(LOG)/EventLog"
+    assert daemon["LOG"] == "$(LOCAL_DIR)/log"
+    assert client["GATEWAY_SCHEDD_EVENT_LOG"] == "/pool/condor/main/log/EventLog"
+    assert "GATEWAY_SCHEDD_EVENT_LOG" not in knobs(render_client_config(
+        collector_port=9618, token_dir=Path("/pool/client/tokens.d")))

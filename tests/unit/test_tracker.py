@@ -169,3 +169,94 @@ def test_a_running_job_requeued_by_htcondor_says_where_it_stopped_and_why(world)
     assert events[-1]["reason"] == ("requeued: it stopped running on slot1_1@n1 (Job lease expired); "
                                     "HTCondor runs it again from the start")
     assert world.store.get_job(job_id)["run_count"] == 1
+
+
+@pytest.fixture
+def changes_world(tmp_path):
+    """A tracker that reads only changes between full cycles, on clocks the test moves."""
+    store = Store(tmp_path / "gw.db")
+    condor = FakeCondor()
+    clocks = SimpleNamespace(monotonic=1000.0, wall=1_800_000_000.0)
+    tracker = Tracker(store, condor, interval=2, orphan_grace=0, reconcile_interval=60,
+                      clock=lambda: clocks.monotonic, wall_clock=lambda: clocks.wall)
+    return SimpleNamespace(store=store, condor=condor, clocks=clocks, tracker=tracker)
+
+
+def later(world, seconds: float) -> None:
+    world.clocks.monotonic += seconds
+    world.clocks.wall += seconds
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+def test_a_steady_cycle_reads_and_writes_nothing_whatever_the_number_of_jobs(changes_world, count):
+    w = changes_world
+    entered = int(w.clocks.wall) - 3600
+    ids = [add_job(w, status=1, EnteredCurrentStatus=entered) for _ in range(count)]
+    first = w.tracker.run_cycle()
+    assert (first.full, first.ads_read) == (True, count)
+    later(w, 30)
+    steady = w.tracker.run_cycle()
+    assert (steady.full, steady.ads_read, steady.changes, steady.round_trips) == (False, 0, 0, 1)
+    # One job starts: the next change cycle reads that one ad and writes that one row.
+    w.condor.queue[ids[0]].update(JobStatus=2, EnteredCurrentStatus=int(w.clocks.wall))
+    later(w, 2)
+    one = w.tracker.run_cycle()
+    assert (one.full, one.ads_read, one.changes) == (False, 1, 1)
+    assert w.store.get_job(ids[0])["state"] == "running"
+    # Every reconcile_interval a full cycle reads every ad again (the safety net).
+    later(w, 60)
+    assert (lambda r: (r.full, r.ads_read, r.changes))(w.tracker.run_cycle()) == (True, count, 0)
+
+
+def test_a_change_cycle_still_closes_a_job_that_left_the_queue_unseen_at_the_next_full_cycle(changes_world):
+    w = changes_world
+    job_id = add_job(w, status=2, EnteredCurrentStatus=int(w.clocks.wall) - 3600)
+    w.tracker.run_cycle()
+    # It ends and leaves the queue between two cycles without a status the change query could see.
+    w.condor.history_ads[job_id] = {**w.condor.queue.pop(job_id), "JobStatus": 4, "ExitCode": 0}
+    later(w, 2)
+    assert w.tracker.run_cycle().changes == 0  # a change cycle cannot tell it left
+    later(w, 60)
+    w.tracker.run_cycle()
+    assert w.store.get_job(job_id)["state"] == "completed"
+
+
+def test_a_failed_query_makes_the_next_cycle_a_full_one(changes_world):
+    w = changes_world
+    add_job(w, status=1, EnteredCurrentStatus=int(w.clocks.wall) - 3600)
+    w.tracker.run_cycle()
+    w.condor.fail.add("query")
+    later(w, 2)
+    assert w.tracker.run_cycle().errors
+    w.condor.fail.clear()
+    later(w, 2)
+    assert w.tracker.run_cycle().full
+
+
+def test_a_removed_job_still_in_the_queue_is_watched_until_it_has_left(changes_world):
+    w = changes_world
+    job_id = add_job(w, status=2, EnteredCurrentStatus=int(w.clocks.wall) - 3600)
+    w.tracker.run_cycle()
+    w.condor.queue[job_id].update(JobStatus=3, EnteredCurrentStatus=int(w.clocks.wall))
+    later(w, 2)
+    w.tracker.run_cycle()
+    assert w.store.get_job(job_id)["state"] == "removed"
+    later(w, 30)  # long past the change: only the watch list finds it
+    w.tracker.run_cycle()
+    assert w.store.get_job(job_id)["left_queue_at"] is None
+    w.condor.history_ads[job_id] = w.condor.queue.pop(job_id)
+    later(w, 2)
+    assert not w.tracker.run_cycle().full
+    assert w.store.get_job(job_id)["left_queue_at"] is not None
+
+
+def test_a_change_cycle_removes_an_orphan_that_never_changes_once_its_grace_passed(changes_world):
+    w = changes_world
+    orphan = str(uuid.uuid4())
+    w.condor.queue[orphan] = {"GatewayJobId": orphan, "ClusterId": 99, "ProcId": 0, "JobStatus": 1,
+                              "EnteredCurrentStatus": int(w.clocks.wall)}
+    w.tracker.orphan_grace = 10
+    w.tracker.run_cycle()
+    later(w, 30)  # its status is long unchanged: only the watch list shows it
+    report = w.tracker.run_cycle()
+    assert (report.full, report.orphans_removed) == (False, 1)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("all", "execute")
+# The schedd's global job event log, in the node's LOG folder.
+EVENT_LOG_NAME = "EventLog"
 LOOPBACK = "127.0.0.1"
 
 # Cores the startd advertises, whatever the machine has: jobs of this gateway are mostly
@@ -227,6 +229,9 @@ def render_daemon_config(cfg: NodeConfig) -> str:
         "LOCK = $(LOCAL_DIR)/lock",
         "RUN = $(LOCAL_DIR)/run",
         "CRED_STORE_DIR = $(LOCAL_DIR)/cred_dir",
+        "# Every job's events in one file, which the gateway follows to hear of a change at",
+        "# once (condor/events.py) instead of at its next poll.",
+        f"EVENT_LOG = $(LOG)/{EVENT_LOG_NAME}",
         "# The pool signing key (made by the collector at first start) and daemon tokens.",
         f"SEC_PASSWORD_DIRECTORY = {cfg.password_dir}",
         "SEC_TOKEN_POOL_SIGNING_KEY_FILE = $(SEC_PASSWORD_DIRECTORY)/POOL",
@@ -372,8 +377,10 @@ def _read_lines(cfg: NodeConfig) -> list[str]:
 
 
 def render_client_config(*, collector_port: int, token_dir: Path, address: str = LOOPBACK,
-                         job_lease_seconds: int = DEFAULT_JOB_LEASE_SECONDS) -> str:
-    """The gateway's client config: where the pool is and which token proves who we are.
+                         job_lease_seconds: int = DEFAULT_JOB_LEASE_SECONDS, event_log: Path | None = None) -> str:
+    """The gateway's client config: where the pool is, which token proves who we are, and
+    the schedd's event log the gateway follows (``event_log``; the same path inside and
+    outside the chroot).
 
     IDTOKENS only: the gateway must act as the pool identity of its token, never as the
     local user it happens to run as (FS would make it root, which may not own jobs).
@@ -388,6 +395,8 @@ def render_client_config(*, collector_port: int, token_dir: Path, address: str =
             f"SEC_TOKEN_DIRECTORY = {token_dir}",
             "# Jobs the gateway submits carry the pool's job lease (JobLeaseDuration).",
             f"JOB_DEFAULT_LEASE_DURATION = {job_lease_seconds}",
+            *(["# The schedd's job event log: the tracker follows it (condor/events.py).",
+               f"GATEWAY_SCHEDD_EVENT_LOG = {event_log}"] if event_log else []),
             "",
         ]
     )

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .commands import run
-from .config import render_client_config
+from .config import EVENT_LOG_NAME, render_client_config
 from .errors import PoolError
 from .layout import MAIN_NODE, PoolLayout
 
@@ -41,7 +41,8 @@ def write_client_config(layout: PoolLayout, collector_port: int, address: str, j
     layout.client_config.parent.mkdir(parents=True, exist_ok=True)
     layout.client_config.write_text(
         render_client_config(collector_port=collector_port, token_dir=layout.client_token_dir,
-                             address=address, job_lease_seconds=job_lease_seconds),
+                             address=address, job_lease_seconds=job_lease_seconds,
+                             event_log=layout.log_dir() / EVENT_LOG_NAME),
         encoding="utf-8")
 
 
