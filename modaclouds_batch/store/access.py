@@ -19,9 +19,11 @@ class AccessQueries:
         states = list(active_states)
         marks = ",".join("?" * len(states))
         with self._lock:
+            # From the tallies (a few rows, not every active job): they count unexpired jobs
+            # only, and only final jobs ever expire (Retention.sweep_expired).
             active, spool = self.db.execute(
-                f"select count(*), coalesce(sum(spool_bytes), 0) from jobs where owner = ? and state in ({marks})",
-                [owner, *states]).fetchone()
+                f"select coalesce(sum(n), 0), coalesce(sum(spool_bytes), 0) from job_tallies"
+                f" where owner = ? and state in ({marks})", [owner, *states]).fetchone()
             charged_jobs, charged_bytes = self.db.execute(
                 "select coalesce(sum(jobs), 0), coalesce(sum(spool_bytes), 0) from charges where owner = ?",
                 [owner]).fetchone()

@@ -252,8 +252,8 @@ def m020_webhook_secrets(db: Database) -> None:
     db["outbox"].add_column("stopped_reason", str)
 
 
-# The job_tallies triggers: kept by SQLite itself, so no write path can forget them.
-JOB_TALLY_TRIGGERS = (
+# The job_tallies triggers as m024_job_tallies made them (counts only); m025 replaces them.
+_COUNT_ONLY_TALLY_TRIGGERS = (
     """create trigger job_tallies_insert after insert on jobs when new.expired_at is null begin
         insert into job_tallies (owner, state, n) values (new.owner, new.state, 1)
             on conflict (owner, state) do update set n = n + 1;
@@ -266,6 +266,27 @@ JOB_TALLY_TRIGGERS = (
             where old.expired_at is null and owner = old.owner and state = old.state;
         insert into job_tallies (owner, state, n) select new.owner, new.state, 1 where new.expired_at is null
             on conflict (owner, state) do update set n = n + 1;
+    end""",
+)
+
+# The job_tallies triggers (count and spool bytes): kept by SQLite itself, so no write path
+# can forget them.
+JOB_TALLY_TRIGGERS = (
+    """create trigger job_tallies_insert after insert on jobs when new.expired_at is null begin
+        insert into job_tallies (owner, state, n, spool_bytes)
+            values (new.owner, new.state, 1, coalesce(new.spool_bytes, 0))
+            on conflict (owner, state) do update set n = n + 1, spool_bytes = spool_bytes + excluded.spool_bytes;
+    end""",
+    """create trigger job_tallies_delete after delete on jobs when old.expired_at is null begin
+        update job_tallies set n = n - 1, spool_bytes = spool_bytes - coalesce(old.spool_bytes, 0)
+            where owner = old.owner and state = old.state;
+    end""",
+    """create trigger job_tallies_update after update of owner, state, expired_at, spool_bytes on jobs begin
+        update job_tallies set n = n - 1, spool_bytes = spool_bytes - coalesce(old.spool_bytes, 0)
+            where old.expired_at is null and owner = old.owner and state = old.state;
+        insert into job_tallies (owner, state, n, spool_bytes)
+            select new.owner, new.state, 1, coalesce(new.spool_bytes, 0) where new.expired_at is null
+            on conflict (owner, state) do update set n = n + 1, spool_bytes = spool_bytes + excluded.spool_bytes;
     end""",
 )
 
@@ -282,7 +303,7 @@ def m024_job_tallies(db: Database) -> None:
                " primary key (owner, state)) without rowid")
     db.execute("insert into job_tallies (owner, state, n) select owner, state, count(*) from jobs"
                " where expired_at is null group by owner, state")
-    for trigger in JOB_TALLY_TRIGGERS:
+    for trigger in _COUNT_ONLY_TALLY_TRIGGERS:
         db.execute(trigger)
     # A state-filtered page walks its state's jobs newest first instead of sorting them all
     # (52 ms for the first page of 80,000 completed jobs, 0.1 ms with this index); the old
@@ -346,3 +367,17 @@ def m018_slot_leases(db: Database) -> None:
     )
     db["slot_leases"].create_index(["owner"])
     db["slot_leases"].create_index(["ended_at", "expires_at"])
+
+
+@migrations()
+def m025_job_spool_tallies(db: Database) -> None:
+    # The spool bytes of each owner's unexpired jobs per state beside their count: a
+    # submission's quota check (Store.usage) summed spool_bytes over every active job of its
+    # owner (1.8 ms at 10,000 queued jobs, per submission); it reads these few rows instead.
+    db.execute("alter table job_tallies add column spool_bytes integer not null default 0")
+    db.execute("update job_tallies set spool_bytes = (select coalesce(sum(spool_bytes), 0) from jobs"
+               " where jobs.owner = job_tallies.owner and jobs.state = job_tallies.state and expired_at is null)")
+    for trigger in ("job_tallies_insert", "job_tallies_delete", "job_tallies_update"):
+        db.execute(f"drop trigger {trigger}")
+    for trigger in JOB_TALLY_TRIGGERS:
+        db.execute(trigger)

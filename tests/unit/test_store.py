@@ -111,6 +111,66 @@ def test_job_tallies_count_the_jobs_a_store_had_before_they_existed(tmp_path):
     assert store.list_jobs(JobFilter(owner="alice"), 10, None)[2] == 3
 
 
+def _spool_tallies(store):
+    return {(o, s): b for o, s, b in store.db.execute(
+        "select owner, state, spool_bytes from job_tallies where n != 0")}
+
+
+def _spool_summed(store):
+    return {(o, s): b for o, s, b in store.db.execute(
+        "select owner, state, coalesce(sum(spool_bytes), 0) from jobs where expired_at is null group by owner, state")}
+
+
+def test_job_tallies_sum_spool_bytes_through_every_kind_of_job_write(tmp_path):
+    from modaclouds_batch.store import JobChange
+
+    store = Store(tmp_path / "db")
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    store.insert_jobs([{"id": job_id, "name": "j", "owner": "alice", "state": "idle", "arguments": "[]",
+                        "created_at": "2026-01-01T00:00:00.000000Z", "updated_at": "x", "spool_bytes": 10 * (i + 1)}
+                       for i, job_id in enumerate(ids)])
+    make_job(store, 9)  # no spool_bytes (a job recorded before they were)
+    store.apply_job_changes([JobChange(ids[0], new_state="running", reason="r"),
+                             JobChange(ids[1], new_state="completed", reason="c"),
+                             JobChange(ids[2], fields={"spool_bytes": 7})])
+    store.mark_expired(ids[1], "2026-01-02T00:00:00.000000Z")
+    store.delete_job(ids[3])
+    assert _spool_tallies(store) == _spool_summed(store) == {("alice", "idle"): 7 + 50, ("alice", "running"): 10}
+
+
+def test_job_spool_tallies_sum_the_jobs_a_store_had_before_them(tmp_path):
+    from modaclouds_batch.store import migrations as store_module
+
+    db = Database(tmp_path / "db")
+    store_module.migrations.apply(db, stop_before="m025_job_spool_tallies")
+    for i, state in enumerate(["idle", "idle", "completed"]):
+        db["jobs"].insert({"id": str(uuid.uuid4()), "name": f"j{i}", "owner": "alice", "state": state,
+                           "created_at": "x", "updated_at": "x", "spool_bytes": 100 + i})
+    db.close()
+    store = Store(tmp_path / "db")
+    assert _spool_tallies(store) == {("alice", "idle"): 201, ("alice", "completed"): 102}
+    make_job(store, 1)
+    assert _tallies(store) == _counted(store) and _spool_tallies(store) == _spool_summed(store)
+
+
+def test_usage_reads_the_tallies_not_every_active_job(tmp_path):
+    """The quota check of every submission: its cost must not grow with the owner's queue."""
+    store = Store(tmp_path / "db")
+    active = ["idle", "running", "held"]
+    store.insert_jobs([{"id": str(uuid.uuid4()), "name": "j", "owner": owner, "state": state, "arguments": "[]",
+                        "created_at": "2026-01-01T00:00:00.000000Z", "updated_at": "x", "spool_bytes": 5}
+                       for owner, state in [("alice", "idle"), ("alice", "running"), ("alice", "completed"),
+                                            ("bob", "idle")]])
+    store.take_charge("alice", 3, 1000, active, "2027", lambda usage: None)
+    statements = []
+    store.db.conn.set_trace_callback(statements.append)
+    usage = store.usage("alice", active, "2027")
+    store.db.conn.set_trace_callback(None)
+    # The same figures as counting the rows: active jobs and their spool, plus the charges in flight.
+    assert (usage["active_jobs"], usage["spool_bytes"], usage["charged_jobs"]) == (2 + 3, 10 + 1000, 3)
+    assert not [sql for sql in statements if re.search(r"from jobs\b", sql) and "created_at >=" not in sql]
+
+
 def test_every_migration_after_the_tallies_keeps_their_triggers(tmp_path):
     """A migration that rebuilds the jobs table (sqlite-utils transform) drops its triggers."""
     from modaclouds_batch.store import JOB_TALLY_TRIGGERS
