@@ -11,12 +11,13 @@ tes.py); the schema is migrations.py, the records callers pass in are records.py
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from sqlite_utils import Database
 
@@ -89,6 +90,21 @@ class Store(JobQueries, IdempotencyQueries, NotificationQueries, AccessQueries, 
             finally:
                 if outermost:
                     self.db.execute("PRAGMA synchronous = NORMAL")
+
+    def _insert_rows(self, table: str, rows: Iterable[dict[str, Any]], verb: str = "insert") -> None:
+        """Plain INSERTs (``verb``: "insert", "insert or ignore", "insert or replace"), one
+        executemany per set of columns: the columns are the rows' own keys, so none of
+        sqlite-utils' table introspection (three to five selects of sqlite_master and a
+        savepoint per insert_all) on the submission path. Lists and dicts go in as JSON, as
+        sqlite-utils stores them."""
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row), []).append(
+                [json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for v in row.values()])
+        for columns, values in groups.items():
+            names = ", ".join(f'"{column}"' for column in columns)
+            self.db.conn.executemany(f'{verb} into "{table}" ({names}) values ({", ".join("?" * len(columns))})',
+                                     values)
 
     def _ensure_instance_id(self) -> str:
         """A stable id for this gateway, stored in every job ad it submits."""

@@ -38,8 +38,8 @@ class AccessQueries:
         with self.transaction() as db:
             decide(self.usage(owner, active_states, since))
             charge_id = str(uuid.uuid4())
-            db["charges"].insert({"id": charge_id, "owner": owner, "jobs": jobs, "spool_bytes": spool_bytes,
-                                  "created_at": now_iso()})
+            self._insert_rows("charges", [{"id": charge_id, "owner": owner, "jobs": jobs, "spool_bytes": spool_bytes,
+                                           "created_at": now_iso()}])
             return charge_id
 
     def release_charge(self, charge_id: str) -> None:
@@ -98,7 +98,7 @@ class AccessQueries:
 
     def append_audit(self, entry: dict[str, Any]) -> None:
         with self.transaction() as db:
-            db["audit"].insert(entry)
+            self._insert_rows("audit", [entry])
 
     def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int,
                       outcome: str | None = None) -> list[dict[str, Any]]:

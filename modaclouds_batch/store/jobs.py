@@ -32,16 +32,15 @@ class JobQueries:
             if charge_id:
                 db.execute("delete from charges where id = ?", [charge_id])
             if array:
-                db["job_arrays"].insert(array)
-            db["jobs"].insert_all(jobs)
-            db["job_events"].insert_all(
+                self._insert_rows("job_arrays", [array])
+            self._insert_rows("jobs", jobs)
+            self._insert_rows("job_events", (
                 {"job_id": job["id"], "state": job["state"], "reason": reason, "at": job["created_at"]}
-                for job in jobs
-            )
-            db["job_data_refs"].insert_all(
-                ({"job_id": j, "data_id": d, "role": r} for j, d, r in data_refs), ignore=True)
-            db["job_dependencies"].insert_all(
-                {"job_id": j, "after_id": a, "mode": m} for j, a, m in dependencies)
+                for job in jobs))
+            self._insert_rows("job_data_refs", ({"job_id": j, "data_id": d, "role": r} for j, d, r in data_refs),
+                              "insert or ignore")
+            self._insert_rows("job_dependencies",
+                              ({"job_id": j, "after_id": a, "mode": m} for j, a, m in dependencies))
             for job in jobs:
                 self._write_outbox(job["id"])
 
@@ -51,8 +50,9 @@ class JobQueries:
         now = now_iso()
         job_ids = list(job_ids)
         with self.durable_transaction() as db:
-            db["submission_intents"].insert_all(
-                ({"job_id": job_id, "created_at": now, "pid": pid} for job_id in job_ids), replace=True)
+            self._insert_rows("submission_intents",
+                              ({"job_id": job_id, "created_at": now, "pid": pid} for job_id in job_ids),
+                              "insert or replace")
             if keyed:
                 db.execute("update idempotency_keys set job_ids = ?, array_id = ?, pending = ?"
                            " where owner = ? and key = ?",
@@ -183,7 +183,7 @@ class JobQueries:
             return
         job = self.get_job(job_id)
         for event in self.on_state_change(job):
-            self.db["outbox"].insert({**event, "payload": json.dumps(event["payload"])})
+            self._insert_rows("outbox", [{**event, "payload": json.dumps(event["payload"])}])
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -1,0 +1,56 @@
+"""What one POST /jobs costs the gateway's database (issue 20): counted statements and
+durable commits, never timings."""
+
+from __future__ import annotations
+
+import pytest
+
+from modaclouds_batch.app import build_gateway
+from modaclouds_batch.settings import load_settings
+
+from .apps import admin_client
+from .fakes import FakeCondor, use_condor
+
+
+@pytest.fixture
+def submitting(tmp_path):
+    gw = build_gateway(load_settings(overrides={"home": tmp_path}, environ={}))
+    use_condor(gw, FakeCondor())
+    client = admin_client(gw)
+    assert client.simulate_post("/jobs", json={"command": "echo warm"}).status_code == 201
+    yield gw, client
+    gw.store.close()
+
+
+def _statements_of(gw, submit):
+    statements: list[str] = []
+    gw.store.db.conn.set_trace_callback(statements.append)
+    try:
+        response = submit()
+    finally:
+        gw.store.db.conn.set_trace_callback(None)
+    assert response.status_code == 201, response.text
+    return statements
+
+
+def test_a_submission_writes_its_rows_without_table_introspection(submitting):
+    """sqlite-utils' insert_all reads sqlite_master (three to five selects) and opens a savepoint
+    for every table it writes; the submission's rows are plain INSERTs of known columns."""
+    gw, client = submitting
+    statements = _statements_of(gw, lambda: client.simulate_post("/jobs", json={"command": "echo hi", "name": "p"}))
+    assert [s for s in statements if "sqlite_master" in s] == []
+    assert [s for s in statements if s.upper().startswith(("SAVEPOINT SQLITE_UTILS_", "RELEASE SAVEPOINT"))] == []
+    assert any(s.startswith('insert into "jobs"') for s in statements)
+
+
+def test_an_array_with_dependencies_writes_no_introspection_either(submitting):
+    gw, client = submitting
+    first = client.simulate_post("/jobs", json={"command": "echo first"}).json
+    responses = []
+    statements = _statements_of(gw, lambda: responses.append(client.simulate_post(
+        "/jobs", json={"command": "echo $1", "array": [["a"], ["b"]], "after_any": [first["id"]]})) or responses[0])
+    assert [s for s in statements if "sqlite_master" in s] == []
+    items = responses[0].json["job_ids"]
+    assert len(items) == 2
+    assert gw.store.dependencies_of(items) == {item: [(first["id"], "afterany")] for item in items}
+    assert all(gw.store.job_events(item)[0]["state"] == "idle" for item in items)
