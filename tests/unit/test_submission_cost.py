@@ -54,3 +54,17 @@ def test_an_array_with_dependencies_writes_no_introspection_either(submitting):
     assert len(items) == 2
     assert gw.store.dependencies_of(items) == {item: [(first["id"], "afterany")] for item in items}
     assert all(gw.store.job_events(item)[0]["state"] == "idle" for item in items)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Idempotency-Key": "k-1"}], ids=["plain", "keyed"])
+def test_a_submission_commits_durably_twice_only(submitting, headers):
+    """Durable (synchronous = FULL) before the schedd submit: the intents, with the key tied to
+    them in the same commit; after it: the job rows. Nothing else waits for the disk."""
+    gw, client = submitting
+    statements = _statements_of(gw, lambda: client.simulate_post("/jobs", json={"command": "echo hi"},
+                                                                 headers=headers))
+    full = [i for i, s in enumerate(statements) if s == "PRAGMA synchronous = FULL"]
+    assert len(full) == 2
+    first = statements[full[0]:statements.index("PRAGMA synchronous = NORMAL", full[0])]
+    assert any("submission_intents" in s for s in first)
+    assert any(s.startswith("update idempotency_keys set job_ids") for s in first) == bool(headers)
