@@ -349,12 +349,16 @@ class BatchClient:
         """Poll the job until it ends (completed, failed, removed, submission_error).
 
         ``on_change(job)`` is called with the first view and whenever the state or its
-        reason changes. A gateway that is briefly away (restarting, 502-504) is retried for
-        up to ``patience`` seconds. Raises WaitTimeout after ``timeout`` seconds.
+        reason changes, also for states the job passed through between two looks (from its
+        history, with the reason recorded then). A gateway that is briefly away (restarting,
+        502-504) is retried for up to ``patience`` seconds. Raises WaitTimeout after
+        ``timeout`` seconds.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         last: Job | None = None
         shown = None
+        # History entries already looked at (the last one is the job's current state).
+        passed = 0
         failing_since = None
         while True:
             try:
@@ -369,6 +373,13 @@ class BatchClient:
                 job = None
             if job is not None:
                 last = job
+                history = job.get("history") or []
+                for event in history[passed:-1]:
+                    key = (event.get("state"), event.get("reason"))
+                    if key != shown and on_change:
+                        on_change({**job, "job_status": event.get("state"), "state_reason": event.get("reason")})
+                    shown = key
+                passed = max(passed, len(history) - 1)
                 key = (job.get("job_status"), job.get("state_reason"))
                 if key != shown:
                     shown = key

@@ -71,8 +71,7 @@ STATE_TABLE = (
 )
 # Each core state's word when no condition holds (the dialects' common seam).
 STATES = {state: word for state, condition, word in STATE_TABLE if condition is None}
-TES_STATES = ("UNKNOWN", "QUEUED", "INITIALIZING", "RUNNING", "PAUSED", "COMPLETE", "EXECUTOR_ERROR",
-              "SYSTEM_ERROR", "CANCELED", "PREEMPTED", "CANCELING")
+TES_STATES = tes_task.TASK_STATES
 # TES words no row has: a state filter with them matches no task.
 UNUSED_STATES = tuple(w for w in TES_STATES if w not in {word for _, _, word in STATE_TABLE})
 VIEWS = ("MINIMAL", "BASIC", "FULL")

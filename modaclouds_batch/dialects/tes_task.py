@@ -32,6 +32,9 @@ from ..notify import targets
 # Fields of a tesTask; the read-only ones a client may echo back are ignored.
 TASK_FIELDS = ("name", "description", "inputs", "outputs", "resources", "executors", "volumes", "tags")
 READ_ONLY_FIELDS = ("id", "state", "logs", "creation_time")
+# TES 1.1's tesState words: a task echoed back may carry one, never another.
+TASK_STATES = ("UNKNOWN", "QUEUED", "INITIALIZING", "RUNNING", "PAUSED", "COMPLETE", "EXECUTOR_ERROR",
+               "SYSTEM_ERROR", "CANCELED", "PREEMPTED", "CANCELING")
 EXECUTOR_FIELDS = ("image", "command", "workdir", "stdin", "stdout", "stderr", "env", "ignore_error")
 INPUT_FIELDS = ("name", "description", "url", "path", "type", "content", "streamable")
 OUTPUT_FIELDS = ("name", "description", "url", "path", "path_prefix", "type")
@@ -129,6 +132,18 @@ def _object(value: Any, field: str) -> dict:
     return value
 
 
+def _check_read_only(body: dict[str, Any]) -> None:
+    """The read-only fields a client echoes back are ignored, but only when they are what
+    the schema says they are (a task read back and posted again has them so)."""
+    _text(body.get("id"), "id")
+    _text(body.get("creation_time"), "creation_time")
+    _list(body.get("logs"), "logs")
+    state = _text(body.get("state"), "state")
+    if state is not None and state not in TASK_STATES:
+        raise _fail(f"state {state[:40]!r} is not a TES state ({', '.join(TASK_STATES)}); it is read-only: "
+                    "leave it out", "state")
+
+
 def _list(value: Any, field: str) -> list:
     if value is None:
         return []
@@ -160,6 +175,7 @@ def parse_task(body: Any, folders: tuple[Path, ...] = (), allow_private: bool = 
         raise InvalidRequest('the body must be a tesTask object, e.g. {"executors": [{"image": "alpine", '
                              '"command": ["echo", "hello"]}]}')
     _unknown({k: v for k, v in body.items() if k not in READ_ONLY_FIELDS}, TASK_FIELDS, "task")
+    _check_read_only(body)
     kept = {k: body[k] for k in TASK_FIELDS if body.get(k) is not None}
     name = _text(body.get("name"), "name")
     _text(body.get("description"), "description")

@@ -357,11 +357,11 @@ class JobSubmission:
         data_refs = [(job_id, data_id, role) for job_id, _, _ in items for role, data_id in refs.get("all", [])]
         array = {"id": array_id, "owner": actor.user, "name": name, "cluster_id": None,
                  "count": len(items), "created_at": now} if array_id else None
-        dependencies = [(job_id, after_id, mode) for job_id, _, _ in items for after_id, mode in waits.edges]
+        edges = [(job_id, after_id, mode) for job_id, _, _ in items for after_id, mode in waits.edges]
         # With a key, what to record if this process dies once the schedd has the jobs.
         keyed = KeyedSubmission(actor.user, request.idempotency_key, array_id,
                                 {"rows": rows, "data_refs": data_refs, "array": array,
-                                 "dependencies": dependencies}) \
+                                 "dependencies": edges}) \
             if request.idempotency_key else None
         # Durably before the submit: whoever tracks this database sees these jobs are ours.
         self.store.add_intents((job_id for job_id, _, _ in items), os.getpid(), keyed)
@@ -384,7 +384,7 @@ class JobSubmission:
             array = {**array, "cluster_id": cluster_id}
         try:
             self.store.insert_jobs(rows, reason="submitted", data_refs=data_refs, array=array, charge_id=charge_id,
-                                   dependencies=dependencies)
+                                   dependencies=edges)
         except Exception:
             self.condor.remove_quietly(sd.cluster_constraint(cluster_id), "the gateway could not record the job")
             self._discard_items(staging, items)

@@ -35,7 +35,7 @@ class AccessQueries:
         """Check and hold a submission's place at once: ``decide`` sees the owner's usage
         (as ``usage``) and raises to refuse; otherwise a charge is recorded and its id returned.
         Concurrent submissions see each other's charges, so a limit cannot be overshot."""
-        with self.transaction() as db:
+        with self.transaction():
             decide(self.usage(owner, active_states, since))
             charge_id = str(uuid.uuid4())
             self._insert_rows("charges", [{"id": charge_id, "owner": owner, "jobs": jobs, "spool_bytes": spool_bytes,
@@ -97,7 +97,7 @@ class AccessQueries:
             db["user_limits"].upsert({"owner": owner, **limits}, pk="owner")
 
     def append_audit(self, entry: dict[str, Any]) -> None:
-        with self.transaction() as db:
+        with self.transaction():
             self._insert_rows("audit", [entry])
 
     def audit_entries(self, actor: str | None, action: str | None, since: str | None, limit: int,

@@ -424,3 +424,15 @@ def test_logs_follow_prints_what_comes_asking_only_for_new_bytes(stub, monkeypat
     assert result.stdout == "tick 1\ntick 2\ndone\n"
     ranges = [r["headers"].get("Range") for r in stub.requests if r["path"] == stdout]
     assert ranges == ["bytes=0-", "bytes=0-", "bytes=7-", "bytes=7-"]
+
+
+def test_wait_reports_the_states_a_job_passed_through_between_two_looks(stub, client):
+    """A job that ran and ended between two polls is shown running too, from its history."""
+    history = [{"state": "idle", "reason": None, "at": "t0"}]
+    ran = history + [{"state": "running", "reason": None, "at": "t1"},
+                     {"state": "completed", "reason": "run.sh exited with status 0", "at": "t2"}]
+    stub.on("GET", f"/jobs/{JOB_ID}", job("idle", history=history),
+            job("completed", state_reason="run.sh exited with status 0", history=ran))
+    changes = []
+    client.wait(JOB_ID, on_change=lambda j: changes.append((j["job_status"], j.get("state_reason"))), interval=0.01)
+    assert changes == [("idle", None), ("running", None), ("completed", "run.sh exited with status 0")]

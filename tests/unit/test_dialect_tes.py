@@ -605,3 +605,11 @@ def test_the_state_filter_lists_exactly_the_tasks_that_read_that_state(fworld, s
     assert get(world, made["canceling"], "MINIMAL")["state"] == "CANCELED"
     resp = world.http.simulate_post(f"{TASKS}/{made['undeliverable']}:cancel")
     assert resp.status_code == 409 and "SYSTEM_ERROR" in resp.json["error"]
+
+
+def test_read_only_fields_echoed_back_are_ignored_only_when_well_formed(world):
+    echoed = create(world, task(name="echoed", id="not-ours", state="COMPLETE", logs=[], creation_time="x"))
+    assert echoed != "not-ours"
+    for field, value in (("state", "__not_in_enum__"), ("state", 3), ("id", 5), ("logs", {}), ("creation_time", [])):
+        resp = world.http.simulate_post(TASKS, json=task(**{field: value}))
+        assert resp.status_code == 400 and resp.json["field"] == field, (field, resp.text)
