@@ -185,6 +185,7 @@ def build_gateway(settings: Settings) -> Gateway:
                       recover_unsettled=submission.recover_unsettled, on_cycle=on_cycle, workers=infra.capacity,
                       orphan_grace=settings.orphan_grace_seconds,
                       reconcile_interval=settings.tracker_reconcile_interval)
+    service.on_acted = tracker.watch
     return Gateway(settings, store, condor, service, tracker, webhooks,
                    TokenService(store, audit), quota, audit, infra, metrics, webhook_secrets, notifications,
                    submission, retention, ends)

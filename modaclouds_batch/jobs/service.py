@@ -12,7 +12,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..condor import submit_description as sd
 from ..condor.job_ad import STATUS_PROJECTION, CondorAction
@@ -54,6 +54,9 @@ class JobService:
         self.condor = condor
         self.audit = audit
         self.data = data
+        # Told the ids of jobs just acted on (app.py: the tracker watches them, since a job
+        # removed while idle leaves the queue before any change query could see it go).
+        self.on_acted: Callable[[list[str]], None] = lambda job_ids: None
 
     # --- reads ------------------------------------------------------------------
 
@@ -165,6 +168,7 @@ class JobService:
             )
         self.audit.record(actor, f"job.{action.value}", job["id"], request_id=request_id)
         self.refresh([job])
+        self.on_acted([job["id"]])
         return self.get(job["id"], actor)
 
     def delete(self, job_id: str, actor: Actor, request_id: str | None = None) -> dict[str, Any]:

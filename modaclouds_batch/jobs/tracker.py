@@ -55,6 +55,8 @@ MAX_MISSING_CYCLES = 3
 # Seconds a job of ours with neither a row nor a submission intent is left alone before it is
 # removed as an orphan (the default of the orphan_grace_seconds setting).
 ORPHAN_GRACE_SECONDS = 120
+# Seconds a job acted on is watched by id (a remove lands within a few cycles).
+ACTED_WATCH_SECONDS = 30.0
 
 
 @dataclass
@@ -116,6 +118,10 @@ class Tracker:
         self.jobs_ended = jobs_ended
         self.interval = interval
         self.on_cycle = on_cycle
+        # Jobs acted on (hold, remove...) lately, by when to stop watching them: change cycles
+        # ask for them by id, so that one that left the queue unseen is closed at once.
+        self._acted: dict[str, float] = {}
+        self._acted_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._follow_up_until = float("-inf")
@@ -136,6 +142,19 @@ class Tracker:
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+
+    def watch(self, job_ids: list[str]) -> None:
+        """Have the next cycles look at these jobs by id for ACTED_WATCH_SECONDS, and soon."""
+        until = self._clock() + ACTED_WATCH_SECONDS
+        with self._acted_lock:
+            self._acted.update((job_id, until) for job_id in job_ids)
+        self.wake()
+
+    def _watched_acted(self) -> set[str]:
+        now = self._clock()
+        with self._acted_lock:
+            self._acted = {job_id: until for job_id, until in self._acted.items() if until > now}
+            return set(self._acted)
 
     def wake(self) -> None:
         """Run the next cycle now (after a submission or an action)."""
@@ -193,7 +212,7 @@ class Tracker:
         instance = self.store.instance_id
         full = report.full = self._full_cycle_due()
         leaving = self.store.not_left_queue(s.value for s in FINAL_STATES)
-        watched = set(leaving) | self._retrying | set(self._missing_cycles) | self._unknown
+        watched = set(leaving) | self._retrying | set(self._missing_cycles) | self._unknown | self._watched_acted()
         query_started = int(self._wall_clock()) - CHANGE_MARGIN
         try:
             constraint = (sd.instance_constraint(instance) if full

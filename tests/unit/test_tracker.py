@@ -260,3 +260,18 @@ def test_a_change_cycle_removes_an_orphan_that_never_changes_once_its_grace_pass
     later(w, 30)  # its status is long unchanged: only the watch list shows it
     report = w.tracker.run_cycle()
     assert (report.full, report.orphans_removed) == (False, 1)
+
+
+def test_a_job_acted_on_is_watched_so_its_leaving_unseen_is_closed_by_the_next_change_cycle(changes_world):
+    """A job removed while idle leaves the queue at once, before a change query can see its
+    status change: watched after the action, the next change cycle reads its end."""
+    w = changes_world
+    gone, kept = (add_job(w, status=1, EnteredCurrentStatus=int(w.clocks.wall) - 3600) for _ in range(2))
+    w.tracker.run_cycle()
+    for job_id in (gone, kept):
+        w.condor.history_ads[job_id] = {**w.condor.queue.pop(job_id), "JobStatus": 3, "RemoveReason": "by test"}
+    w.tracker.watch([gone])
+    later(w, 2)
+    report = w.tracker.run_cycle()
+    assert not report.full and w.store.get_job(gone)["state"] == "removed"
+    assert w.store.get_job(kept)["state"] == "idle"  # not watched: left to the next full cycle
