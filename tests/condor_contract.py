@@ -9,7 +9,6 @@ it never matches a worker: what it does is only what the scenario does to it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ from typing import Callable
 from modaclouds_batch.condor import submit_description as sd
 from modaclouds_batch.condor.job_ad import CondorAction, JobAd, JobStatus
 from modaclouds_batch.jobs import bundles
+from tests.polling import until
 
 INSTANCE = "contract-" + uuid.uuid4().hex[:8]
 DEADLINE = 90.0  # seconds a condition may take on a loaded real pool
@@ -24,13 +24,7 @@ DEADLINE = 90.0  # seconds a condition may take on a loaded real pool
 
 def wait_for(what: str, condition: Callable[[], object]) -> object:
     """The condition's first truthy value; fails with ``what`` after a generous deadline."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.25)
+    return until(condition, DEADLINE, what)
 
 
 def gated_job(folder: Path) -> tuple[str, object]:

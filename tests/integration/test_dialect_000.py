@@ -11,6 +11,8 @@ import time
 import pytest
 import requests
 
+from tests import polling
+
 from .docs_examples import run_page
 from .fixtures import GATEWAY_ENV
 from .gateway import Client, GatewayProcess, pack_bundle
@@ -52,13 +54,7 @@ def modify(client: Client, worker_id: str, new_status: str) -> requests.Response
 
 
 def until(check, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met after {timeout}s"
-        time.sleep(0.3)
+    return polling.until(check, timeout, what, every=0.3)
 
 
 def in_background(work):

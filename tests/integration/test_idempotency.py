@@ -9,10 +9,11 @@ import os
 import sqlite3
 import tarfile
 import threading
-import time
 import uuid
 
 import pytest
+
+from tests.polling import until
 
 from .docs_examples import run_page
 from .gateway import Client, GatewayProcess, pack_bundle
@@ -110,14 +111,7 @@ def big_input(megabytes: int) -> bytes:
 
 
 def wait(predicate, timeout: float, what: str, every: float = 0.002):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = predicate()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not seen within {timeout}s")
-        time.sleep(every)
+    return until(predicate, timeout, what, every)
 
 
 def test_a_gateway_killed_after_the_schedd_accepted_the_job_answers_the_retry_with_it(tmp_path, condor_config,

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from tests.polling import until
+
 from .gateway import pack_bundle
 
 pytestmark = pytest.mark.integration
@@ -14,14 +16,7 @@ RUNTIME_PROBE = b"#!/bin/sh\necho ran on $(hostname)\n"
 
 
 def wait(predicate, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met after {timeout}s")
-        time.sleep(1)
+    return until(predicate, timeout, what, every=1)
 
 
 def test_pool_summary_and_workers_come_from_the_collector(client):

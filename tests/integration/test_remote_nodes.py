@@ -25,6 +25,8 @@ from modaclouds_batch.condor.pool import credentials, host, hosts, netns
 from modaclouds_batch.condor.pool.mounts import mounts_under
 from modaclouds_batch.settings import load_settings
 
+from tests.polling import until
+
 from .conftest import RUN_POOLS, _distinct_free_ports, _remove_unless_mounted
 from .test_pool import COMPLETED, submit_spooled, use_client_config, wait_for_status
 
@@ -196,14 +198,7 @@ def bridge_gateway(bridge_pool, tmp_path_factory):
 
 
 def wait(predicate, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met after {timeout}s")
-        time.sleep(1)
+    return until(predicate, timeout, what, every=1)
 
 
 def request_record(client, request_id):

@@ -18,6 +18,8 @@ from modaclouds_batch.jobs.states import JobState
 from modaclouds_batch.store import Store
 from modaclouds_batch.timefmt import parse_iso
 
+from tests.polling import until
+
 from .fakes import FakeCondor, tracker_without_sweeps, use_condor
 from .test_dialect_001_002 import World as SharedWorld
 from .test_infra import FakePool
@@ -78,13 +80,7 @@ def small_world(tmp_path, **settings) -> World:
 
 
 def eventually(check, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not met after {timeout}s"
-        time.sleep(0.02)
+    return until(check, timeout, what, every=0.02)
 
 
 class Background(threading.Thread):
