@@ -1,7 +1,7 @@
 """Tokens, per-user limits, quota charges and usage, and the audit log (tokens, user_limits, charges,
 audit).
 
-A part of ``Store`` (store/__init__.py): its methods share the store's connection, lock and transactions.
+A part of ``Store`` (store/__init__.py): its methods share the store's connections and transactions.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ class AccessQueries:
         oldest first) and spool bytes of active jobs, each with what charges in flight add."""
         states = list(active_states)
         marks = ",".join("?" * len(states))
-        with self._lock:
+        with self._reading() as db:
             # From the tallies (a few rows, not every active job): they count unexpired jobs
             # only, and only final jobs ever expire (Retention.sweep_expired).
-            active, spool = self.db.execute(
+            active, spool = db.execute(
                 f"select coalesce(sum(n), 0), coalesce(sum(spool_bytes), 0) from job_tallies"
                 f" where owner = ? and state in ({marks})", [owner, *states]).fetchone()
-            charged_jobs, charged_bytes = self.db.execute(
+            charged_jobs, charged_bytes = db.execute(
                 "select coalesce(sum(jobs), 0), coalesce(sum(spool_bytes), 0) from charges where owner = ?",
                 [owner]).fetchone()
             return {"active_jobs": active + charged_jobs, "recent": self.submissions_since(owner, since),
@@ -44,6 +44,12 @@ class AccessQueries:
 
     def release_charge(self, charge_id: str) -> None:
         """Drop a charge (a no-op once the jobs it held were recorded)."""
+        # Looked for first, beside the writer: after a submission the charge is gone (the job
+        # rows' commit consumed it), and a write transaction would only queue for nothing.
+        # A charge id is never made again, so a charge seen gone stays gone.
+        with self._reading() as db:
+            if db.execute("select 1 from charges where id = ?", [charge_id]).fetchone() is None:
+                return
         with self.transaction() as db:
             db.execute("delete from charges where id = ?", [charge_id])
 
@@ -54,8 +60,8 @@ class AccessQueries:
 
     def submissions_since(self, owner: str, since: str) -> list[str]:
         """Creation times of the owner's jobs since a time, oldest first."""
-        with self._lock:
-            return [r[0] for r in self.db.execute(
+        with self._reading() as db:
+            return [r[0] for r in db.execute(
                 "select created_at from jobs where owner = ? and created_at >= ? order by created_at",
                 [owner, since],
             )]
@@ -65,8 +71,8 @@ class AccessQueries:
             db["api_tokens"].insert(token)
 
     def token_by_hash(self, token_hash: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db.query("select * from api_tokens where token_hash = ?", [token_hash]))
+        with self._reading() as db:
+            rows = list(db.query("select * from api_tokens where token_hash = ?", [token_hash]))
         return rows[0] if rows else None
 
     def touch_token(self, token_id: str, at: str) -> None:
@@ -75,10 +81,10 @@ class AccessQueries:
 
     def list_tokens(self, owner: str | None = None) -> list[dict[str, Any]]:
         where, params = ("where owner = ?", [owner]) if owner else ("", [])
-        with self._lock:
+        with self._reading() as db:
             return [
                 {k: v for k, v in row.items() if k != "token_hash"}
-                for row in self.db.query(f"select * from api_tokens {where} order by created_at", params)
+                for row in db.query(f"select * from api_tokens {where} order by created_at", params)
             ]
 
     def revoke_token(self, token_id: str, at: str) -> bool:
@@ -88,8 +94,8 @@ class AccessQueries:
             return cursor.rowcount == 1
 
     def user_limits(self, owner: str) -> dict[str, Any]:
-        with self._lock:
-            rows = list(self.db.query("select * from user_limits where owner = ?", [owner]))
+        with self._reading() as db:
+            rows = list(db.query("select * from user_limits where owner = ?", [owner]))
         return rows[0] if rows else {}
 
     def set_user_limits(self, owner: str, limits: dict[str, Any]) -> None:
@@ -111,5 +117,5 @@ class AccessQueries:
             where.append("at >= ?")
             params.append(since)
         clause = f"where {' and '.join(where)}" if where else ""
-        with self._lock:
-            return list(self.db.query(f"select * from audit {clause} order by id desc limit ?", [*params, limit]))
+        with self._reading() as db:
+            return list(db.query(f"select * from audit {clause} order by id desc limit ?", [*params, limit]))

@@ -1,7 +1,7 @@
 """Idempotency keys (the idempotency_keys table): claimed on arrival, tied to the jobs they made, swept
 when old.
 
-A part of ``Store`` (store/__init__.py): its methods share the store's connection, lock and transactions.
+A part of ``Store`` (store/__init__.py): its methods share the store's connections and transactions.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ class IdempotencyQueries:
             return None if taken else self.idempotency_key(owner, key)
 
     def idempotency_key(self, owner: str, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db.query("select * from idempotency_keys where owner = ? and key = ?", [owner, key]))
+        with self._reading() as db:
+            rows = list(db.query("select * from idempotency_keys where owner = ? and key = ?", [owner, key]))
         return _decode_key(rows[0]) if rows else None
 
     def finish_idempotency_key(self, owner: str, key: str, status: int, headers: list[tuple[str, str]],
@@ -54,8 +54,8 @@ class IdempotencyQueries:
         """Keys in these states, oldest first (at start-up, 'processing' ones are those a
         stopped process was answering)."""
         states = list(states)
-        with self._lock:
-            return [_decode_key(r) for r in self.db.query(
+        with self._reading() as db:
+            return [_decode_key(r) for r in db.query(
                 f"select * from idempotency_keys where state in ({','.join('?' * len(states))})"
                 " order by created_at", states)]
 

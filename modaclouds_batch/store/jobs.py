@@ -1,7 +1,7 @@
 """Jobs, their submission intents, state events and change feed, arrays, dependencies, expiry and
 counts: the jobs, job_events, submission_intents, arrays, job_dependencies and job_tallies tables.
 
-A part of ``Store`` (store/__init__.py): its methods share the store's connection, lock and transactions.
+A part of ``Store`` (store/__init__.py): its methods share the store's connections and transactions.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class JobQueries:
         """Record newly queued jobs (an array's items, its record, the data they use, the jobs
         they wait for as (job id, named id, mode)) at once, durably, replacing their submission
         intents and dropping the charge that held their place against the owner's limits."""
-        with self.durable_transaction() as db:
+        def record(db: Database) -> None:
             db.execute(f"delete from submission_intents where job_id in ({','.join('?' * len(jobs))})",
                        [job["id"] for job in jobs])
             if charge_id:
@@ -44,12 +44,14 @@ class JobQueries:
             for job in jobs:
                 self._write_outbox(job["id"])
 
+        self.durably(record)
+
     def add_intents(self, job_ids: Iterable[str], pid: int, keyed: "KeyedSubmission | None" = None) -> None:
         """Before the schedd submit, durably: these jobs are being submitted, not orphans;
         with ``keyed``, the client's idempotency key is tied to them in the same commit."""
         now = now_iso()
         job_ids = list(job_ids)
-        with self.durable_transaction() as db:
+        def intend(db: Database) -> None:
             self._insert_rows("submission_intents",
                               ({"job_id": job_id, "created_at": now, "pid": pid} for job_id in job_ids),
                               "insert or replace")
@@ -57,6 +59,8 @@ class JobQueries:
                 db.execute("update idempotency_keys set job_ids = ?, array_id = ?, pending = ?"
                            " where owner = ? and key = ?",
                            [json.dumps(job_ids), keyed.array_id, json.dumps(keyed.pending), keyed.owner, keyed.key])
+
+        self.durably(intend)
 
     def drop_intents(self, job_ids: Iterable[str]) -> None:
         job_ids = list(job_ids)
@@ -69,10 +73,10 @@ class JobQueries:
         """Those of ``job_ids`` that have a submission intent."""
         job_ids = list(job_ids)
         found: set[str] = set()
-        with self._lock:
+        with self._reading() as db:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start:start + 500]
-                found.update(r[0] for r in self.db.execute(
+                found.update(r[0] for r in db.execute(
                     f"select job_id from submission_intents where job_id in ({','.join('?' * len(chunk))})", chunk))
         return found
 
@@ -85,26 +89,26 @@ class JobQueries:
                               keep).rowcount
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db.query("select * from jobs where id = ?", [job_id]))
+        with self._reading() as db:
+            rows = list(db.query("select * from jobs where id = ?", [job_id]))
         return _decode_job(rows[0]) if rows else None
 
     def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Whole rows of these jobs (those that exist), by id."""
         job_ids = list(job_ids)
         found: dict[str, dict[str, Any]] = {}
-        with self._lock:
+        with self._reading() as db:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start:start + 500]
-                for row in self.db.query(f"select * from jobs where id in ({','.join('?' * len(chunk))})", chunk):
+                for row in db.query(f"select * from jobs where id in ({','.join('?' * len(chunk))})", chunk):
                     found[row["id"]] = _decode_job(row)
         return found
 
     def not_left_queue(self, final_states: Iterable[str]) -> list[str]:
         """Finished jobs not yet seen gone from the schedd's queue."""
         states = list(final_states)
-        with self._lock:
-            return [r[0] for r in self.db.execute(
+        with self._reading() as db:
+            return [r[0] for r in db.execute(
                 f"select id from jobs where left_queue_at is null and state in ({','.join('?' * len(states))})",
                 states)]
 
@@ -112,8 +116,8 @@ class JobQueries:
         """Jobs the tracker still has to follow, in submission order."""
         states = list(states)
         marks = ",".join("?" * len(states))
-        with self._lock:
-            rows = self.db.query(
+        with self._reading() as db:
+            rows = db.query(
                 f"select {self._tracking_columns} from jobs where state in ({marks}) order by created_at", states
             )
             return [_decode_job(r) for r in rows]
@@ -123,8 +127,8 @@ class JobQueries:
     ) -> tuple[list[dict[str, Any]], str | None, int]:
         """Newest first; returns (page, cursor of the next page or None, total matching)."""
         where, params = _job_filter_sql(flt)
-        with self._lock:
-            total = self._count_matching(flt, where, params)
+        with self._reading() as db:
+            total = self._count_matching(db, flt, where, params)
             if cursor:
                 created_at, job_id = decode_cursor(cursor)
                 where.append("(created_at < ? or (created_at = ? and id < ?))")
@@ -133,7 +137,7 @@ class JobQueries:
                 f"select {SUMMARY_COLUMNS} from jobs where {' and '.join(where) or '1'}"
                 " order by created_at desc, id desc limit ?"
             )
-            rows = [_decode_job(r) for r in self.db.query(sql, params + [limit + 1])]
+            rows = [_decode_job(r) for r in db.query(sql, params + [limit + 1])]
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -186,9 +190,9 @@ class JobQueries:
             self._insert_rows("outbox", [{**event, "payload": json.dumps(event["payload"])}])
 
     def job_events(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
+        with self._reading() as db:
             return list(
-                self.db.query(
+                db.query(
                     "select state, reason, at from job_events where job_id = ? order by id",
                     [job_id],
                 )
@@ -208,25 +212,25 @@ class JobQueries:
         if flt.states:
             where.append(f"e.state in ({','.join('?' * len(flt.states))})")
             params.extend(flt.states)
-        with self._lock:
-            return list(self.db.query(
+        with self._reading() as db:
+            return list(db.query(
                 "select e.id, e.job_id, e.state, e.reason, e.at, j.name, j.array_id"
                 " from job_events e join jobs j on j.id = e.job_id"
                 f" where {' and '.join(where)} order by e.id limit ?", [*params, limit]))
 
     def last_change_id(self) -> int:
         """The newest state change's id (0 when there is none): where a new stream starts."""
-        with self._lock:
-            return self.db.execute("select coalesce(max(id), 0) from job_events").fetchone()[0]
+        with self._reading() as db:
+            return db.execute("select coalesce(max(id), 0) from job_events").fetchone()[0]
 
     def dependencies_of(self, job_ids: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
         """job id -> the (named id, mode) pairs it waits for, in the order they were named."""
         job_ids = list(job_ids)
         found: dict[str, list[tuple[str, str]]] = {}
-        with self._lock:
+        with self._reading() as db:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start:start + 500]
-                for job_id, after_id, mode in self.db.execute(
+                for job_id, after_id, mode in db.execute(
                         "select job_id, after_id, mode from job_dependencies"
                         f" where job_id in ({','.join('?' * len(chunk))}) order by rowid", chunk):
                     found.setdefault(job_id, []).append((after_id, mode))
@@ -237,11 +241,11 @@ class JobQueries:
         ``{"owner", "array": bool, "items": [(job id, state), ...]}``; unknown ids are absent."""
         ids = list(dict.fromkeys(ids))
         found: dict[str, dict[str, Any]] = {}
-        with self._lock:
+        with self._reading() as db:
             for start in range(0, len(ids), 250):
                 chunk = ids[start:start + 250]
                 marks = ",".join("?" * len(chunk))
-                for named, owner, job_id, state, is_array in self.db.execute(
+                for named, owner, job_id, state, is_array in db.execute(
                         f"select id, owner, id, state, 0 from jobs where id in ({marks})"
                         f" union all select array_id, owner, id, state, 1 from jobs where array_id in ({marks})"
                         " order by 5, 1, 3", chunk + chunk):
@@ -250,18 +254,18 @@ class JobQueries:
         return found
 
     def get_array(self, array_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db.query("select * from job_arrays where id = ?", [array_id]))
+        with self._reading() as db:
+            rows = list(db.query("select * from job_arrays where id = ?", [array_id]))
         return rows[0] if rows else None
 
     def array_items(self, array_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [_decode_job(r) for r in self.db.query(
+        with self._reading() as db:
+            return [_decode_job(r) for r in db.query(
                 f"select {SUMMARY_COLUMNS} from jobs where array_id = ? order by proc_id", [array_id])]
 
     def jobs_past_expiry(self, now: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [_decode_job(r) for r in self.db.query(
+        with self._reading() as db:
+            return [_decode_job(r) for r in db.query(
                 f"select {self._tracking_columns} from jobs"
                 " where expired_at is null and expires_at is not null and expires_at <= ?", [now])]
 
@@ -274,8 +278,8 @@ class JobQueries:
     def finished_before(self, final_states: Iterable[str], before: str) -> list[dict[str, Any]]:
         """Finished, not yet expired jobs completed before a time (default retention)."""
         states = list(final_states)
-        with self._lock:
-            return [_decode_job(r) for r in self.db.query(
+        with self._reading() as db:
+            return [_decode_job(r) for r in db.query(
                 f"select {self._tracking_columns} from jobs"
                 f" where expired_at is null and state in ({','.join('?' * len(states))})"
                 " and coalesce(completed_at, updated_at) < ?", [*states, before])]
@@ -291,24 +295,25 @@ class JobQueries:
             db.execute("delete from jobs where id = ?", [job_id])
 
     def known_job_dirs(self) -> set[str]:
-        with self._lock:
-            return {r["job_dir"] for r in self.db.query("select job_dir from jobs") if r["job_dir"]}
+        with self._reading() as db:
+            return {r["job_dir"] for r in db.query("select job_dir from jobs") if r["job_dir"]}
 
-    def _count_matching(self, flt: JobFilter, where: list[str], params: list[Any]) -> int:
+    @staticmethod
+    def _count_matching(db: Database, flt: JobFilter, where: list[str], params: list[Any]) -> int:
         """How many unexpired jobs match: from the tallies when only owner and states filter."""
         if flt == JobFilter(owner=flt.owner, states=flt.states):
             # The filter's own conditions on owner and state, but the first ("expired_at is
             # null"): the tallies count unexpired jobs only.
             tally_where = where[1:] or ["1"]
-            return self.db.execute(f"select coalesce(sum(n), 0) from job_tallies where {' and '.join(tally_where)}",
+            return db.execute(f"select coalesce(sum(n), 0) from job_tallies where {' and '.join(tally_where)}",
                                    params).fetchone()[0]
-        return self.db.execute(f"select count(*) from jobs where {' and '.join(where)}", params).fetchone()[0]
+        return db.execute(f"select count(*) from jobs where {' and '.join(where)}", params).fetchone()[0]
 
     def count_by_state(self) -> dict[str, int]:
-        with self._lock:
-            return {state: n for state, n in self.db.execute(
+        with self._reading() as db:
+            return {state: n for state, n in db.execute(
                 "select state, sum(n) from job_tallies group by state having sum(n) > 0")}
 
     def count_jobs(self) -> int:
-        with self._lock:
-            return self.db.execute("select count(*) from jobs").fetchone()[0]
+        with self._reading() as db:
+            return db.execute("select count(*) from jobs").fetchone()[0]

@@ -1,7 +1,7 @@
 """The webhook outbox and its delivery attempts, and the owners' signing secrets (outbox,
 delivery_attempts, webhook_secrets).
 
-A part of ``Store`` (store/__init__.py): its methods share the store's connection, lock and transactions.
+A part of ``Store`` (store/__init__.py): its methods share the store's connections and transactions.
 """
 
 from __future__ import annotations
@@ -40,16 +40,16 @@ class NotificationQueries:
                " from outbox o left join jobs j on j.id = o.job_id"
                f" where o.status = 'pending' and o.next_attempt_at <= ?{skip})"
                f" where {' and '.join(where)} order by next_attempt_at limit ?")
-        with self._lock:
-            rows = [dict(r) for r in self.db.query(sql, [now, *exclude, *params, limit])]
+        with self._reading() as db:
+            rows = [dict(r) for r in db.query(sql, [now, *exclude, *params, limit])]
         for row in rows:
             for key in ("host", "host_rank", "owner_rank"):
                 row.pop(key, None)
         return rows
 
     def next_notification_due(self) -> str | None:
-        with self._lock:
-            return self.db.execute(
+        with self._reading() as db:
+            return db.execute(
                 "select min(next_attempt_at) from outbox where status = 'pending'"
             ).fetchone()[0]
 
@@ -82,12 +82,12 @@ class NotificationQueries:
             db["outbox"].update(event_id, values)
 
     def job_notifications(self, job_id: str) -> list[dict[str, Any]]:
-        with self._lock:
-            events = [dict(r) for r in self.db.query(
+        with self._reading() as db:
+            events = [dict(r) for r in db.query(
                 "select * from outbox where job_id = ? order by created_at, id", [job_id])]
             for event in events:
                 event["payload"] = json.loads(event["payload"])
-                event["attempts_log"] = list(self.db.query(
+                event["attempts_log"] = list(db.query(
                     "select at, status_code, error, duration_ms from delivery_attempts"
                     " where event_id = ? order by id", [event["id"]]))
             return events
@@ -95,18 +95,18 @@ class NotificationQueries:
     def notification_summary(self, job_id: str, recent: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
         """A job's notifications in brief: how many in each status, and the ``recent`` newest
         (oldest of them first), without their bodies or attempt logs."""
-        with self._lock:
-            counts = {status: n for status, n in self.db.execute(
+        with self._reading() as db:
+            counts = {status: n for status, n in db.execute(
                 "select status, count(*) from outbox where job_id = ? group by status", [job_id])}
-            rows = [dict(r) for r in self.db.query(
+            rows = [dict(r) for r in db.query(
                 "select id, event_type, url, status, attempts, created_at, next_attempt_at, delivered_at,"
                 " last_error, stopped_reason from outbox where job_id = ?"
                 " order by created_at desc, id desc limit ?", [job_id, recent])]
         return counts, rows[::-1]
 
     def get_notification(self, job_id: str, event_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db.query("select * from outbox where id = ? and job_id = ?", [event_id, job_id]))
+        with self._reading() as db:
+            rows = list(db.query("select * from outbox where id = ? and job_id = ?", [event_id, job_id]))
         return dict(rows[0]) if rows else None
 
     def requeue_notification(self, job_id: str, event_id: str, now: str) -> bool:

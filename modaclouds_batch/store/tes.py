@@ -1,6 +1,6 @@
 """TES tasks beside their jobs (tes_tasks): the request no job column holds, and its output delivery.
 
-A part of ``Store`` (store/__init__.py): its methods share the store's connection, lock and transactions.
+A part of ``Store`` (store/__init__.py): its methods share the store's connections and transactions.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ class TesQueries:
         each with ``_delivery``: what became of its outputs (None until delivered)."""
         job_ids = list(job_ids)
         found: dict[str, dict[str, Any]] = {}
-        with self._lock:
+        with self._reading() as db:
             for start in range(0, len(job_ids), 500):
                 chunk = job_ids[start:start + 500]
-                for row in self.db.query(
+                for row in db.query(
                         f"select job_id, task, delivery from tes_tasks where job_id in ({','.join('?' * len(chunk))})",
                         chunk):
                     found[row["job_id"]] = {**json.loads(row["task"]),
@@ -36,8 +36,8 @@ class TesQueries:
     def tes_tasks_awaiting_delivery(self, completed: str) -> list[str]:
         """The TES tasks with outputs whose job is ``completed`` and whose delivery is not
         recorded yet, oldest first."""
-        with self._lock:
-            return [r[0] for r in self.db.execute(
+        with self._reading() as db:
+            return [r[0] for r in db.execute(
                 "select t.job_id from tes_tasks t join jobs j on j.id = t.job_id"
                 " where t.delivery is null and json_extract(t.task, '$._outputs') is not null"
                 " and j.state = ? order by j.completed_at, j.id",

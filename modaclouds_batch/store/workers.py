@@ -1,7 +1,7 @@
 """Worker requests (the pool's capacity changes) and seed 000's slot leases (worker_requests,
 slot_leases).
 
-A part of ``Store`` (store/__init__.py): its methods share the store's connection, lock and transactions.
+A part of ``Store`` (store/__init__.py): its methods share the store's connections and transactions.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ class WorkerQueries:
             db["worker_requests"].update(request_id, values)
 
     def worker_requests(self, limit: int = 100) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = [dict(r) for r in self.db.query(
+        with self._reading() as db:
+            rows = [dict(r) for r in db.query(
                 "select * from worker_requests order by created_at desc limit ?", [limit])]
         for row in rows:
             row["params"] = json.loads(row["params"] or "{}")
         return rows
 
     def worker_request(self, request_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = [dict(r) for r in self.db.query("select * from worker_requests where id = ?", [request_id])]
+        with self._reading() as db:
+            rows = [dict(r) for r in db.query("select * from worker_requests where id = ?", [request_id])]
         for row in rows:
             row["params"] = json.loads(row["params"] or "{}")
         return rows[0] if rows else None
@@ -48,16 +48,16 @@ class WorkerQueries:
     def provisioned_worker(self, worker: str) -> dict[str, Any] | None:
         """The request that started ``worker``, if the gateway started it and has not retired it
         (it may be lost: gone from the pool, still the gateway's to retire)."""
-        with self._lock:
-            rows = list(self.db.query(
+        with self._reading() as db:
+            rows = list(db.query(
                 "select * from worker_requests where worker = ? and action = 'provision'"
                 " and status in ('ready', 'lost') order by created_at desc limit 1", [worker]))
         return rows[0] if rows else None
 
     def added_workers(self) -> list[dict[str, Any]]:
         """Provision requests whose worker the gateway still holds: ready or lost."""
-        with self._lock:
-            return [dict(r) for r in self.db.query(
+        with self._reading() as db:
+            return [dict(r) for r in db.query(
                 "select * from worker_requests where action = 'provision' and status in ('ready', 'lost')"
                 " order by created_at")]
 
@@ -69,8 +69,8 @@ class WorkerQueries:
         frees its slot by itself."""
         active, queued = list(active_states), list(queued_states)
         a, q = ",".join("?" * len(active)), ",".join("?" * len(queued))
-        with self._lock:
-            row = self.db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "select"
                 " coalesce(sum(case when l.used_at is null or (l.kind = 'job' and l.job_id is null) then 1"
                 f"  when l.kind = 'job' and j.state in ({a}) then 1"
@@ -92,8 +92,8 @@ class WorkerQueries:
             db["slot_leases"].insert(row)
 
     def get_lease(self, worker_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = list(self.db.query("select * from slot_leases where worker_id = ?", [worker_id]))
+        with self._reading() as db:
+            rows = list(db.query("select * from slot_leases where worker_id = ?", [worker_id]))
         return rows[0] if rows else None
 
     def claim_lease(self, worker_id: str, owner: str, kind: str, now: str, status: str | None = None) -> bool:

@@ -163,9 +163,9 @@ def test_usage_reads_the_tallies_not_every_active_job(tmp_path):
                                             ("bob", "idle")]])
     store.take_charge("alice", 3, 1000, active, "2027", lambda usage: None)
     statements = []
-    store.db.conn.set_trace_callback(statements.append)
-    usage = store.usage("alice", active, "2027")
-    store.db.conn.set_trace_callback(None)
+    with store.tracing(statements.append):
+        usage = store.usage("alice", active, "2027")
+    assert any("job_tallies" in sql for sql in statements)  # the trace saw the reads
     # The same figures as counting the rows: active jobs and their spool, plus the charges in flight.
     assert (usage["active_jobs"], usage["spool_bytes"], usage["charged_jobs"]) == (2 + 3, 10 + 1000, 3)
     assert not [sql for sql in statements if re.search(r"from jobs\b", sql) and "created_at >=" not in sql]

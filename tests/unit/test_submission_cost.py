@@ -24,11 +24,8 @@ def submitting(tmp_path):
 
 def _statements_of(gw, submit):
     statements: list[str] = []
-    gw.store.db.conn.set_trace_callback(statements.append)
-    try:
+    with gw.store.tracing(statements.append):
         response = submit()
-    finally:
-        gw.store.db.conn.set_trace_callback(None)
     assert response.status_code == 201, response.text
     return statements
 
@@ -68,3 +65,25 @@ def test_a_submission_commits_durably_twice_only(submitting, headers):
     first = statements[full[0]:statements.index("PRAGMA synchronous = NORMAL", full[0])]
     assert any("submission_intents" in s for s in first)
     assert any(s.startswith("update idempotency_keys set job_ids") for s in first) == bool(headers)
+
+
+def test_a_submission_releases_no_charge_its_job_rows_consumed(submitting):
+    """The charge that held the job's place goes with the job rows' commit; releasing it after
+    would be one more write transaction queued behind other submissions' commits for nothing."""
+    gw, client = submitting
+    statements = _statements_of(gw, lambda: client.simulate_post("/jobs", json={"command": "echo hi"}))
+    deletes = [i for i, s in enumerate(statements) if s.startswith("delete from charges")]
+    assert len(deletes) == 1
+    assert statements.index("PRAGMA synchronous = FULL", statements.index("PRAGMA synchronous = NORMAL")) < deletes[0]
+    assert gw.store.db.execute("select count(*) from charges").fetchone()[0] == 0
+
+
+def test_a_submission_the_schedd_fails_releases_its_charge(submitting):
+    gw, client = submitting
+    gw.condor.fail.add("submit")
+    statements: list[str] = []
+    with gw.store.tracing(statements.append):
+        response = client.simulate_post("/jobs", json={"command": "echo hi"})
+    assert response.status_code == 503, response.text
+    assert any(s.startswith("delete from charges") for s in statements)
+    assert gw.store.db.execute("select count(*) from charges").fetchone()[0] == 0
