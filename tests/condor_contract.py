@@ -71,6 +71,7 @@ def scenario_hold_release_edit_remove_history(client, folder: Path) -> None:
     held = wait_for("held", lambda: (lambda ad: ad if ad and ad.status is JobStatus.HELD else None)(
         the_ad(client, job_id)))
     assert held.hold_reason_code == 1  # held by a user action
+    assert held.hold_reason.startswith("contract hold")  # the schedd adds " (by user ...)"
     assert not held.spooling_input
 
     assert client.act(CondorAction.RELEASE, only, "contract release")["TotalSuccess"] == 1

@@ -190,7 +190,10 @@ class CondorClient:
     def act(self, action: CondorAction, constraint: str, reason: str | None = None) -> dict[str, int]:
         """Apply a job action; returns HTCondor's counts (e.g. TotalSuccess, TotalNotFound)."""
         action = CondorAction(action)
-        ad = self._call(action.value, lambda s: s.act(ACTIONS[action], constraint, reason))
+        # As a (reason, code) pair: htcondor2 25's Schedd.act drops a plain string reason
+        # (only None or a tuple is read) and the job's HoldReason would not say why.
+        why = None if reason is None else (reason, None)
+        ad = self._call(action.value, lambda s: s.act(ACTIONS[action], constraint, why))
         return {k: int(ad[k]) for k in ad.keys() if k.startswith("Total")}
 
     def ping(self) -> dict[str, dict[str, Any]]:

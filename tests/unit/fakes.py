@@ -78,7 +78,7 @@ class FakeCondor:
             if action is CondorAction.REMOVE:
                 self.history_ads[job_id] = {**self.queue.pop(job_id), "JobStatus": int(JobStatus.REMOVED)}
             elif action is CondorAction.HOLD:  # a user hold: HoldReasonCode 1, the reason given
-                self.queue[job_id].update(JobStatus=int(JobStatus.HELD), HoldReasonCode=1, HoldReason=reason)
+                self.queue[job_id].update(JobStatus=int(JobStatus.HELD), HoldReasonCode=1, HoldReason=f"{reason} (by user fake)")
             elif action is CondorAction.RELEASE:
                 self.queue[job_id]["JobStatus"] = int(JobStatus.IDLE)
                 for attr in ("HoldReasonCode", "HoldReason"):
